@@ -1,0 +1,246 @@
+// CUDA kernels of lte_basis: thread mappings around the per-query math of lte_basis.h.
+//
+// Forward: one thread per (query, neighbour, frequency pair); consecutive threads take
+// consecutive pairs, so gathers from the channels-last features and stores of x coalesce.
+// Backward: no atomics. The (query, neighbour) entries are sorted by the pixel they read; one
+// block then owns each pixel's gradient and sums its entries in sorted order, and the
+// phase-weight gradient is reduced through per-block partial sums. The result is deterministic.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/sort.h>
+#include <ATen/ops/unique_consecutive.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "../lte_basis.h"
+#include "../lte_basis_host.h"
+
+namespace lte {
+namespace {
+
+constexpr int kThreads = 256;
+// Blocks that walk the pixel segments; also the number of phase-weight partial sums.
+constexpr int64_t kSegmentBlocks = 1024;
+
+int64_t blocks_for(int64_t items) {
+  return std::min<int64_t>((items + kThreads - 1) / kThreads, int64_t(1) << 20);
+}
+
+template <typename scalar_t, typename T>
+__global__ void forward_kernel(const T* __restrict__ coef, const T* __restrict__ freq,
+                               const T* __restrict__ phase_w, const T* __restrict__ coord,
+                               const T* __restrict__ cell, scalar_t* __restrict__ x,
+                               int64_t batch_queries,
+                               int64_t queries, int64_t half, int64_t pixels, Grid<T> grid) {
+  const int64_t channels = 2 * half;
+  const int64_t total = batch_queries * kNeighbours * half;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t k = i % half;
+    const int64_t entry = i / half;  // (query, neighbour)
+    const int n = static_cast<int>(entry % kNeighbours);
+    const int64_t bq = entry / kNeighbours;
+    const int64_t b = bq / queries;
+    const T coord_row = coord[2 * bq], coord_col = coord[2 * bq + 1];
+    const Neighbour<T> nb = locate_neighbour(coord_row, coord_col, n, grid);
+    const T phase = phase_value(phase_w[2 * k], phase_w[2 * k + 1],
+                                cell[2 * bq] * grid.row.size_t,
+                                cell[2 * bq + 1] * grid.col.size_t);
+    const int64_t pixel = (b * pixels + nb.pixel) * channels;
+    T x_cos, x_sin;
+    basis_forward(coef[pixel + k], coef[pixel + half + k], freq[pixel + k],
+                  freq[pixel + half + k], nb.rel_row, nb.rel_col, phase, x_cos, x_sin);
+    x[entry * channels + k] = static_cast<scalar_t>(x_cos);
+    x[entry * channels + half + k] = static_cast<scalar_t>(x_sin);
+  }
+}
+
+// One thread per query: its four neighbours' area weights.
+template <typename scalar_t, typename T>
+__global__ void weights_kernel(const T* __restrict__ coord, scalar_t* __restrict__ weights,
+                               int64_t batch_queries, Grid<T> grid) {
+  for (int64_t bq = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; bq < batch_queries;
+       bq += int64_t(gridDim.x) * blockDim.x) {
+    Neighbour<T> nb[kNeighbours];
+    for (int n = 0; n < kNeighbours; ++n) {
+      nb[n] = locate_neighbour(coord[2 * bq], coord[2 * bq + 1], n, grid);
+    }
+    T w[kNeighbours];
+    area_weights(nb, w);
+    for (int n = 0; n < kNeighbours; ++n) {
+      weights[bq * kNeighbours + n] = static_cast<scalar_t>(w[n]);
+    }
+  }
+}
+
+// Key of each (query, neighbour) entry: the global index (image, pixel) it gathers from.
+template <typename T>
+__global__ void pixel_key_kernel(const T* __restrict__ coord, int64_t* __restrict__ keys,
+                                 int64_t batch_queries, int64_t queries, int64_t pixels,
+                                 Grid<T> grid) {
+  const int64_t total = batch_queries * kNeighbours;
+  for (int64_t entry = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; entry < total;
+       entry += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t bq = entry / kNeighbours;
+    const int n = static_cast<int>(entry % kNeighbours);
+    const Neighbour<T> nb = locate_neighbour(coord[2 * bq], coord[2 * bq + 1], n, grid);
+    keys[entry] = (bq / queries) * pixels + nb.pixel;
+  }
+}
+
+// blockIdx.y and threadIdx.x pick the frequency pair k; blockIdx.x walks the segments. Each
+// segment is one pixel and the sorted run of entries that read it.
+template <typename scalar_t, typename T>
+__global__ void backward_kernel(const scalar_t* __restrict__ grad_x, const T* __restrict__ coef,
+                                const T* __restrict__ freq, const T* __restrict__ phase_w,
+                                const T* __restrict__ coord, const T* __restrict__ cell,
+                                const int64_t* __restrict__ segment_pixel,
+                                const int64_t* __restrict__ segment_end,
+                                const int64_t* __restrict__ entry_order, int64_t segments,
+                                int64_t half, Grid<T> grid, T* __restrict__ grad_coef,
+                                T* __restrict__ grad_freq, T* __restrict__ grad_phase_partial) {
+  const int64_t k = blockIdx.y * int64_t(blockDim.x) + threadIdx.x;
+  if (k >= half) return;
+  const int64_t channels = 2 * half;
+  const T weight_row = phase_w[2 * k], weight_col = phase_w[2 * k + 1];
+  T grad_weight_row = 0, grad_weight_col = 0;
+  for (int64_t s = blockIdx.x; s < segments; s += gridDim.x) {
+    const int64_t pixel = segment_pixel[s] * channels;
+    const T coef_cos = coef[pixel + k], coef_sin = coef[pixel + half + k];
+    const T freq_row = freq[pixel + k], freq_col = freq[pixel + half + k];
+    T grad_coef_cos = 0, grad_coef_sin = 0, grad_freq_row = 0, grad_freq_col = 0;
+    for (int64_t j = s == 0 ? 0 : segment_end[s - 1]; j < segment_end[s]; ++j) {
+      const int64_t entry = entry_order[j];
+      const int64_t bq = entry / kNeighbours;
+      const int n = static_cast<int>(entry % kNeighbours);
+      const Neighbour<T> nb = locate_neighbour(coord[2 * bq], coord[2 * bq + 1], n, grid);
+      const T rel_cell_row = cell[2 * bq] * grid.row.size_t;
+      const T rel_cell_col = cell[2 * bq + 1] * grid.col.size_t;
+      const T phase = phase_value(weight_row, weight_col, rel_cell_row, rel_cell_col);
+      const T grad_phase = basis_vjp(
+          coef_cos, coef_sin, freq_row, freq_col, nb.rel_row, nb.rel_col, phase,
+          static_cast<T>(grad_x[entry * channels + k]),
+          static_cast<T>(grad_x[entry * channels + half + k]), grad_coef_cos, grad_coef_sin,
+          grad_freq_row, grad_freq_col);
+      phase_vjp(grad_phase, rel_cell_row, rel_cell_col, grad_weight_row, grad_weight_col);
+    }
+    grad_coef[pixel + k] = grad_coef_cos;
+    grad_coef[pixel + half + k] = grad_coef_sin;
+    grad_freq[pixel + k] = grad_freq_row;
+    grad_freq[pixel + half + k] = grad_freq_col;
+  }
+  grad_phase_partial[(blockIdx.x * half + k) * 2] = grad_weight_row;
+  grad_phase_partial[(blockIdx.x * half + k) * 2 + 1] = grad_weight_col;
+}
+
+std::tuple<at::Tensor, at::Tensor> lte_basis_cuda(const at::Tensor& coef, const at::Tensor& freq,
+                                                  const at::Tensor& phase_weight,
+                                                  const at::Tensor& coord,
+                                                  const at::Tensor& cell) {
+  check_basis_inputs(coef, freq, phase_weight, coord, cell);
+  const c10::cuda::CUDAGuard device_guard(coef.device());
+  const int64_t batch = coef.size(0), channels = coef.size(1);
+  const int64_t height = coef.size(2), width = coef.size(3), queries = coord.size(1);
+  at::Tensor x = at::empty({batch, queries, kNeighbours, channels}, coef.options());
+  at::Tensor weights = at::empty({batch, queries, kNeighbours}, coef.options());
+  if (x.numel() == 0) return {x, weights};
+
+  const at::Tensor coef_cl = coef_channels_last(coef);
+  const at::Tensor freq_cl = freq_channels_last(freq);
+  const at::Tensor phase_w = in_compute_type(phase_weight, coef);
+  const at::Tensor coord_c = in_compute_type(coord, coef);
+  const at::Tensor cell_c = in_compute_type(cell, coef);
+  const int64_t total = batch * queries * kNeighbours * (channels / 2);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, coef.scalar_type(), "lte_basis_cuda",
+                                  [&] {
+    using T = at::opmath_type<scalar_t>;
+    const Grid<T> grid = make_grid<T>(height, width);
+    forward_kernel<scalar_t, T><<<blocks_for(total), kThreads, 0, stream>>>(
+        coef_cl.const_data_ptr<T>(), freq_cl.const_data_ptr<T>(), phase_w.const_data_ptr<T>(),
+        coord_c.const_data_ptr<T>(), cell_c.const_data_ptr<T>(), x.mutable_data_ptr<scalar_t>(),
+        batch * queries, queries, channels / 2, height * width, grid);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    weights_kernel<scalar_t, T><<<blocks_for(batch * queries), kThreads, 0, stream>>>(
+        coord_c.const_data_ptr<T>(), weights.mutable_data_ptr<scalar_t>(), batch * queries, grid);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {x, weights};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lte_basis_backward_cuda(
+    const at::Tensor& grad_x, const at::Tensor& coef, const at::Tensor& freq,
+    const at::Tensor& phase_weight, const at::Tensor& coord, const at::Tensor& cell) {
+  check_basis_inputs(coef, freq, phase_weight, coord, cell);
+  check_grad_x(grad_x, coef, coord);
+  const c10::cuda::CUDAGuard device_guard(coef.device());
+  const int64_t batch = coef.size(0), channels = coef.size(1);
+  const int64_t height = coef.size(2), width = coef.size(3), queries = coord.size(1);
+  const int64_t half = channels / 2, pixels = height * width;
+  const auto compute_options = coef.options().dtype(compute_type(coef));
+  at::Tensor grad_coef_cl = at::zeros({batch, height, width, channels}, compute_options);
+  at::Tensor grad_freq_cl = at::zeros({batch, height, width, 2, half}, compute_options);
+  at::Tensor grad_phase = at::zeros({half, 2}, compute_options);
+
+  if (grad_x.numel() > 0) {
+    const at::Tensor grad_x_c = grad_x.contiguous();
+    const at::Tensor coef_cl = coef_channels_last(coef);
+    const at::Tensor freq_cl = freq_channels_last(freq);
+    const at::Tensor phase_w = in_compute_type(phase_weight, coef);
+    const at::Tensor coord_c = in_compute_type(coord, coef);
+    const at::Tensor cell_c = in_compute_type(cell, coef);
+    const int64_t entries = batch * queries * kNeighbours;
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    at::Tensor keys = at::empty({entries}, coef.options().dtype(at::kLong));
+
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, coef.scalar_type(),
+                                    "lte_basis_backward_cuda", [&] {
+      using T = at::opmath_type<scalar_t>;
+      const Grid<T> grid = make_grid<T>(height, width);
+      pixel_key_kernel<T><<<blocks_for(entries), kThreads, 0, stream>>>(
+          coord_c.const_data_ptr<T>(), keys.mutable_data_ptr<int64_t>(), batch * queries,
+          queries, pixels, grid);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+
+      // Stable sort: within a pixel, entries keep query order, so sums have a fixed order.
+      const auto [sorted_keys, entry_order] = at::sort(keys, /*stable=*/true, 0, false);
+      const auto [segment_pixel, unused_inverse, segment_count] =
+          at::unique_consecutive(sorted_keys, false, true);
+      const at::Tensor segment_end = segment_count.cumsum(0);
+      const int64_t segments = segment_pixel.numel();
+      const int64_t segment_blocks = std::min(segments, kSegmentBlocks);
+      const int threads = static_cast<int>(std::min<int64_t>(kThreads, (half + 31) / 32 * 32));
+      const dim3 blocks(static_cast<unsigned>(segment_blocks),
+                        static_cast<unsigned>((half + threads - 1) / threads));
+      at::Tensor grad_phase_partial = at::zeros({segment_blocks, half, 2}, compute_options);
+      backward_kernel<scalar_t, T><<<blocks, threads, 0, stream>>>(
+          grad_x_c.const_data_ptr<scalar_t>(), coef_cl.const_data_ptr<T>(),
+          freq_cl.const_data_ptr<T>(), phase_w.const_data_ptr<T>(), coord_c.const_data_ptr<T>(),
+          cell_c.const_data_ptr<T>(), segment_pixel.const_data_ptr<int64_t>(),
+          segment_end.const_data_ptr<int64_t>(), entry_order.const_data_ptr<int64_t>(), segments,
+          half, grid, grad_coef_cl.mutable_data_ptr<T>(), grad_freq_cl.mutable_data_ptr<T>(),
+          grad_phase_partial.mutable_data_ptr<T>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      grad_phase = grad_phase_partial.sum(0);
+    });
+  }
+  return {coef_from_channels_last(grad_coef_cl, coef.scalar_type()),
+          freq_from_channels_last(grad_freq_cl, coef.scalar_type()),
+          grad_phase.to(coef.scalar_type())};
+}
+
+}  // namespace
+}  // namespace lte
+
+TORCH_LIBRARY_IMPL(lte_cuda, CUDA, m) {
+  m.impl("lte_basis", &lte::lte_basis_cuda);
+  m.impl("lte_basis_backward", &lte::lte_basis_backward_cuda);
+}

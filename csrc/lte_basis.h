@@ -1,0 +1,246 @@
+// Per-query math of LTE's query step, shared by the CPU and the CUDA kernels.
+//
+// Torch-free and templated on the compute type T (float or double), so that the CPU tests
+// exercise exactly the arithmetic the GPU runs. Forward functions come with their
+// vector-Jacobian products. The exact behaviour is stated in LTE_SPEC.md, "One query".
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define LTE_HD __host__ __device__ __forceinline__
+#else
+#define LTE_HD inline
+#endif
+
+namespace lte {
+
+constexpr int kNeighbours = 4;
+
+// Offsets (v_row, v_col) of neighbour n are (-1,-1), (-1,+1), (+1,-1), (+1,+1): bit 1 of n
+// says whether the row offset is +1, bit 0 whether the column offset is.
+LTE_HD int row_offset_is_positive(int n) { return (n >> 1) & 1; }
+LTE_HD int col_offset_is_positive(int n) { return n & 1; }
+
+// Geometry of one axis of the feature map. The constants are formed in double on the host and
+// rounded once to T, as the published code forms them from Python floats, so float32 inputs
+// pick the same pixels and centres as the published float32 code.
+template <typename T>
+struct Axis {
+  int64_t size;
+  T size_t;     // size as T: scales relative coordinates to LR-pixel units
+  T centre0;    // centre of pixel 0: -1 + 1/size
+  T step;       // distance between centres: 2/size
+  T shift[2];   // shift for offset -1 and +1: v/size + 1e-6
+  T lo, hi;     // clamp bounds of the shifted coordinate: -1 + 1e-6, 1 - 1e-6
+};
+
+template <typename T>
+Axis<T> make_axis(int64_t size) {
+  const double r = 1.0 / static_cast<double>(size);
+  const double half_cell = 2.0 / static_cast<double>(size) / 2.0;
+  Axis<T> a;
+  a.size = size;
+  a.size_t = static_cast<T>(size);
+  a.centre0 = static_cast<T>(-1.0 + r);
+  a.step = static_cast<T>(2.0 * r);
+  a.shift[0] = static_cast<T>(-half_cell + 1e-6);
+  a.shift[1] = static_cast<T>(half_cell + 1e-6);
+  a.lo = static_cast<T>(-1.0 + 1e-6);
+  a.hi = static_cast<T>(1.0 - 1e-6);
+  return a;
+}
+
+template <typename T>
+struct Grid {
+  Axis<T> row, col;
+};
+
+template <typename T>
+Grid<T> make_grid(int64_t height, int64_t width) {
+  return Grid<T>{make_axis<T>(height), make_axis<T>(width)};
+}
+
+// Round half to even without library calls, so loops over it vectorise on every target.
+// Adding and removing 2^(mantissa bits) leaves the nearest integer in round-to-nearest-even
+// mode; values at or beyond that magnitude are integers already.
+template <typename T>
+struct RoundMagic;
+template <>
+struct RoundMagic<float> {
+  static constexpr float value = 8388608.0f;  // 2^23
+};
+template <>
+struct RoundMagic<double> {
+  static constexpr double value = 4503599627370496.0;  // 2^52
+};
+
+template <typename T>
+LTE_HD T round_half_even(T x) {
+  const T magic = RoundMagic<T>::value;
+  // Both arms are computed and then selected, so the compiler needs no branch.
+  const T ax = x < T(0) ? -x : x;
+  const T rounded = (ax + magic) - magic;
+  const T r = ax < magic ? rounded : ax;
+  return x < T(0) ? -r : r;
+}
+
+// Index of the pixel whose centre is nearest to the shifted coordinate c, exactly as
+// grid_sample(mode='nearest', align_corners=False) picks it: round(((c + 1) * size - 1) / 2),
+// half to even. Shifted coordinates are clamped into the map; a NaN coordinate picks pixel 0
+// (its outputs are NaN through the relative coordinate).
+template <typename T>
+LTE_HD int64_t nearest_index(T c, const Axis<T>& a) {
+  const T x = round_half_even(((c + T(1)) * a.size_t - T(1)) / T(2));
+  if (!(x > T(0))) return 0;
+  const int64_t i = static_cast<int64_t>(x);
+  return i < a.size ? i : a.size - 1;
+}
+
+// One neighbour of a query along one axis: its pixel index and the query's offset from that
+// pixel's centre in LR-pixel units (rel = (coord - centre) * size, from the unshifted coord).
+template <typename T>
+struct AxisNeighbour {
+  int64_t index;
+  T rel;
+};
+
+template <typename T>
+LTE_HD AxisNeighbour<T> locate_on_axis(T coord, int positive_offset, const Axis<T>& a) {
+  T shifted = coord + a.shift[positive_offset];
+  shifted = shifted < a.lo ? a.lo : (shifted > a.hi ? a.hi : shifted);
+  const int64_t index = nearest_index(shifted, a);
+  const T centre = a.centre0 + a.step * static_cast<T>(index);
+  return {index, (coord - centre) * a.size_t};
+}
+
+template <typename T>
+struct Neighbour {
+  int64_t pixel;  // row * width + col in the feature map
+  T rel_row, rel_col;
+};
+
+template <typename T>
+LTE_HD Neighbour<T> locate_neighbour(T coord_row, T coord_col, int n, const Grid<T>& g) {
+  const AxisNeighbour<T> r = locate_on_axis(coord_row, row_offset_is_positive(n), g.row);
+  const AxisNeighbour<T> c = locate_on_axis(coord_col, col_offset_is_positive(n), g.col);
+  return {r.index * g.col.size + c.index, r.rel, c.rel};
+}
+
+// Bilinear-style ensemble weights: each neighbour is weighted by the area |rel_row * rel_col|
+// (+1e-9) of the diagonally opposite neighbour, normalised by the total. Coordinates and cells
+// get no gradient, so this has no VJP.
+template <typename T>
+LTE_HD void area_weights(const Neighbour<T> (&nb)[kNeighbours], T (&weights)[kNeighbours]) {
+  T area[kNeighbours];
+  for (int n = 0; n < kNeighbours; ++n) {
+    const T a = nb[n].rel_row * nb[n].rel_col;
+    area[n] = (a < T(0) ? -a : a) + T(1e-9);
+  }
+  const T total = area[0] + area[1] + area[2] + area[3];
+  for (int n = 0; n < kNeighbours; ++n) weights[n] = area[kNeighbours - 1 - n] / total;
+}
+
+// Phase of frequency pair k from the query's cell in LR-pixel units (rel_cell = cell * size):
+// phase.weight[k, 0] * rel_cell_row + phase.weight[k, 1] * rel_cell_col.
+template <typename T>
+LTE_HD T phase_value(T weight_row, T weight_col, T rel_cell_row, T rel_cell_col) {
+  return weight_row * rel_cell_row + weight_col * rel_cell_col;
+}
+
+template <typename T>
+LTE_HD void phase_vjp(T grad_phase, T rel_cell_row, T rel_cell_col, T& grad_weight_row,
+                      T& grad_weight_col) {
+  grad_weight_row += grad_phase * rel_cell_row;
+  grad_weight_col += grad_phase * rel_cell_col;
+}
+
+// sin(pi r) and cos(pi r) for |r| <= 1/4 by Taylor polynomials in r^2, truncated where the
+// remainder is below half an ulp of the type.
+LTE_HD void sincospi_reduced(float r, float& s, float& c) {
+  const float r2 = r * r;
+  s = r * (3.14159265f +
+           r2 * (-5.16771278f + r2 * (2.55016404f + r2 * (-0.599264529f + r2 * 0.0821458866f))));
+  c = 1.0f +
+      r2 * (-4.93480220f +
+            r2 * (4.05871213f +
+                  r2 * (-1.33526277f + r2 * (0.235330630f + r2 * -0.0258068914f))));
+}
+
+LTE_HD void sincospi_reduced(double r, double& s, double& c) {
+  const double r2 = r * r;
+  s = r * (3.141592653589793 +
+           r2 * (-5.167712780049969 +
+                 r2 * (2.550164039877345 +
+                       r2 * (-0.5992645293207919 +
+                             r2 * (0.08214588661112819 +
+                                   r2 * (-0.007370430945714348 +
+                                         r2 * (0.00046630280576761234 +
+                                               r2 * (-2.1915353447830204e-05 +
+                                                     r2 * 7.952054001475508e-07))))))));
+  c = 1.0 + r2 * (-4.934802200544679 +
+                  r2 * (4.058712126416768 +
+                        r2 * (-1.3352627688545893 +
+                              r2 * (0.23533063035889312 +
+                                    r2 * (-0.02580689139001405 +
+                                          r2 * (0.001929574309403922 +
+                                                r2 * (-0.00010463810492484565 +
+                                                      r2 * 4.303069587032944e-06)))))));
+}
+
+// sin(pi x) and cos(pi x). The argument is reduced exactly, x = q/2 + r with q an integer and
+// |r| <= 1/4, so the result does not suffer from rounding pi * x first; quadrant q mod 4 then
+// picks and signs the pair. Branch-free so the channel loops vectorise.
+template <typename T>
+LTE_HD void sincospi(T x, T& s, T& c) {
+  const T q = round_half_even(x * T(2));
+  const T r = x - q * T(0.5);
+  T sr, cr;
+  sincospi_reduced(r, sr, cr);
+  const T m = q - T(4) * round_half_even(q * T(0.25));  // q mod 4, in {-2, -1, 0, 1, 2}
+  // Non-short-circuit | keeps the selection free of branches.
+  const bool odd = (m == T(1)) | (m == T(-1));
+  const T a = odd ? cr : sr;
+  const T b = odd ? sr : cr;
+  const bool negate_sin = (m == T(2)) | (m == T(-2)) | (m == T(-1));
+  const bool negate_cos = (m == T(2)) | (m == T(-2)) | (m == T(1));
+  s = negate_sin ? -a : a;
+  c = negate_cos ? -b : b;
+}
+
+// MLP input of frequency pair k of one neighbour:
+//   phi = freq[2k] * rel_row + freq[2k+1] * rel_col + phase
+//   x[k] = coef[k] * cos(pi phi),  x[k + C/2] = coef[k + C/2] * sin(pi phi)
+template <typename T>
+LTE_HD T basis_phi(T freq_row, T freq_col, T rel_row, T rel_col, T phase) {
+  return (freq_row * rel_row + freq_col * rel_col) + phase;
+}
+
+template <typename T>
+LTE_HD void basis_forward(T coef_cos, T coef_sin, T freq_row, T freq_col, T rel_row, T rel_col,
+                          T phase, T& x_cos, T& x_sin) {
+  T s, c;
+  sincospi(basis_phi(freq_row, freq_col, rel_row, rel_col, phase), s, c);
+  x_cos = coef_cos * c;
+  x_sin = coef_sin * s;
+}
+
+// Vector-Jacobian product of basis_forward: accumulates into the coef and freq gradients and
+// returns d(loss)/d(phase), which phase_vjp turns into the phase-weight gradient.
+template <typename T>
+LTE_HD T basis_vjp(T coef_cos, T coef_sin, T freq_row, T freq_col, T rel_row, T rel_col, T phase,
+                   T grad_x_cos, T grad_x_sin, T& grad_coef_cos, T& grad_coef_sin,
+                   T& grad_freq_row, T& grad_freq_col) {
+  T s, c;
+  sincospi(basis_phi(freq_row, freq_col, rel_row, rel_col, phase), s, c);
+  grad_coef_cos += grad_x_cos * c;
+  grad_coef_sin += grad_x_sin * s;
+  const T pi = T(3.14159265358979323846);
+  const T grad_phi = pi * (grad_x_sin * coef_sin * c - grad_x_cos * coef_cos * s);
+  grad_freq_row += grad_phi * rel_row;
+  grad_freq_col += grad_phi * rel_col;
+  return grad_phi;
+}
+
+}  // namespace lte

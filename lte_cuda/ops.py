@@ -1,0 +1,235 @@
+"""The fused LTE query op, ``lte_cuda.ops.lte_basis``.
+
+The C++ library ``lte_cuda._C`` defines the ops ``lte_cuda::lte_basis`` and
+``lte_cuda::lte_basis_backward`` with CPU (and, when built, CUDA) kernels. This module loads it
+and adds what lives on the Python side: autograd, fake kernels for torch.compile, and the
+autocast rule. Without a usable library it falls back to :mod:`lte_cuda.reference`, warning once.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+from . import reference
+
+REBUILD_HINT = "rebuild it against the installed torch with: pip install --no-build-isolation ."
+
+
+def _load_library() -> tuple[str | None, bool]:
+    """Loads lte_cuda._C; returns (why it is unusable or None, whether it has CUDA kernels)."""
+    try:
+        from . import _build_info
+    except ImportError:
+        return f"the compiled op library is not built ({REBUILD_HINT})", False
+    if _build_info.TORCH_VERSION != torch.__version__:
+        # Loading a library built against another torch can crash the process: refuse first.
+        return (
+            f"the compiled op library was built against torch {_build_info.TORCH_VERSION} but "
+            f"torch {torch.__version__} is installed; {REBUILD_HINT}",
+            False,
+        )
+    try:
+        from . import _C  # noqa: F401  (registers the ops)
+    except ImportError as err:
+        return f"the compiled op library failed to load ({err}); {REBUILD_HINT}", False
+    return None, _build_info.WITH_CUDA
+
+
+LIBRARY_ERROR, HAS_CUDA_KERNELS = _load_library()
+_warned_fallback = False
+
+
+def library_available() -> bool:
+    """Whether the fused kernels are in use (otherwise lte_basis runs the reference)."""
+    return LIBRARY_ERROR is None
+
+
+def _check_inputs(coef, freq, phase_weight, coord, cell) -> None:
+    """The C++ argument checks, mirrored for fake tensors and the reference fallback."""
+    torch._check(coef.dim() == 4, lambda: f"lte_basis: coef must have shape (B, C, h, w), got {tuple(coef.shape)}")
+    torch._check(
+        freq.shape == coef.shape,
+        lambda: f"lte_basis: freq must have the shape of coef (B, C, h, w) = {tuple(coef.shape)}, got {tuple(freq.shape)}",
+    )
+    batch, channels = coef.shape[0], coef.shape[1]
+    torch._check(
+        channels > 0 and channels % 2 == 0,
+        lambda: f"lte_basis: the channel count C of coef must be even and positive, got C={channels}",
+    )
+    torch._check(
+        coef.shape[2] >= 1 and coef.shape[3] >= 1,
+        lambda: f"lte_basis: coef must have h >= 1 and w >= 1, got {tuple(coef.shape)}",
+    )
+    torch._check(
+        tuple(phase_weight.shape) == (channels // 2, 2),
+        lambda: f"lte_basis: phase_weight must have shape (C/2, 2) = ({channels // 2}, 2), got {tuple(phase_weight.shape)}",
+    )
+    torch._check(
+        coord.dim() == 3 and coord.shape[2] == 2,
+        lambda: f"lte_basis: coord must have shape (B, Q, 2), got {tuple(coord.shape)}",
+    )
+    torch._check(
+        cell.shape == coord.shape,
+        lambda: f"lte_basis: cell must have the shape of coord {tuple(coord.shape)}, got {tuple(cell.shape)}",
+    )
+    torch._check(
+        coord.shape[0] == batch,
+        lambda: f"lte_basis: coord has batch size {coord.shape[0]} but coef has batch size {batch}",
+    )
+    floats = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    torch._check(
+        coef.dtype in floats,
+        lambda: f"lte_basis: coef must be float16, bfloat16, float32 or float64, got {coef.dtype}",
+    )
+    torch._check(
+        freq.dtype == coef.dtype and phase_weight.dtype == coef.dtype,
+        lambda: "lte_basis: coef, freq and phase_weight must have one dtype, got coef "
+        f"{coef.dtype}, freq {freq.dtype}, phase_weight {phase_weight.dtype}",
+    )
+    torch._check(
+        coord.dtype == cell.dtype,
+        lambda: f"lte_basis: coord and cell must have one dtype, got coord {coord.dtype}, cell {cell.dtype}",
+    )
+    low_precision = coef.dtype in (torch.float16, torch.bfloat16)
+    torch._check(
+        coord.dtype == coef.dtype or (low_precision and coord.dtype == torch.float32),
+        lambda: f"lte_basis: coord and cell must have the dtype of coef ({coef.dtype}) or float32 "
+        f"when coef is float16/bfloat16, got {coord.dtype}",
+    )
+    devices = [t.device for t in (coef, freq, phase_weight, coord, cell)]
+    torch._check(
+        all(d == devices[0] for d in devices),
+        lambda: "lte_basis: all tensors must be on one device, got coef {}, freq {}, "
+        "phase_weight {}, coord {}, cell {}".format(*devices),
+    )
+
+
+def lte_basis(
+    coef: torch.Tensor,
+    freq: torch.Tensor,
+    phase_weight: torch.Tensor,
+    coord: torch.Tensor,
+    cell: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """LTE's query step, fused: the MLP inputs of each query's four neighbours and their weights.
+
+    Args:
+        coef: amplitude maps ``(B, C, h, w)``, C even.
+        freq: frequency maps ``(B, C, h, w)``; channels ``2k, 2k+1`` are the (row, col) pair k.
+        phase_weight: ``phase.weight`` of the LTE head, ``(C//2, 2)``.
+        coord: query coordinates ``(B, Q, 2)``, (row, col) in [-1, 1] units; out-of-range
+            values are clamped as the published code clamps them.
+        cell: the query's output-pixel size ``(B, Q, 2)`` in the same units.
+
+    Returns:
+        ``x (B, Q, 4, C)``: the MLP input of each neighbour, neighbours in the order of row/col
+        offsets (-1,-1), (-1,+1), (+1,-1), (+1,+1); ``x[..., k] = coef_k cos(pi phi_k)`` and
+        ``x[..., C/2 + k] = coef_{C/2+k} sin(pi phi_k)``.
+        ``weights (B, Q, 4)``: normalised area weights, each neighbour weighted by the area of
+        the diagonally opposite one.
+
+    Dtypes: float32 or float64 throughout; float16/bfloat16 features (coef, freq,
+    phase_weight) with coord/cell of the same dtype or float32, computed in float32 and returned
+    in the features' dtype. Under torch.autocast the features are cast to the autocast dtype and
+    coord/cell to float32.
+
+    Gradients flow to coef, freq and phase_weight. coord and cell get none (they are data, and
+    the nearest-pixel choice is piecewise constant); weights is not differentiable. Double
+    backward is not supported and raises.
+    """
+    if LIBRARY_ERROR is None:
+        if coef.is_cuda and not HAS_CUDA_KERNELS:
+            raise RuntimeError(
+                "lte_basis: got CUDA tensors but lte_cuda was built without CUDA kernels; rebuild "
+                "with a CUDA build of torch: FORCE_CUDA=1 pip install --no-build-isolation ."
+            )
+        return torch.ops.lte_cuda.lte_basis(coef, freq, phase_weight, coord, cell)
+    if os.environ.get("LTE_CUDA_REQUIRE_LIBRARY") == "1":
+        raise RuntimeError(f"lte_basis: LTE_CUDA_REQUIRE_LIBRARY=1 but {LIBRARY_ERROR}")
+    global _warned_fallback
+    if not _warned_fallback:
+        warnings.warn(f"lte_cuda: using the slow reference path: {LIBRARY_ERROR}", stacklevel=2)
+        _warned_fallback = True
+    _check_inputs(coef, freq, phase_weight, coord, cell)
+    return reference.lte_basis(coef, freq, phase_weight, coord, cell)
+
+
+def _register() -> None:
+    op = "lte_cuda::lte_basis"
+    backward_op = "lte_cuda::lte_basis_backward"
+
+    @torch.library.register_fake(op)
+    def _fake(coef, freq, phase_weight, coord, cell):
+        _check_inputs(coef, freq, phase_weight, coord, cell)
+        batch, channels = coef.shape[0], coef.shape[1]
+        queries = coord.shape[1]
+        x = coef.new_empty((batch, queries, 4, channels))
+        return x, coef.new_empty((batch, queries, 4))
+
+    @torch.library.register_fake(backward_op)
+    def _fake_backward(grad_x, coef, freq, phase_weight, coord, cell):
+        _check_inputs(coef, freq, phase_weight, coord, cell)
+        contiguous = {"dtype": coef.dtype, "device": coef.device}
+        return (
+            torch.empty(coef.shape, **contiguous),
+            torch.empty(freq.shape, **contiguous),
+            torch.empty(phase_weight.shape, **contiguous),
+        )
+
+    def _setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+        ctx.mark_non_differentiable(output[1])
+
+    def _backward(ctx, grad_x, _grad_weights):
+        coef, freq, phase_weight, coord, cell = ctx.saved_tensors
+        grad_coef, grad_freq, grad_phase = torch.ops.lte_cuda.lte_basis_backward(
+            grad_x, coef, freq, phase_weight, coord, cell
+        )
+        wanted = ctx.needs_input_grad
+        return (
+            grad_coef if wanted[0] else None,
+            grad_freq if wanted[1] else None,
+            grad_phase if wanted[2] else None,
+            None,
+            None,
+        )
+
+    torch.library.register_autograd(op, _backward, setup_context=_setup_context)
+
+    def _no_double_backward(ctx, *grads):
+        raise RuntimeError(
+            "lte_basis: double backward (gradients of gradients) is not supported; use "
+            "lte_cuda.reference.lte_basis if you need it"
+        )
+
+    def _setup_backward_context(ctx, inputs, output):
+        pass
+
+    torch.library.register_autograd(
+        backward_op, _no_double_backward, setup_context=_setup_backward_context
+    )
+
+    # Autocast: features to the autocast dtype, geometry to float32 (the nearest-pixel choice
+    # needs the bits); the kernel computes in float32 either way.
+    autocast_lib = torch.library.Library("lte_cuda", "IMPL")
+    _register.autocast_lib = autocast_lib  # keep the registrations alive
+
+    def autocast_kernel(device_type: str):
+        def kernel(coef, freq, phase_weight, coord, cell):
+            dtype = torch.get_autocast_dtype(device_type)
+            with torch.autocast(device_type, enabled=False):
+                return torch.ops.lte_cuda.lte_basis(
+                    coef.to(dtype), freq.to(dtype), phase_weight.to(dtype), coord.float(), cell.float()
+                )
+
+        return kernel
+
+    autocast_lib.impl("lte_basis", autocast_kernel("cpu"), "AutocastCPU")
+    autocast_lib.impl("lte_basis", autocast_kernel("cuda"), "AutocastCUDA")
+
+
+if LIBRARY_ERROR is None:
+    _register()

@@ -1,0 +1,381 @@
+"""The fused op lte_cuda.ops.lte_basis, held to the published grid_sample path
+(lte_cuda.reference.lte_basis) on values, gradients, dtypes, layouts and bad input."""
+
+import math
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from conftest import DEVICES
+from lte_cuda import _build_info, ops, reference
+from lte_cuda.coords import make_coord
+
+
+def make_inputs(batch=2, channels=16, height=5, width=7, queries=50, dtype=torch.float64,
+                device="cpu", coord_range=1.0, seed=0):
+    """Random LTE query-step inputs: features (B, C, h, w), phase weight, coords and cells."""
+    g = torch.Generator().manual_seed(seed)
+    coef = torch.randn(batch, channels, height, width, generator=g, dtype=dtype)
+    freq = 3 * torch.randn(batch, channels, height, width, generator=g, dtype=dtype)
+    phase_weight = torch.randn(channels // 2, 2, generator=g, dtype=dtype)
+    coord = (torch.rand(batch, queries, 2, generator=g, dtype=dtype) * 2 - 1) * coord_range
+    cell = torch.rand(batch, queries, 2, generator=g, dtype=dtype) * 0.2
+    return [t.to(device) for t in (coef, freq, phase_weight, coord, cell)]
+
+
+def assert_matches_reference(inputs, atol):
+    x, weights = ops.lte_basis(*inputs)
+    x_ref, weights_ref = reference.lte_basis(*inputs)
+    assert x.shape == x_ref.shape and weights.shape == weights_ref.shape
+    assert x.dtype == x_ref.dtype and weights.dtype == weights_ref.dtype
+    torch.testing.assert_close(x, x_ref, atol=atol, rtol=0)
+    torch.testing.assert_close(weights, weights_ref, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_queries_match_reference(device, dtype, atol, seed):
+    assert_matches_reference(make_inputs(dtype=dtype, device=device, seed=seed), atol)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("channels", [2, 6, 64, 256, 512])
+def test_channel_counts_match_reference(device, channels):
+    inputs = make_inputs(batch=1, channels=channels, queries=40, dtype=torch.float32, device=device)
+    assert_matches_reference(inputs, 1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_queries_outside_the_map_are_clamped_like_reference(device):
+    inputs = make_inputs(dtype=torch.float64, device=device, coord_range=1.6, queries=400)
+    assert_matches_reference(inputs, 1e-10)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_queries_at_pixel_centres_and_borders(device):
+    coef, freq, phase_weight, _, _ = make_inputs(batch=1, height=6, width=9, dtype=torch.float64,
+                                                  device=device)
+    centres = make_coord((6, 9), dtype=torch.float64).view(1, -1, 2)
+    borders = torch.tensor([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0], [0.0, 1.0],
+                            [-1.0, 0.3]], dtype=torch.float64).view(1, -1, 2)
+    coord = torch.cat([centres, borders], dim=1).to(device)
+    cell = torch.full_like(coord, 2 / 20)
+    assert_matches_reference([coef, freq, phase_weight, coord, cell], 1e-10)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rounding_ties_pick_the_even_pixel(device):
+    # h = w = 4. Neighbour 3 shifts the coordinate by +(1/4 + 1e-6) per axis; starting from
+    # minus that shift, the shifted coordinate is exactly 0, i.e. pixel position 1.5, which
+    # grid_sample's nearest rounding sends to the even index 2.
+    dtype = torch.float32
+    shift = torch.tensor(0.25 + 1e-6, dtype=dtype)
+    coef = torch.arange(16, dtype=dtype).view(1, 1, 4, 4).repeat(1, 2, 1, 1).to(device)
+    freq = torch.zeros_like(coef)
+    phase_weight = torch.zeros(1, 2, dtype=dtype, device=device)
+    coord = (-shift).expand(1, 1, 2).clone().to(device)
+    cell = torch.zeros_like(coord)
+    x, _ = ops.lte_basis(coef, freq, phase_weight, coord, cell)
+    assert x[0, 0, 3, 0].item() == 2 * 4 + 2  # row 2, column 2
+    assert_matches_reference([coef, freq, phase_weight, coord, cell], 0.0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("height, width", [(1, 1), (1, 7), (5, 1)])
+def test_degenerate_maps(device, height, width):
+    inputs = make_inputs(height=height, width=width, device=device)
+    assert_matches_reference(inputs, 1e-10)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("batch, queries", [(2, 0), (0, 5)])
+def test_empty_inputs(device, batch, queries):
+    inputs = make_inputs(batch=batch, queries=queries, device=device, dtype=torch.float32)
+    x, weights = ops.lte_basis(*inputs)
+    assert x.shape == (batch, queries, 4, 16) and weights.shape == (batch, queries, 4)
+    for param in inputs[:3]:
+        param.requires_grad_(True)
+    x, _ = ops.lte_basis(*inputs)
+    x.sum().backward()
+    assert all(p.grad is not None and not p.grad.any() for p in inputs[:3])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_contiguous_inputs(device):
+    coef, freq, phase_weight, coord, cell = make_inputs(channels=8, device=device)
+    coef_t = coef.transpose(2, 3).contiguous().transpose(2, 3)  # same values, other strides
+    freq_s = torch.stack([freq, freq], dim=2).flatten(1, 2)[:, ::2]  # every other channel
+    phase_t = phase_weight.t().contiguous().t()
+    coord_t = coord.transpose(0, 1).contiguous().transpose(0, 1)
+    cell_s = torch.stack([cell, cell], dim=-1)[..., 0]
+    assert not any(t.is_contiguous() for t in (coef_t, freq_s, phase_t, coord_t, cell_s))
+    x, weights = ops.lte_basis(coef_t, freq_s, phase_t, coord_t, cell_s)
+    x_ref, weights_ref = reference.lte_basis(coef, freq, phase_weight, coord, cell)
+    torch.testing.assert_close(x, x_ref, atol=1e-10, rtol=0)
+    torch.testing.assert_close(weights, weights_ref, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck(device):
+    coef, freq, phase_weight, coord, cell = make_inputs(batch=2, channels=6, height=3, width=4,
+                                                        queries=7, device=device)
+    coef.requires_grad_(True)
+    freq.requires_grad_(True)
+    phase_weight.requires_grad_(True)
+    torch.autograd.gradcheck(
+        lambda c, f, p: ops.lte_basis(c, f, p, coord, cell)[0], (coef, freq, phase_weight)
+    )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradients_match_reference(device):
+    inputs = make_inputs(batch=2, channels=32, height=6, width=5, queries=300,
+                         dtype=torch.float32, device=device)
+    grad_x = torch.randn(2, 300, 4, 32, device=device)
+    grads = []
+    for fn in (ops.lte_basis, reference.lte_basis):
+        params = [t.clone().requires_grad_(True) for t in inputs[:3]]
+        x, _ = fn(*params, *inputs[3:])
+        grads.append(torch.autograd.grad(x, params, grad_x))
+    for fused, ref in zip(*grads):
+        torch.testing.assert_close(fused, ref, atol=2e-3, rtol=1e-4)
+
+
+def test_cpu_backward_is_deterministic_across_thread_counts():
+    inputs = make_inputs(batch=1, channels=128, height=8, width=8, queries=2000,
+                         dtype=torch.float32)
+    grad_x = torch.randn(1, 2000, 4, 128)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 1):
+            torch.set_num_threads(n)
+            results.append(torch.ops.lte_cuda.lte_basis_backward(grad_x, *inputs))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+
+
+def test_coord_and_cell_get_no_gradient_and_weights_are_constant():
+    coef, freq, phase_weight, coord, cell = make_inputs()
+    coef.requires_grad_(True)
+    coord.requires_grad_(True)
+    x, weights = ops.lte_basis(coef, freq, phase_weight, coord, cell)
+    assert not weights.requires_grad
+    x.sum().backward()
+    assert coord.grad is None and coef.grad is not None
+
+
+def test_double_backward_raises():
+    coef, freq, phase_weight, coord, cell = make_inputs(channels=4, queries=5)
+    coef.requires_grad_(True)
+    x, _ = ops.lte_basis(coef, freq, phase_weight, coord, cell)
+    (grad,) = torch.autograd.grad(x.pow(2).sum(), coef, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        grad.sum().backward()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_opcheck(device, requires_grad):
+    inputs = make_inputs(batch=2, channels=8, height=4, width=5, queries=9,
+                         dtype=torch.float32, device=device)
+    for t in inputs[:3]:
+        t.requires_grad_(requires_grad)
+    torch.library.opcheck(torch.ops.lte_cuda.lte_basis.default, tuple(inputs))
+    grad_x = torch.randn(2, 9, 4, 8, device=device)
+    plain = [t.detach() for t in inputs]
+    torch.library.opcheck(torch.ops.lte_cuda.lte_basis_backward.default, (grad_x, *plain))
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph():
+    inputs = make_inputs(batch=1, channels=8, height=4, width=4, queries=16, dtype=torch.float32)
+    params = [t.clone().requires_grad_(True) for t in inputs[:3]]
+
+    def decode(coef, freq, phase_weight, coord, cell):
+        x, weights = ops.lte_basis(coef, freq, phase_weight, coord, cell)
+        return (x.sum(-1) * weights).sum()
+
+    compiled = torch.compile(decode, fullgraph=True, backend="aot_eager")
+    out = compiled(*params, *inputs[3:])
+    out.backward()
+    torch.testing.assert_close(out, decode(*inputs))
+    assert all(p.grad is not None for p in params)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_is_computed_in_float32(device, dtype):
+    coef, freq, phase_weight, coord, cell = make_inputs(dtype=torch.float32, device=device)
+    low = [t.to(dtype) for t in (coef, freq, phase_weight)]
+    # float32 geometry (what autocast passes): float32 math on the rounded features, rounded once.
+    x, weights = ops.lte_basis(*low, coord, cell)
+    assert x.dtype == dtype and weights.dtype == dtype
+    x32, w32 = ops.lte_basis(*[t.float() for t in low], coord, cell)
+    torch.testing.assert_close(x, x32.to(dtype))
+    torch.testing.assert_close(weights, w32.to(dtype))
+    # Everything in low precision: as the reference computes it from the same inputs.
+    low_geometry = (coord.to(dtype), cell.to(dtype))
+    x, _ = ops.lte_basis(*low, *low_geometry)
+    x_ref, _ = reference.lte_basis(*low, *low_geometry)
+    torch.testing.assert_close(x.float(), x_ref.float(), atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_autocast(device):
+    dtype = torch.bfloat16 if device == "cpu" else torch.float16
+    inputs = make_inputs(dtype=torch.float32, device=device)
+    coef = inputs[0].clone().requires_grad_(True)
+    with torch.autocast(device, dtype=dtype):
+        x, weights = ops.lte_basis(coef, *inputs[1:])
+    # The rule: features in the autocast dtype, coordinates and cells in float32.
+    expected, _ = ops.lte_basis(*[t.to(dtype) for t in inputs[:3]], *inputs[3:])
+    assert x.dtype == dtype
+    torch.testing.assert_close(x, expected)
+    x.float().sum().backward()
+    assert coef.grad.dtype == torch.float32
+
+
+def bad_inputs():
+    """(description, mutate(inputs) -> inputs, message pattern) for each rejected input."""
+    return [
+        ("coef 3-d", lambda i: [i[0][0]] + i[1:], r"coef must have shape \(B, C, h, w\)"),
+        ("freq shape", lambda i: [i[0], i[1][:, :, :3]] + i[2:], r"freq must have the shape of coef"),
+        ("odd C", lambda i: [i[0][:, :5], i[1][:, :5], i[2][:2]] + i[3:], r"must be even and positive, got C=5"),
+        ("phase_weight shape", lambda i: i[:2] + [i[2][:3]] + i[3:], r"phase_weight must have shape \(C/2, 2\) = \(4, 2\)"),
+        ("coord last dim", lambda i: i[:3] + [i[3][..., :1], i[4][..., :1]], r"coord must have shape \(B, Q, 2\)"),
+        ("coord ndim", lambda i: i[:3] + [i[3][0], i[4][0]], r"coord must have shape \(B, Q, 2\)"),
+        ("cell shape", lambda i: i[:4] + [i[4][:, :3]], r"cell must have the shape of coord"),
+        ("batch mismatch", lambda i: i[:3] + [i[3][:1], i[4][:1]], r"coord has batch size 1 but coef has batch size 2"),
+        ("mixed feature dtypes", lambda i: [i[0], i[1].double()] + i[2:], r"coef, freq and phase_weight must have one dtype"),
+        ("mixed geometry dtypes", lambda i: i[:4] + [i[4].double()], r"coord and cell must have one dtype"),
+        ("geometry dtype", lambda i: i[:3] + [i[3].double(), i[4].double()], r"must have the dtype of coef"),
+        ("integer coef", lambda i: [i[0].long(), i[1].long(), i[2].long()] + i[3:], r"coef must be float16, bfloat16, float32 or float64"),
+    ]
+
+
+@pytest.mark.parametrize("mode", ["eager", "fake"])
+@pytest.mark.parametrize("case", bad_inputs(), ids=lambda c: c[0])
+def test_bad_input_is_rejected_with_a_clear_message(mode, case):
+    _, mutate, pattern = case
+    inputs = mutate(make_inputs(channels=8, dtype=torch.float32))
+    if mode == "eager":
+        with pytest.raises(RuntimeError, match=pattern):
+            ops.lte_basis(*inputs)
+    else:
+        with FakeTensorMode() as fake_mode:
+            fakes = [fake_mode.from_tensor(t) for t in inputs]
+            with pytest.raises(RuntimeError, match=pattern):
+                torch.ops.lte_cuda.lte_basis(*fakes)
+
+
+@pytest.mark.cuda
+def test_mixed_devices_are_rejected():
+    inputs = make_inputs(dtype=torch.float32)
+    with pytest.raises(RuntimeError, match="all tensors must be on one device"):
+        ops.lte_basis(inputs[0].cuda(), *inputs[1:])
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_cuda_matches_cpu(dtype, atol):
+    inputs = make_inputs(batch=3, channels=64, height=9, width=11, queries=3000, dtype=dtype,
+                         coord_range=1.2)
+    x_cpu, w_cpu = ops.lte_basis(*inputs)
+    x_gpu, w_gpu = ops.lte_basis(*[t.cuda() for t in inputs])
+    torch.testing.assert_close(x_gpu.cpu(), x_cpu, atol=atol, rtol=0)
+    torch.testing.assert_close(w_gpu.cpu(), w_cpu, atol=atol, rtol=0)
+    grad_x = torch.randn_like(x_cpu)
+    grads_cpu = torch.ops.lte_cuda.lte_basis_backward(grad_x, *inputs)
+    grads_gpu = torch.ops.lte_cuda.lte_basis_backward(grad_x.cuda(), *[t.cuda() for t in inputs])
+    for g_gpu, g_cpu in zip(grads_gpu, grads_cpu):
+        torch.testing.assert_close(g_gpu.cpu(), g_cpu, atol=100 * atol, rtol=100 * atol)
+
+
+@pytest.mark.cuda
+def test_cuda_backward_is_deterministic():
+    inputs = make_inputs(batch=2, channels=128, height=16, width=16, queries=20000,
+                         dtype=torch.float32, device="cuda")
+    grad_x = torch.randn(2, 20000, 4, 128, device="cuda")
+    first = torch.ops.lte_cuda.lte_basis_backward(grad_x, *inputs)
+    second = torch.ops.lte_cuda.lte_basis_backward(grad_x, *inputs)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_cuda_kernels_are_registered_in_a_cuda_build():
+    if not _build_info.WITH_CUDA:
+        pytest.skip("built without CUDA kernels")
+    for op in ("lte_cuda::lte_basis", "lte_cuda::lte_basis_backward"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA"), op
+
+
+@pytest.mark.cuda
+def test_cuda_tensors_without_cuda_kernels_get_a_clear_error(monkeypatch):
+    monkeypatch.setattr(ops, "HAS_CUDA_KERNELS", False)
+    with pytest.raises(RuntimeError, match="built without CUDA kernels"):
+        ops.lte_basis(*make_inputs(device="cuda"))
+
+
+def test_missing_library_falls_back_to_reference_with_one_warning(monkeypatch):
+    monkeypatch.setattr(ops, "LIBRARY_ERROR", "the compiled op library is not built")
+    monkeypatch.setattr(ops, "_warned_fallback", False)
+    monkeypatch.delenv("LTE_CUDA_REQUIRE_LIBRARY")
+    inputs = make_inputs()
+    with pytest.warns(UserWarning, match="slow reference path: the compiled op library is not built"):
+        x, _ = ops.lte_basis(*inputs)
+    torch.testing.assert_close(x, reference.lte_basis(*inputs)[0])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ops.lte_basis(*inputs)  # warned once only
+    with pytest.raises(RuntimeError, match="freq must have the shape of coef"):
+        ops.lte_basis(inputs[0][:, :3], *inputs[1:])  # the fallback checks its input too
+
+
+def test_library_built_against_another_torch_is_refused(monkeypatch):
+    monkeypatch.setattr(_build_info, "TORCH_VERSION", "0.0.1")
+    error, _ = ops._load_library()
+    assert "built against torch 0.0.1" in error and "pip install --no-build-isolation" in error
+
+
+@pytest.mark.slow
+def test_outputs_over_2_pow_31_elements():
+    # (B, Q, 4, C) with C = 512 and Q = 2^20 + 1 holds 2^31 + 2048 elements (4 GiB in float16).
+    queries = (1 << 20) + 1
+    coef, freq, phase_weight, _, _ = make_inputs(batch=1, channels=512, height=4, width=4,
+                                                  dtype=torch.float16)
+    coord = torch.linspace(-1, 1, queries).view(1, -1, 1).expand(1, queries, 2).contiguous()
+    cell = torch.full_like(coord, 0.01)
+    x, weights = ops.lte_basis(coef, freq, phase_weight, coord, cell)
+    assert x.numel() > 2**31
+    tail = slice(queries - 3, queries)
+    x_ref, w_ref = reference.lte_basis(coef, freq, phase_weight, coord[:, tail], cell[:, tail])
+    torch.testing.assert_close(x[:, tail], x_ref, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(weights[:, tail], w_ref)
+    del x
+
+
+def test_reference_gradcheck_double_backward_is_available():
+    # The reference is plain autograd: the documented way to get second-order gradients.
+    coef, freq, phase_weight, coord, cell = make_inputs(batch=1, channels=4, height=3, width=3,
+                                                        queries=4)
+    coef.requires_grad_(True)
+    torch.autograd.gradgradcheck(
+        lambda c: reference.lte_basis(c, freq, phase_weight, coord, cell)[0], (coef,)
+    )
+
+
+def test_phase_comes_from_the_cell_in_lr_pixels():
+    # phase = phase.weight @ (cell * (h, w)); the basis is cos(pi * phase) with zero frequency.
+    coef = torch.ones(1, 2, 1, 1, dtype=torch.float64)
+    freq = torch.zeros_like(coef)
+    phase_weight = torch.tensor([[0.5, 0.0]], dtype=torch.float64)
+    coord = torch.zeros(1, 1, 2, dtype=torch.float64)
+    cell = torch.tensor([[[2.0, 0.0]]], dtype=torch.float64)  # rel_cell_row = 2, phase = 1
+    x, _ = ops.lte_basis(coef, freq, phase_weight, coord, cell)
+    assert x[0, 0, 0, 0].item() == pytest.approx(math.cos(math.pi))
