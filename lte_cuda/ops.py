@@ -153,7 +153,8 @@ def lte_basis(
     if not _warned_fallback:
         warnings.warn(f"lte_cuda: using the slow reference path: {LIBRARY_ERROR}", stacklevel=2)
         _warned_fallback = True
-    _check_inputs(coef, freq, phase_weight, coord, cell)
+    if not torch.compiler.is_compiling():  # dynamo cannot trace the message lambdas
+        _check_inputs(coef, freq, phase_weight, coord, cell)
     return reference.lte_basis(coef, freq, phase_weight, coord, cell)
 
 
