@@ -1,0 +1,52 @@
+"""Models in the published registry layout: ``make_model({'name': ..., 'args': {...}})``.
+
+Names: ``lte`` (the full model), encoders ``edsr-baseline``, ``rdn``, ``swinir``, and the
+decoder ``mlp``. :data:`PRESETS` holds the published LTE configurations.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from torch import nn
+
+from .lte import ENCODERS, IMNETS, LTE, make_part
+from .mlp import MLP
+
+MODELS = {"lte": LTE, **ENCODERS, **IMNETS}
+
+_IMNET_SPEC = {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [256, 256, 256]}}
+
+# The published `model.args` of each configuration (as stored in its checkpoints).
+PRESETS: dict[str, dict[str, Any]] = {
+    f"{encoder}-lte": {
+        "encoder_spec": {"name": encoder, "args": {"no_upsampling": True}},
+        "imnet_spec": _IMNET_SPEC,
+        "hidden_dim": 256,
+    }
+    for encoder in ("edsr-baseline", "rdn", "swinir")
+}
+
+
+def make_model(spec: dict, **extra_args: Any) -> nn.Module:
+    """Build ``spec = {'name': ..., 'args': {...}}``; ``extra_args`` override ``spec['args']``
+    (e.g. ``backend="reference"`` for ``lte``). Unknown names raise ``ValueError``."""
+    return make_part(MODELS, spec, **extra_args)
+
+
+def build_preset(name: str, encoder_args: dict | None = None, **overrides: Any) -> LTE:
+    """Build a published configuration by name (a key of :data:`PRESETS`).
+
+    ``encoder_args`` are merged into the encoder's args (e.g. ``{"n_resblocks": 2}`` for a
+    small model); ``overrides`` replace LTE args (``hidden_dim``, ``imnet_spec``, ``backend``).
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
+    args = copy.deepcopy(PRESETS[name])
+    args["encoder_spec"]["args"].update(encoder_args or {})
+    args.update(overrides)
+    return LTE(**args)
+
+
+__all__ = ["LTE", "MLP", "MODELS", "PRESETS", "build_preset", "make_model"]

@@ -1,0 +1,132 @@
+"""LTE: Local Texture Estimator (Lee & Jin, CVPR 2022) on top of a feature encoder."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops, reference
+from .edsr import make_edsr_baseline
+from .mlp import MLP
+from .rdn import make_rdn
+from .swinir import make_swinir
+
+ENCODERS: dict[str, Callable[..., nn.Module]] = {
+    "edsr-baseline": make_edsr_baseline,
+    "rdn": make_rdn,
+    "swinir": make_swinir,
+}
+IMNETS: dict[str, Callable[..., nn.Module]] = {"mlp": MLP}
+BACKENDS = ("fused", "reference")
+
+
+def make_part(
+    registry: dict[str, Callable[..., nn.Module]], spec: dict, **extra_args: Any
+) -> nn.Module:
+    """Build ``spec = {'name': ..., 'args': {...}}`` from ``registry``; ``extra_args`` are
+    added to (and override) ``spec['args']``, as the published ``models.make`` does."""
+    name = spec.get("name")
+    if name not in registry:
+        raise ValueError(f"unknown model name {name!r}; known: {sorted(registry)}")
+    args = copy.deepcopy(spec.get("args", {}))
+    args.update(extra_args)
+    return registry[name](**args)
+
+
+class LTE(nn.Module):
+    """Encoder + local texture estimator + MLP decoder, evaluated at arbitrary coordinates.
+
+    Inputs are normalised images ``(x - 0.5) / 0.5`` (the caller normalises, as in the
+    published code) and outputs are in the same normalised units: de-normalise with
+    ``y * 0.5 + 0.5`` and clamp to [0, 1].
+
+    ``backend`` picks the implementation of the query step: ``"fused"``
+    (:func:`lte_cuda.ops.lte_basis`) or ``"reference"`` (the published grid_sample path).
+    It can be changed at any time; the weights are the same.
+    """
+
+    def __init__(
+        self,
+        encoder_spec: dict,
+        imnet_spec: dict,
+        hidden_dim: int = 256,
+        backend: str = "fused",
+    ) -> None:
+        super().__init__()
+        if hidden_dim % 2:
+            raise ValueError(f"hidden_dim must be even (cos/sin pairs), got {hidden_dim}")
+        self.encoder = make_part(ENCODERS, encoder_spec)
+        feat_dim = self.encoder.out_dim
+        self.coef = nn.Conv2d(feat_dim, hidden_dim, 3, padding=1)
+        self.freq = nn.Conv2d(feat_dim, hidden_dim, 3, padding=1)
+        self.phase = nn.Linear(2, hidden_dim // 2, bias=False)
+        self.imnet = make_part(IMNETS, imnet_spec, in_dim=hidden_dim)
+        self.backend = backend
+        # The published model spec, stored in checkpoints; the backend is a runtime choice.
+        self.spec = {
+            "name": "lte",
+            "args": {
+                "encoder_spec": copy.deepcopy(encoder_spec),
+                "imnet_spec": copy.deepcopy(imnet_spec),
+                "hidden_dim": hidden_dim,
+            },
+        }
+        self.inp: torch.Tensor | None = None
+        self.feat: torch.Tensor | None = None
+        self.coef_map: torch.Tensor | None = None
+        self.freq_map: torch.Tensor | None = None
+
+    @property
+    def backend(self) -> str:
+        """``"fused"`` or ``"reference"``."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        if value not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {value!r}")
+        self._backend = value
+
+    def gen_feat(self, inp: torch.Tensor) -> torch.Tensor:
+        """Encode a normalised image ``inp (B, 3, h, w)`` and keep what queries need:
+        ``inp``, ``feat`` (B, 64, h', w'), ``coef_map`` and ``freq_map`` (B, C, h', w').
+
+        h', w' may exceed h, w (SwinIR pads to a multiple of its window); queries use the
+        feature map's own grid, so they stay aligned with the image. Returns ``feat``.
+        """
+        self.inp = inp
+        self.feat = self.encoder(inp)
+        self.coef_map = self.coef(self.feat)
+        self.freq_map = self.freq(self.feat)
+        return self.feat
+
+    def query_rgb(self, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        """Predict normalised RGB at ``coord (B, Q, 2)`` for output pixels of size
+        ``cell (B, Q, 2)``, both (row, col) in [-1, 1] units. Returns ``(B, Q, 3)``.
+
+        Uses the features of the last :meth:`gen_feat`.
+        """
+        if self.coef_map is None:
+            raise RuntimeError("call gen_feat(inp) before query_rgb")
+        basis = ops.lte_basis if self.backend == "fused" else reference.lte_basis
+        x, weights = basis(self.coef_map, self.freq_map, self.phase.weight, coord, cell)
+        b, q, n, c = x.shape
+        # All four neighbours of all queries go through the MLP as one matrix product chain.
+        preds = self.imnet(x.reshape(b * q * n, c)).view(b, q, n, -1)
+        rgb = (preds * weights.unsqueeze(-1)).sum(dim=2)
+        grid = coord.to(self.inp.dtype).flip(-1).unsqueeze(1)
+        bilinear = F.grid_sample(
+            self.inp, grid, mode="bilinear", padding_mode="border", align_corners=False
+        )
+        return rgb + bilinear[:, :, 0, :].permute(0, 2, 1)
+
+    def forward(self, inp: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        """:meth:`gen_feat` then :meth:`query_rgb`: ``(B, 3, h, w)``, ``(B, Q, 2)`` x 2 ->
+        ``(B, Q, 3)``, all normalised."""
+        self.gen_feat(inp)
+        return self.query_rgb(coord, cell)
