@@ -1,5 +1,10 @@
 // CPU kernels of lte_basis: loops over queries (forward) and over (image, channel block) tasks
 // (backward) around the per-query math of lte_basis.h.
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdint>
 #include <vector>
 
 #include <ATen/Dispatch.h>
@@ -16,9 +21,8 @@
 namespace lte {
 namespace {
 
-// Frequency pairs per backward task: enough work per task to amortise locating the neighbours,
-// few enough that a single image still splits over the cores.
-constexpr int64_t kPairsPerTask = 32;
+// Pixels per backward task; each task also keeps one partial sum of the phase-weight gradient.
+constexpr int64_t kPixelsPerTask = 16;
 
 // The channel loops are compiled for AVX-512, for AVX2 with FMA and for baseline x86-64; the
 // loader picks the widest the CPU runs (GCC/Clang function multiversioning).
@@ -29,36 +33,53 @@ constexpr int64_t kPairsPerTask = 32;
 #define LTE_CPU_MULTIVERSION
 #endif
 
-// One neighbour's MLP input: `half` frequency pairs of one gathered pixel. The loop is
+// x is written once, front to back, and is usually large (4 KiB per query at C = 256). Backing
+// it with transparent huge pages turns one page fault per query into one per 512 queries, which
+// otherwise costs about a third of the forward time. The kernel may ignore the hint.
+void advise_huge_pages(void* data, size_t bytes) {
+#ifdef MADV_HUGEPAGE
+  constexpr size_t kHugePage = size_t(2) << 20;
+  if (bytes < 2 * kHugePage) return;
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + page - 1) / page * page;
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) / page * page;
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#endif
+}
+
+// One neighbour's MLP input: all frequency pairs of one gathered pixel. The loop is
 // branch-free and calls no library function, so the compiler vectorises it.
 template <typename T, typename out_t>
-LTE_CPU_MULTIVERSION void forward_channels(const T* __restrict__ coef, const T* __restrict__ freq,
-                      const T* __restrict__ phase, T rel_row, T rel_col, out_t* __restrict__ x,
-                      int64_t half) {
+LTE_CPU_MULTIVERSION void forward_channels(const T* __restrict__ coef,
+                                           const T* __restrict__ freq,
+                                           const T* __restrict__ phase_w, T rel_row, T rel_col,
+                                           T rel_cell_row, T rel_cell_col,
+                                           out_t* __restrict__ x, int64_t half) {
   for (int64_t k = 0; k < half; ++k) {
+    const T phase = phase_value(phase_w[k], phase_w[half + k], rel_cell_row, rel_cell_col);
     T x_cos, x_sin;
-    basis_forward(coef[k], coef[half + k], freq[k], freq[half + k], rel_row, rel_col, phase[k],
+    basis_forward(coef[k], coef[half + k], freq[k], freq[half + k], rel_row, rel_col, phase,
                   x_cos, x_sin);
     x[k] = static_cast<out_t>(x_cos);
     x[half + k] = static_cast<out_t>(x_sin);
   }
 }
 
+// Adds one (query, neighbour) entry's contribution to its pixel's gradients and to the
+// task's phase-weight partial sum.
 template <typename T, typename grad_t>
-LTE_CPU_MULTIVERSION void backward_channels(const T* __restrict__ coef, const T* __restrict__ freq,
-                       const T* __restrict__ phase, T rel_row, T rel_col, T rel_cell_row,
-                       T rel_cell_col, const grad_t* __restrict__ grad_x,
-                       T* __restrict__ grad_coef, T* __restrict__ grad_freq,
-                       T* __restrict__ grad_phase_weight, int64_t k_begin, int64_t k_end,
-                       int64_t half) {
-  for (int64_t k = k_begin; k < k_end; ++k) {
+LTE_CPU_MULTIVERSION void backward_channels(
+    const T* __restrict__ coef, const T* __restrict__ freq, const T* __restrict__ phase_w,
+    T rel_row, T rel_col, T rel_cell_row, T rel_cell_col, const grad_t* __restrict__ grad_x,
+    T* __restrict__ grad_coef, T* __restrict__ grad_freq, T* __restrict__ grad_phase_w,
+    int64_t half) {
+  for (int64_t k = 0; k < half; ++k) {
+    const T phase = phase_value(phase_w[k], phase_w[half + k], rel_cell_row, rel_cell_col);
     const T grad_phase = basis_vjp(
-        coef[k], coef[half + k], freq[k], freq[half + k], rel_row, rel_col, phase[k - k_begin],
+        coef[k], coef[half + k], freq[k], freq[half + k], rel_row, rel_col, phase,
         static_cast<T>(grad_x[k]), static_cast<T>(grad_x[half + k]), grad_coef[k],
         grad_coef[half + k], grad_freq[k], grad_freq[half + k]);
-    const int64_t j = 2 * (k - k_begin);
-    phase_vjp(grad_phase, rel_cell_row, rel_cell_col, grad_phase_weight[j],
-              grad_phase_weight[j + 1]);
+    phase_vjp(grad_phase, rel_cell_row, rel_cell_col, grad_phase_w[k], grad_phase_w[half + k]);
   }
 }
 
@@ -72,11 +93,12 @@ std::tuple<at::Tensor, at::Tensor> lte_basis_cpu(const at::Tensor& coef, const a
   const int64_t half = channels / 2, pixels = height * width;
   at::Tensor x = at::empty({batch, queries, kNeighbours, channels}, coef.options());
   at::Tensor weights = at::empty({batch, queries, kNeighbours}, coef.options());
-  if (x.numel() == 0 && weights.numel() == 0) return {x, weights};
+  if (x.numel() == 0) return {x, weights};
+  advise_huge_pages(x.data_ptr(), x.nbytes());
 
   const at::Tensor coef_cl = coef_channels_last(coef);
   const at::Tensor freq_cl = freq_channels_last(freq);
-  const at::Tensor phase_w = in_compute_type(phase_weight, coef);
+  const at::Tensor phase_w = in_compute_type(phase_weight.t(), coef);
   const at::Tensor coord_c = in_compute_type(coord, coef);
   const at::Tensor cell_c = in_compute_type(cell, coef);
 
@@ -93,22 +115,18 @@ std::tuple<at::Tensor, at::Tensor> lte_basis_cpu(const at::Tensor& coef, const a
     scalar_t* weights_p = weights.mutable_data_ptr<scalar_t>();
 
     at::parallel_for(0, batch * queries, 64, [&](int64_t begin, int64_t end) {
-      std::vector<T> phase(half);
       for (int64_t bq = begin; bq < end; ++bq) {
         const int64_t b = bq / queries;
         const T coord_row = coord_p[2 * bq], coord_col = coord_p[2 * bq + 1];
         const T rel_cell_row = cell_p[2 * bq] * grid.row.size_t;
         const T rel_cell_col = cell_p[2 * bq + 1] * grid.col.size_t;
-        for (int64_t k = 0; k < half; ++k) {
-          phase[k] = phase_value(phase_w_p[2 * k], phase_w_p[2 * k + 1], rel_cell_row,
-                                 rel_cell_col);
-        }
         Neighbour<T> nb[kNeighbours];
         for (int n = 0; n < kNeighbours; ++n) {
           nb[n] = locate_neighbour(coord_row, coord_col, n, grid);
           const int64_t pixel = (b * pixels + nb[n].pixel) * channels;
-          forward_channels(coef_p + pixel, freq_p + pixel, phase.data(), nb[n].rel_row,
-                           nb[n].rel_col, x_p + (bq * kNeighbours + n) * channels, half);
+          forward_channels(coef_p + pixel, freq_p + pixel, phase_w_p, nb[n].rel_row,
+                           nb[n].rel_col, rel_cell_row, rel_cell_col,
+                           x_p + (bq * kNeighbours + n) * channels, half);
         }
         T w[kNeighbours];
         area_weights(nb, w);
@@ -121,9 +139,34 @@ std::tuple<at::Tensor, at::Tensor> lte_basis_cpu(const at::Tensor& coef, const a
   return {x, weights};
 }
 
-// Each task owns one image and a block of frequency pairs and walks that image's queries in
-// order. No two tasks write the same gradient element and every sum runs in one fixed order,
-// so the result is deterministic and does not depend on the number of threads.
+// Entries (query, neighbour) grouped by the pixel they gather from, in entry order within a
+// pixel: a counting sort. start[p] .. start[p + 1] index `order` for global pixel p.
+template <typename T>
+void group_entries_by_pixel(const T* coord, int64_t batch, int64_t queries, int64_t pixels,
+                            const Grid<T>& grid, std::vector<int64_t>& start,
+                            std::vector<int64_t>& order) {
+  const int64_t entries = batch * queries * kNeighbours;
+  std::vector<int64_t> key(entries);
+  at::parallel_for(0, batch * queries, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t bq = begin; bq < end; ++bq) {
+      for (int n = 0; n < kNeighbours; ++n) {
+        const Neighbour<T> nb = locate_neighbour(coord[2 * bq], coord[2 * bq + 1], n, grid);
+        key[bq * kNeighbours + n] = (bq / queries) * pixels + nb.pixel;
+      }
+    }
+  });
+  start.assign(batch * pixels + 1, 0);
+  for (int64_t e = 0; e < entries; ++e) ++start[key[e] + 1];
+  for (int64_t p = 0; p < batch * pixels; ++p) start[p + 1] += start[p];
+  std::vector<int64_t> next(start.begin(), start.end() - 1);
+  order.resize(entries);
+  for (int64_t e = 0; e < entries; ++e) order[next[key[e]]++] = e;
+}
+
+// Pixel-major: entries are grouped by the pixel they read, each task owns a fixed range of
+// pixels and sums their entries in entry order into one phase-weight partial sum per task. No
+// two tasks write the same element and every sum has a fixed order, so the result is
+// deterministic and independent of the number of threads (the CUDA kernel works the same way).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lte_basis_backward_cpu(
     const at::Tensor& grad_x, const at::Tensor& coef, const at::Tensor& freq,
     const at::Tensor& phase_weight, const at::Tensor& coord, const at::Tensor& cell) {
@@ -132,21 +175,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lte_basis_backward_cpu(
   const int64_t batch = coef.size(0), channels = coef.size(1);
   const int64_t height = coef.size(2), width = coef.size(3), queries = coord.size(1);
   const int64_t half = channels / 2, pixels = height * width;
-  const at::ScalarType compute = compute_type(coef);
-  const auto compute_options = coef.options().dtype(compute);
-
+  const auto compute_options = coef.options().dtype(compute_type(coef));
   at::Tensor grad_coef_cl = at::zeros({batch, height, width, channels}, compute_options);
   at::Tensor grad_freq_cl = at::zeros({batch, height, width, 2, half}, compute_options);
-  at::Tensor grad_phase_per_image = at::zeros({batch, half, 2}, compute_options);
+  at::Tensor grad_phase_w = at::zeros({2, half}, compute_options);
 
   if (grad_x.numel() > 0) {
     const at::Tensor grad_x_c = grad_x.contiguous();
     const at::Tensor coef_cl = coef_channels_last(coef);
     const at::Tensor freq_cl = freq_channels_last(freq);
-    const at::Tensor phase_w = in_compute_type(phase_weight, coef);
+    const at::Tensor phase_w = in_compute_type(phase_weight.t(), coef);
     const at::Tensor coord_c = in_compute_type(coord, coef);
     const at::Tensor cell_c = in_compute_type(cell, coef);
-    const int64_t blocks = (half + kPairsPerTask - 1) / kPairsPerTask;
+    const int64_t tasks = (batch * pixels + kPixelsPerTask - 1) / kPixelsPerTask;
+    at::Tensor grad_phase_partial = at::zeros({tasks, 2, half}, compute_options);
 
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, coef.scalar_type(),
                                     "lte_basis_backward_cpu", [&] {
@@ -160,42 +202,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lte_basis_backward_cpu(
       const scalar_t* grad_x_p = grad_x_c.const_data_ptr<scalar_t>();
       T* grad_coef_p = grad_coef_cl.mutable_data_ptr<T>();
       T* grad_freq_p = grad_freq_cl.mutable_data_ptr<T>();
-      T* grad_phase_p = grad_phase_per_image.mutable_data_ptr<T>();
+      T* grad_phase_partial_p = grad_phase_partial.mutable_data_ptr<T>();
+      std::vector<int64_t> start, order;
+      group_entries_by_pixel(coord_p, batch, queries, pixels, grid, start, order);
 
-      at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
-        std::vector<T> phase(kPairsPerTask);
-        for (int64_t task = begin; task < end; ++task) {
-          const int64_t b = task / blocks;
-          const int64_t k_begin = (task % blocks) * kPairsPerTask;
-          const int64_t k_end = std::min(half, k_begin + kPairsPerTask);
-          // The task owns pairs [k_begin, k_end) of this image's phase-weight gradient.
-          T* grad_phase_w = grad_phase_p + (b * half + k_begin) * 2;
-          for (int64_t q = 0; q < queries; ++q) {
-            const int64_t bq = b * queries + q;
-            const T coord_row = coord_p[2 * bq], coord_col = coord_p[2 * bq + 1];
-            const T rel_cell_row = cell_p[2 * bq] * grid.row.size_t;
-            const T rel_cell_col = cell_p[2 * bq + 1] * grid.col.size_t;
-            for (int64_t k = k_begin; k < k_end; ++k) {
-              phase[k - k_begin] = phase_value(phase_w_p[2 * k], phase_w_p[2 * k + 1],
-                                               rel_cell_row, rel_cell_col);
-            }
-            for (int n = 0; n < kNeighbours; ++n) {
-              const Neighbour<T> nb = locate_neighbour(coord_row, coord_col, n, grid);
-              const int64_t pixel = (b * pixels + nb.pixel) * channels;
-              backward_channels(coef_p + pixel, freq_p + pixel, phase.data(), nb.rel_row,
-                                nb.rel_col, rel_cell_row, rel_cell_col,
-                                grad_x_p + (bq * kNeighbours + n) * channels,
-                                grad_coef_p + pixel, grad_freq_p + pixel, grad_phase_w,
-                                k_begin, k_end, half);
+      at::parallel_for(0, tasks, 1, [&](int64_t task_begin, int64_t task_end) {
+        for (int64_t task = task_begin; task < task_end; ++task) {
+          const int64_t p_end = std::min(batch * pixels, (task + 1) * kPixelsPerTask);
+          for (int64_t p = task * kPixelsPerTask; p < p_end; ++p) {
+            for (int64_t j = start[p]; j < start[p + 1]; ++j) {
+              const int64_t entry = order[j];
+              const int64_t bq = entry / kNeighbours;
+              const int n = static_cast<int>(entry % kNeighbours);
+              const Neighbour<T> nb = locate_neighbour(coord_p[2 * bq], coord_p[2 * bq + 1], n,
+                                                       grid);
+              backward_channels(coef_p + p * channels, freq_p + p * channels, phase_w_p,
+                                nb.rel_row, nb.rel_col, cell_p[2 * bq] * grid.row.size_t,
+                                cell_p[2 * bq + 1] * grid.col.size_t,
+                                grad_x_p + entry * channels, grad_coef_p + p * channels,
+                                grad_freq_p + p * channels,
+                                grad_phase_partial_p + task * channels, half);
             }
           }
         }
       });
     });
+    grad_phase_w = grad_phase_partial.sum(0);
   }
   return {coef_from_channels_last(grad_coef_cl, coef.scalar_type()),
           freq_from_channels_last(grad_freq_cl, coef.scalar_type()),
-          grad_phase_per_image.sum(0).to(coef.scalar_type())};
+          grad_phase_w.t().to(coef.scalar_type()).contiguous()};
 }
 
 }  // namespace
