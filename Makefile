@@ -1,0 +1,37 @@
+# make test  - a virtual environment with torch, the project built, and the whole test suite
+# make demo  - the project's main job: upscale a bundled photo with the bundled model
+# make bench - the benchmarks (CPU); python benchmarks/gpu_check.py does the GPU checks
+#
+# TORCH picks the torch release installed into a new environment (2.13.0: the small CPU build;
+# 2.14.1: a CUDA build, with FORCE_CUDA=1 to compile the CUDA kernels without a GPU).
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= 2.13.0
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: install test demo bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+install: $(PY)
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install "torch==$(TORCH)"
+	$(PIP) install -q -r requirements-dev.txt
+	$(PIP) install -q --no-build-isolation -e .
+	@$(PY) -c "import lte_cuda.ops as o, torch; print('lte_cuda built for torch', torch.__version__, '| CUDA kernels:', o.HAS_CUDA_KERNELS, '| fused op:', 'yes' if o.library_available() else o.LIBRARY_ERROR)"
+
+# pytest exits 5 when it collects no tests: that is a broken suite, not a pass.
+test: install
+	@$(PY) -m pytest -q -ra tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; exit 1; fi; exit $$rc
+
+demo: install
+	$(PY) -m lte_cuda demo
+
+bench: install
+	$(PY) benchmarks/run.py --quick
+
+clean:
+	rm -rf build *.egg-info lte_cuda/_C*.so lte_cuda/_build_info.py
