@@ -1,0 +1,208 @@
+"""The ``lte-sr`` command line (also ``python -m lte_cuda``).
+
+Each subcommand is one function ``add_parser(subparsers) -> ArgumentParser`` that adds its
+parser and sets ``func`` (``args -> exit status``); :data:`SUBCOMMANDS` lists them, so a new
+subcommand is one more entry there. User errors (bad arguments, missing or unreadable
+files, bad checkpoints, CUDA absent) are printed as one line ``lte-sr: error: ...`` with
+exit status 2 for usage errors and 1 for the rest; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+from .evaluate import add_test_parser
+from .train import add_train_parser
+from .upscale import PRECISIONS, resolve_model, upscale
+
+PROG = "lte-sr"
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status 1."""
+
+
+class UsageError(CLIError):
+    """A malformed command line: printed as one line, exit status 2."""
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """An ArgumentParser that raises instead of printing usage and exiting, so that every
+    error reaches the user as the same single line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+
+def add_upscale_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``upscale`` subcommand to the ``lte-sr`` parser."""
+    parser = subparsers.add_parser(
+        "upscale",
+        help="upscale an image, or every image of a folder, to any size",
+        description=(
+            "Upscale IN to OUT with an LTE model. IN may be a folder: then OUT is a folder "
+            f"(created) and every {'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} image in IN is done."
+        ),
+    )
+    parser.add_argument("input", metavar="IN", help="input image or folder")
+    parser.add_argument("output", metavar="OUT", help="output image, or folder when IN is one")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument(
+        "--scale", help="factor, e.g. 2.7, or SY,SX for different height and width factors, e.g. 1.5,3.2"
+    )
+    target.add_argument("--size", help="exact output size WIDTHxHEIGHT, e.g. 1920x1080")
+    parser.add_argument(
+        "--model", help="checkpoint (.pth) or preset name with bundled weights (default: the bundled default model)"
+    )
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32", help="default: fp32")
+    parser.add_argument("--tile", type=int, help="encoder tile side in input pixels (default: from free memory)")
+    parser.add_argument("--chunk", type=int, help="output pixels decoded per step (default: from free memory)")
+    parser.set_defaults(func=run_upscale_command)
+    return parser
+
+
+SUBCOMMANDS = (add_upscale_parser, add_train_parser, add_test_parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``lte-sr`` parser with every subcommand of :data:`SUBCOMMANDS`."""
+    parser = _ArgumentParser(prog=PROG, description="Arbitrary-scale super-resolution with LTE.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add_parser in SUBCOMMANDS:
+        add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``lte-sr`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except SystemExit as done:  # --help and --version exit through argparse
+        return done.code if isinstance(done.code, int) else 0
+    except UsageError as err:
+        return _fail(str(err), 2)
+    # CheckpointError is a ValueError; file-system errors are OSErrors.
+    except (CLIError, ValueError, TypeError, OSError) as err:
+        return _fail(str(err), 1)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+
+
+def _fail(message: str, status: int) -> int:
+    one_line = " ".join(message.split())
+    print(f"{PROG}: error: {one_line}", file=sys.stderr)
+    return status
+
+
+def run_upscale_command(args: argparse.Namespace) -> int:
+    """Run ``lte-sr upscale``; returns the exit status."""
+    scale, size = _parse_scale(args.scale), _parse_size(args.size)
+    pairs = _plan(Path(args.input), Path(args.output))
+    model = resolve_model(args.model)
+    progress = tqdm(pairs, desc="upscale", unit="image", disable=len(pairs) == 1)
+    for source, target in progress:
+        result = upscale(
+            _read_image(source),
+            scale=scale,
+            size=size,
+            model=model,
+            device=args.device,
+            precision=args.precision,
+            chunk_size=args.chunk,
+            tile_size=args.tile,
+        )
+        _write_image(result, target)
+    return 0
+
+
+def _parse_scale(text: str | None) -> float | tuple[float, float] | None:
+    """``"2.7"`` -> 2.7, ``"1.5,3.2"`` -> (1.5, 3.2); range checks are :func:`upscale`'s."""
+    if text is None:
+        return None
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2):
+        raise UsageError(f"argument --scale: expected a number or SY,SX (e.g. 2.7 or 1.5,3.2), got {text!r}")
+    return values[0] if len(values) == 1 else (values[0], values[1])
+
+
+def _parse_size(text: str | None) -> tuple[int, int] | None:
+    """``"1920x1080"`` -> (1920, 1080) as (width, height)."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not match:
+        raise UsageError(f"argument --size: expected WIDTHxHEIGHT (e.g. 1920x1080), got {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def _plan(source: Path, target: Path) -> list[tuple[Path, Path]]:
+    """The (input, output) file pairs to process; refuses to write over an input."""
+    if not source.exists():
+        raise CLIError(f"{source}: no such file or folder")
+    if source.is_dir():
+        if target.exists() and not target.is_dir():
+            raise CLIError(f"{target}: IN is a folder, so OUT must be a folder, but it is a file")
+        if target.resolve() == source.resolve():
+            raise CLIError(f"{target}: OUT is the input folder; choose another folder")
+        images = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not images:
+            raise CLIError(f"{source}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
+        target.mkdir(parents=True, exist_ok=True)
+        pairs = [(p, target / p.name) for p in images]
+    else:
+        pairs = [(source, target / source.name if target.is_dir() else target)]
+    for src, dst in pairs:
+        _output_format(dst)
+        if dst.resolve() == src.resolve() or (dst.exists() and os.path.samefile(dst, src)):
+            raise CLIError(f"{dst}: OUT is the input file; choose another path")
+    return pairs
+
+
+def _output_format(path: Path) -> str:
+    """The PIL format that writes ``path``'s extension."""
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        raise CLIError(f"{path}: cannot tell the image format to write from the extension {path.suffix!r}")
+    return fmt
+
+
+def _read_image(path: Path) -> Image.Image:
+    try:
+        image = Image.open(path)
+        image.load()  # decode now, so a truncated file fails here with its name
+    except FileNotFoundError:
+        raise CLIError(f"{path}: no such file") from None
+    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
+        raise CLIError(f"{path}: not a readable image ({err})") from None
+    return image
+
+
+def _write_image(image: Image.Image, path: Path) -> None:
+    """Save ``image`` to ``path`` atomically: a temporary file beside it, then a rename."""
+    fmt = _output_format(path)
+    if fmt == "JPEG" and image.mode in ("LA", "RGBA"):
+        # JPEG has no alpha channel.
+        image = image.convert(image.mode[:-1])
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format=fmt)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
