@@ -1,0 +1,246 @@
+"""Evaluation with the published test protocol, and the ``lte-sr test`` subcommand.
+
+Per image: normalise the LR input, (SwinIR only) reflect-pad it, decode every HR pixel in
+chunks of ``eval_bsize`` queries with the cell enlarged above the training scale, de-normalise
+and clamp, and take the PSNR of :func:`lte_cuda.metrics.psnr` for the config's ``eval_type``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .coords import make_coord
+from .data import make_dataset
+from .metrics import parse_eval_type, psnr
+
+# Published default when a config has no data_norm: no normalisation.
+IDENTITY_NORM = {"inp": {"sub": [0], "div": [1]}, "gt": {"sub": [0], "div": [1]}}
+
+
+def norm_tensors(
+    data_norm: dict[str, Any] | None, device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(inp_sub, inp_div, gt_sub, gt_div)`` shaped to broadcast over images (B, 3, h, w)
+    and query values (B, Q, 3)."""
+    norm = data_norm or IDENTITY_NORM
+    inp_sub = torch.tensor(norm["inp"]["sub"], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    inp_div = torch.tensor(norm["inp"]["div"], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    gt_sub = torch.tensor(norm["gt"]["sub"], dtype=torch.float32, device=device).view(1, 1, -1)
+    gt_div = torch.tensor(norm["gt"]["div"], dtype=torch.float32, device=device).view(1, 1, -1)
+    return inp_sub, inp_div, gt_sub, gt_div
+
+
+def window_size_of(model: nn.Module) -> int:
+    """8 for a SwinIR encoder (the published test pads its input), else 0."""
+    spec = getattr(model, "spec", None) or {}
+    encoder = spec.get("args", {}).get("encoder_spec", {}).get("name", "")
+    return 8 if "swinir" in encoder else 0
+
+
+@torch.no_grad()
+def batched_predict(
+    model: nn.Module,
+    inp: torch.Tensor,
+    coord: torch.Tensor,
+    cell: torch.Tensor,
+    bsize: int | None = None,
+) -> torch.Tensor:
+    """Normalised prediction (B, Q, 3): features once, then queries in chunks of ``bsize``."""
+    if bsize is None:
+        return model(inp, coord, cell)
+    model.gen_feat(inp)
+    chunks = [
+        model.query_rgb(coord[:, i : i + bsize], cell[:, i : i + bsize])
+        for i in range(0, coord.shape[1], bsize)
+    ]
+    return torch.cat(chunks, dim=1)
+
+
+def _reflect_pad(inp: torch.Tensor, window_size: int) -> torch.Tensor:
+    # Published SwinIR test: flip-and-concatenate to (h // ws + 1) * ws, always adding 1..ws.
+    h, w = inp.shape[-2:]
+    rows = (h // window_size + 1) * window_size
+    cols = (w // window_size + 1) * window_size
+    inp = torch.cat([inp, torch.flip(inp, [2])], 2)[:, :, :rows, :]
+    return torch.cat([inp, torch.flip(inp, [3])], 3)[:, :, :, :cols]
+
+
+@torch.no_grad()
+def evaluate(
+    loader: DataLoader,
+    model: nn.Module,
+    data_norm: dict[str, Any] | None = None,
+    eval_type: str | None = None,
+    eval_bsize: int | None = None,
+    window_size: int = 0,
+    scale_max: float = 4,
+    on_image: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """PSNR of every sample of ``loader``, in loader order.
+
+    ``eval_type`` None scores the query samples as they are (training validation); otherwise
+    the queries must cover the whole HR image, which is rebuilt from them and scored with
+    the shave and channel weights of ``eval_type``. ``window_size`` > 0 applies the published
+    SwinIR reflection padding (needs ``eval_type`` for the scale). ``on_image(i, psnr)`` is
+    called after each sample. The model is left in eval mode.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    inp_sub, inp_div, gt_sub, gt_div = norm_tensors(data_norm, device)
+    _, scale = parse_eval_type(eval_type)
+    if window_size and not scale:
+        raise ValueError("SwinIR padding needs eval_type 'div2k-N' or 'benchmark-N' for the scale")
+    cell_factor = max(scale / scale_max, 1) if scale else 1
+
+    results: list[float] = []
+    for batch in loader:
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        inp = (batch["inp"] - inp_sub) / inp_div
+        coord, cell = batch["coord"], batch["cell"]
+        if eval_type is not None:
+            # The cell is (2/H, 2/W) of the HR image: it gives the shape to rebuild.
+            hr_h = round(2 / cell[0, 0, 0].item())
+            hr_w = round(2 / cell[0, 0, 1].item())
+            out_h, out_w = hr_h, hr_w
+            if coord.shape[1] != hr_h * hr_w:
+                raise ValueError(
+                    f"{eval_type} needs every HR pixel queried: got {coord.shape[1]} queries "
+                    f"for a {hr_h}x{hr_w} image (drop sample_q from the test wrapper)"
+                )
+        if window_size:
+            inp = _reflect_pad(inp, window_size)
+            out_h, out_w = scale * inp.shape[-2], scale * inp.shape[-1]
+            coord = make_coord((out_h, out_w), device=device, flatten=True)
+            coord = coord.unsqueeze(0).expand(inp.shape[0], -1, -1)
+            cell = torch.empty_like(coord)
+            cell[..., 0] = 2 / inp.shape[-2] / scale
+            cell[..., 1] = 2 / inp.shape[-1] / scale
+        pred = batched_predict(model, inp, coord, cell * cell_factor, eval_bsize)
+        pred = (pred * gt_div + gt_sub).clamp_(0, 1)
+        gt = batch["gt"]
+        if eval_type is not None:
+            bsz = pred.shape[0]
+            pred = pred.reshape(bsz, out_h, out_w, 3).permute(0, 3, 1, 2)[..., :hr_h, :hr_w]
+            gt = gt.reshape(bsz, hr_h, hr_w, 3).permute(0, 3, 1, 2)
+        for value in psnr(pred, gt, eval_type).tolist():
+            results.append(value)
+            if on_image is not None:
+                on_image(len(results) - 1, value)
+    return results
+
+
+def _image_names(dataset: Dataset) -> list[str] | None:
+    # Wrappers keep the base dataset in .dataset; folder datasets know their file names.
+    base = getattr(dataset, "dataset", dataset)
+    return getattr(base, "names", None)
+
+
+def run_test(
+    config: dict[str, Any],
+    model: nn.Module,
+    eval_bsize: int | None = None,
+    num_workers: int = 0,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Evaluate ``model`` on a published-layout test config; returns the result record.
+
+    The record has ``eval_type``, ``mean_psnr``, ``images`` (name and PSNR of each) and
+    ``seconds``. ``eval_bsize`` overrides the config's chunk size.
+    """
+    spec = config["test_dataset"]
+    dataset = make_dataset(spec["wrapper"], args={"dataset": make_dataset(spec["dataset"])})
+    device = next(model.parameters()).device
+    loader = DataLoader(
+        dataset,
+        batch_size=spec.get("batch_size", 1),
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    names = _image_names(dataset)
+    eval_type = config.get("eval_type")
+    count = len(dataset)
+    records: list[dict[str, Any]] = []
+
+    def on_image(i: int, value: float) -> None:
+        name = names[i % len(names)] if names else str(i)
+        records.append({"name": name, "psnr": value})
+        if verbose:
+            mean = sum(r["psnr"] for r in records) / len(records)
+            width = len(str(count))
+            print(f"[{i + 1:>{width}}/{count}] {name}: {value:.4f} dB (mean {mean:.4f})", flush=True)
+
+    start = time.perf_counter()
+    values = evaluate(
+        loader,
+        model,
+        data_norm=config.get("data_norm"),
+        eval_type=eval_type,
+        eval_bsize=eval_bsize if eval_bsize is not None else config.get("eval_bsize"),
+        window_size=window_size_of(model),
+        scale_max=config.get("scale_max", 4),
+        on_image=on_image,
+    )
+    mean = sum(values) / len(values) if values else math.nan
+    return {
+        "eval_type": eval_type,
+        "mean_psnr": mean,
+        "images": records,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def add_test_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``test`` subcommand to the ``lte-sr`` parser."""
+    parser = subparsers.add_parser(
+        "test",
+        help="evaluate a checkpoint on a published test config (PSNR)",
+        description="Evaluate a checkpoint with the published protocol and print the mean PSNR.",
+    )
+    parser.add_argument(
+        "--config", required=True, help="test config (YAML), e.g. configs/test/test-div2k-4.yaml"
+    )
+    parser.add_argument("--model", required=True, help="checkpoint (.pth) in the published format")
+    parser.add_argument("--out", help="write the results (mean and per-image PSNR) as JSON here")
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--backend", choices=("fused", "reference"), default="fused", help="query implementation"
+    )
+    parser.add_argument("--eval-bsize", type=int, help="queries decoded per chunk (overrides the config)")
+    parser.add_argument("--num-workers", type=int, default=0, help="data loader workers")
+    parser.add_argument("--quiet", action="store_true", help="print only the mean PSNR")
+    parser.set_defaults(func=run_test_command)
+    return parser
+
+
+def run_test_command(args: argparse.Namespace) -> int:
+    """Run ``lte-sr test``; returns the exit status."""
+    from .checkpoint import load_model
+
+    with open(args.config) as f:
+        config = yaml.safe_load(f)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_model(args.model, map_location=device, backend=args.backend).to(device)
+    result = run_test(
+        config, model, eval_bsize=args.eval_bsize, num_workers=args.num_workers, verbose=not args.quiet
+    )
+    print(f"result: {result['mean_psnr']:.4f} dB ({result['eval_type'] or 'rgb'}, "
+          f"{len(result['images'])} images, {result['seconds']:.1f} s)")
+    if args.out:
+        result.update(config=os.path.abspath(args.config), model=os.path.abspath(args.model))
+        directory = os.path.dirname(os.path.abspath(args.out))
+        os.makedirs(directory, exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0

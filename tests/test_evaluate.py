@@ -1,0 +1,242 @@
+"""PSNR and the published test protocol, against independent numpy computations."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+import yaml
+from PIL import Image
+from torch import nn
+
+from lte_cuda.checkpoint import save_model
+from lte_cuda.cli import main
+from lte_cuda.data import DATASETS
+from lte_cuda.evaluate import run_test
+from lte_cuda.metrics import parse_eval_type, psnr
+from lte_cuda.models import make_model
+
+NORM = {"inp": {"sub": [0.5], "div": [0.5]}, "gt": {"sub": [0.5], "div": [0.5]}}
+Y = np.array([65.738, 129.057, 25.064]) / 256
+
+
+def np_psnr(sr: np.ndarray, hr: np.ndarray, kind: str | None = None, scale: int = 0) -> float:
+    """Reference PSNR of one (H, W, 3) image pair in [0, 1]."""
+    diff = sr.astype(np.float64) - hr.astype(np.float64)
+    if kind == "benchmark":
+        diff = (diff * Y).sum(axis=-1)
+        diff = diff[scale:-scale, scale:-scale]
+    elif kind == "div2k":
+        diff = diff[scale + 6 : -(scale + 6), scale + 6 : -(scale + 6)]
+    return -10 * math.log10(np.mean(diff**2))
+
+
+def centres(n: int) -> np.ndarray:
+    return -1 + (2 * np.arange(n) + 1) / n
+
+
+def coord_image(rows: int, cols: int) -> np.ndarray:
+    """What :class:`CoordModel` predicts on a rows x cols grid, de-normalised, (H, W, 3)."""
+    r, c = np.meshgrid(centres(rows), centres(cols), indexing="ij")
+    return np.stack([r, c, r * c], axis=-1) * 0.5 + 0.5
+
+
+class CoordModel(nn.Module):
+    """A stand-in for LTE whose prediction depends only on the query coordinates, so the
+    expected image is known; it records what the evaluation passes it."""
+
+    def __init__(self, encoder: str = "edsr-baseline") -> None:
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(()))  # gives evaluate() a device
+        self.spec = {"name": "lte", "args": {"encoder_spec": {"name": encoder, "args": {}}}}
+        self.inputs: list[torch.Size] = []
+        self.chunks: list[int] = []
+        self.cells: list[torch.Tensor] = []
+
+    def gen_feat(self, inp: torch.Tensor) -> None:
+        self.inputs.append(inp.shape)
+
+    def query_rgb(self, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        self.chunks.append(coord.shape[1])
+        self.cells.append(cell)
+        r, c = coord[..., 0], coord[..., 1]
+        return torch.stack([r, c, r * c], dim=-1)
+
+    def forward(self, inp, coord, cell):
+        self.gen_feat(inp)
+        return self.query_rgb(coord, cell)
+
+
+@pytest.fixture(scope="module")
+def div2k(tmp_path_factory):
+    """A miniature DIV2K layout: HR photos and their x2 / x3 bicubic LR files."""
+    root = tmp_path_factory.mktemp("div2k")
+    photos = {
+        "a.png": skimage.data.astronaut()[100:196, 180:270],  # 96 x 90
+        "b.png": skimage.data.coffee()[50:122, 300:402],  # 72 x 102
+    }
+    for sub in ("HR", "X2", "X3"):
+        (root / sub).mkdir()
+    for name, array in photos.items():
+        h, w = array.shape[:2]
+        Image.fromarray(array).save(root / "HR" / name)
+        for s in (2, 3):
+            lr = Image.fromarray(array).resize((w // s, h // s), Image.BICUBIC)
+            lr.save(root / f"X{s}" / name)
+    return root
+
+
+def hr_images(root) -> list[np.ndarray]:
+    return [np.asarray(Image.open(root / "HR" / n)) / 255.0 for n in ("a.png", "b.png")]
+
+
+def paired_config(root, scale: int, eval_type: str, eval_bsize: int | None = 1000) -> dict:
+    return {
+        "test_dataset": {
+            "dataset": {"name": "paired-image-folders",
+                        "args": {"root_path_1": str(root / f"X{scale}"), "root_path_2": str(root / "HR")}},
+            "wrapper": {"name": "sr-implicit-paired", "args": {}},
+            "batch_size": 1,
+        },
+        "eval_type": eval_type,
+        "eval_bsize": eval_bsize,
+        "data_norm": NORM,
+    }
+
+
+def test_psnr_matches_numpy_on_a_photo():
+    hr = skimage.data.astronaut()[:64, :80] / 255.0
+    sr = np.clip(hr + np.random.default_rng(0).normal(0, 0.05, hr.shape), 0, 1)
+    to_t = lambda a: torch.from_numpy(a).permute(2, 0, 1)[None].float()  # noqa: E731
+    hr32, sr32 = to_t(hr), to_t(sr)
+    hr64, sr64 = hr32[0].permute(1, 2, 0).double().numpy(), sr32[0].permute(1, 2, 0).double().numpy()
+    for eval_type, kind, scale in ((None, None, 0), ("div2k-4", "div2k", 4), ("benchmark-3", "benchmark", 3)):
+        got = psnr(sr32, hr32, eval_type)
+        assert got.shape == (1,)
+        assert got.item() == pytest.approx(np_psnr(sr64, hr64, kind, scale), abs=1e-9)
+
+
+def test_psnr_is_per_image_and_checks_input():
+    a, b = torch.rand(2, 10, 3), torch.rand(2, 10, 3)
+    got = psnr(a, b)
+    for i in range(2):
+        assert got[i].item() == pytest.approx(np_psnr(a[i].numpy(), b[i].numpy()), abs=1e-9)
+    with pytest.raises(ValueError, match="eval_type"):
+        psnr(a, b, "set5-2")
+    with pytest.raises(ValueError, match="differ in shape"):
+        psnr(a, b[:, :5])
+
+
+@pytest.mark.parametrize("eval_type", ["div2k-2", "benchmark-2"])
+def test_paired_protocol_rebuilds_images_in_chunks(div2k, eval_type):
+    model = CoordModel()
+    result = run_test(paired_config(div2k, 2, eval_type, eval_bsize=1000), model, verbose=False)
+    kind = eval_type.split("-")[0]
+    expected = [np_psnr(coord_image(*hr.shape[:2]), hr, kind, 2) for hr in hr_images(div2k)]
+    got = [r["psnr"] for r in result["images"]]
+    assert [r["name"] for r in result["images"]] == ["a.png", "b.png"]
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert result["mean_psnr"] == pytest.approx(np.mean(got))
+    assert max(model.chunks) == 1000
+    assert sum(model.chunks) == sum(h.shape[0] * h.shape[1] for h in hr_images(div2k))
+    # x2 is inside the training range: cells are the plain 2 / H.
+    assert torch.allclose(model.cells[0][0, 0], torch.tensor([2 / 96, 2 / 90]))
+
+
+def test_large_scale_downsamples_and_enlarges_the_cell(div2k):
+    config = paired_config(div2k, 2, "div2k-6")
+    config["test_dataset"]["dataset"] = {"name": "image-folder", "args": {"root_path": str(div2k / "HR")}}
+    config["test_dataset"]["wrapper"] = {"name": "sr-implicit-downsampled", "args": {"scale_min": 6}}
+    model = CoordModel()
+    result = run_test(config, model, verbose=False)
+    expected = []
+    for hr in hr_images(div2k):
+        h, w = math.floor(hr.shape[0] / 6 + 1e-9) * 6, math.floor(hr.shape[1] / 6 + 1e-9) * 6
+        expected.append(np_psnr(coord_image(h, w), hr[:h, :w], "div2k", 6))
+    np.testing.assert_allclose([r["psnr"] for r in result["images"]], expected, atol=1e-4)
+    assert model.inputs[0] == (1, 3, 16, 15)
+    # Above x4 the cell is enlarged by 6 / 4.
+    assert torch.allclose(model.cells[0][0, 0], torch.tensor([2 / 96 * 1.5, 2 / 90 * 1.5]))
+
+
+def test_swinir_input_is_reflection_padded_and_prediction_cropped(div2k):
+    model = CoordModel(encoder="swinir")
+    result = run_test(paired_config(div2k, 3, "benchmark-3", eval_bsize=None), model, verbose=False)
+    expected = []
+    for hr, lr_shape in zip(hr_images(div2k), [(32, 30), (24, 34)]):
+        # Padded to (h // 8 + 1) * 8: 1 to 8 rows and columns are always added.
+        ph, pw = (lr_shape[0] // 8 + 1) * 8, (lr_shape[1] // 8 + 1) * 8
+        pred = coord_image(3 * ph, 3 * pw)[: hr.shape[0], : hr.shape[1]]
+        expected.append(np_psnr(pred, hr, "benchmark", 3))
+    np.testing.assert_allclose([r["psnr"] for r in result["images"]], expected, atol=1e-4)
+    assert model.inputs == [(1, 3, 40, 32), (1, 3, 32, 40)]
+    assert torch.allclose(model.cells[0][0, 0], torch.tensor([2 / 40 / 3, 2 / 32 / 3]))
+
+
+def _reflect_pad_np(img: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    img = np.concatenate([img, img[::-1]], axis=0)[:rows]
+    return np.concatenate([img, img[:, ::-1]], axis=1)[:, :cols]
+
+
+def test_swinir_padding_content(div2k):
+    model = CoordModel(encoder="swinir")
+    seen = []
+    model.gen_feat = seen.append  # keep the padded input itself
+    run_test(paired_config(div2k, 2, "div2k-2"), model, verbose=False)
+    lr = np.asarray(Image.open(div2k / "X2" / "a.png")) / 255.0 * 2 - 1  # normalised, 48 x 45
+    expected = _reflect_pad_np(lr, 56, 48)
+    np.testing.assert_allclose(seen[0][0].permute(1, 2, 0).numpy(), expected, atol=1e-6)
+
+
+def tiny_lte() -> nn.Module:
+    torch.manual_seed(0)
+    return make_model({"name": "lte", "args": {
+        "encoder_spec": {
+            "name": "edsr-baseline", "args": {"n_resblocks": 1, "n_feats": 8, "no_upsampling": True}
+        },
+        "imnet_spec": {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [16]}},
+        "hidden_dim": 16,
+    }})
+
+
+def test_real_model_chunked_equals_whole(div2k):
+    model = tiny_lte()
+    whole = run_test(paired_config(div2k, 3, "div2k-3", eval_bsize=None), model, verbose=False)
+    chunked = run_test(paired_config(div2k, 3, "div2k-3", eval_bsize=777), model, verbose=False)
+    np.testing.assert_allclose([r["psnr"] for r in whole["images"]],
+                               [r["psnr"] for r in chunked["images"]], atol=1e-5)
+
+
+def test_cli_writes_json(div2k, tmp_path, capsys):
+    ckpt = tmp_path / "tiny.pth"
+    save_model(tiny_lte(), ckpt)
+    config = tmp_path / "test.yaml"
+    config.write_text(yaml.safe_dump(paired_config(div2k, 2, "benchmark-2")))
+    out = tmp_path / "res" / "results.json"
+    assert main(["test", "--config", str(config), "--model", str(ckpt), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "[1/2] a.png" in printed and "[2/2] b.png" in printed
+    result = json.loads(out.read_text())
+    assert len(result["images"]) == 2 and result["eval_type"] == "benchmark-2"
+    assert result["mean_psnr"] == pytest.approx(np.mean([r["psnr"] for r in result["images"]]))
+    assert f"{result['mean_psnr']:.4f}" in printed
+
+
+def test_bundled_test_configs_follow_the_protocol():
+    paths = sorted((Path(__file__).resolve().parents[1] / "configs" / "test").glob("*.yaml"))
+    assert len(paths) == 8 + 4 * 3
+    for path in paths:
+        config = yaml.safe_load(path.read_text())
+        kind, scale = parse_eval_type(config["eval_type"])
+        assert path.stem.endswith(f"-{scale}") and config["data_norm"] == NORM
+        spec = config["test_dataset"]
+        assert spec["batch_size"] == 1 and spec["wrapper"]["name"] in DATASETS
+        # x2-x4 read the bicubic LR files; larger scales down-sample the HR themselves.
+        paired = spec["wrapper"]["name"] == "sr-implicit-paired"
+        assert paired == (scale <= 4)
+        assert kind == ("div2k" if "div2k" in path.stem else "benchmark")

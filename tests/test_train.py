@@ -1,0 +1,195 @@
+"""The trainer: published checkpoints, exact resume, multi-process equivalence."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lte_cuda.checkpoint import load_model, save_model
+from lte_cuda.cli import main
+from lte_cuda.data import DATASETS
+from lte_cuda.models import make_model
+from lte_cuda.train import GlobalBatchSampler, train, warmup_cosine
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "tiny.yaml"
+
+
+@pytest.fixture
+def config() -> dict:
+    with open(TINY) as f:
+        return yaml.safe_load(f)
+
+
+def _state(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=atol, msg=key)
+
+
+def test_warmup_cosine_schedule():
+    assert warmup_cosine(0, 4, 20, 0.1) == pytest.approx(0.25)
+    assert warmup_cosine(3, 4, 20, 0.1) == pytest.approx(1.0)
+    assert warmup_cosine(4, 4, 20, 0.1) == pytest.approx(1.0)
+    assert warmup_cosine(12, 4, 20, 0.1) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert warmup_cosine(20, 4, 20, 0.1) == pytest.approx(0.1)
+    assert warmup_cosine(99, 4, 20, 0.1) == pytest.approx(0.1)
+    assert warmup_cosine(0, 0, 10, 0.0) == pytest.approx(1.0)
+
+
+def test_global_batches_do_not_depend_on_the_number_of_processes():
+    one = GlobalBatchSampler(22, 4, seed=3)
+    two = [GlobalBatchSampler(22, 4, rank=r, world_size=2, seed=3) for r in range(2)]
+    for sampler in (one, *two):
+        sampler.set_epoch(5)
+    batches = list(one)
+    assert len(batches) == len(one) == 5  # the incomplete tail is dropped
+    assert sorted(sum(batches, [])) == sorted(set(sum(batches, [])))
+    for b, (r0, r1) in enumerate(zip(*two, strict=True)):
+        assert sorted(r0 + r1) == sorted(batches[b]) and len(r0) == len(r1) == 2
+    one.set_epoch(5, start=3)
+    assert list(one) == batches[3:] and len(one) == 2
+    one.set_epoch(6)
+    assert list(one) != batches
+    with pytest.raises(ValueError, match="not divisible"):
+        GlobalBatchSampler(22, 3, world_size=2)
+
+
+def test_cli_trains_and_writes_published_checkpoints(config, tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", "--config", str(path), "--save-dir", str(tmp_path / "save")]) == 0
+    run = tmp_path / "save" / "_tiny"
+    assert {p.name for p in run.iterdir()} == {
+        "config.yaml", "log.txt", "epoch-1.pth", "epoch-2.pth", "epoch-last.pth", "epoch-best.pth"
+    }
+    ckpt = _state(run / "epoch-last.pth")
+    assert ckpt["epoch"] == 2
+    assert ckpt["model"]["name"] == "lte" and ckpt["model"]["args"] == config["model"]["args"]
+    assert ckpt["optimizer"]["name"] == "adam" and ckpt["optimizer"]["args"] == {"lr": 1e-3}
+    assert "state" in ckpt["optimizer"]["sd"]
+    load_model(run / "epoch-last.pth")  # the published loader accepts it
+    log = (run / "log.txt").read_text().splitlines()
+    assert any(line.startswith("epoch 2/2, train: loss=") and "val: psnr=" in line for line in log)
+    # A second run into the same folder must not overwrite it silently.
+    assert main(["train", "--config", str(path), "--save-dir", str(tmp_path / "save")]) == 1
+
+
+@pytest.mark.parametrize(
+    "schedule, stop_at",
+    [("multi_step", 2), ("warmup_cosine", 3)],  # stopped at an epoch end / mid-epoch
+)
+def test_resume_ends_where_an_uninterrupted_run_ends(config, tmp_path, schedule, stop_at):
+    if schedule == "warmup_cosine":
+        del config["multi_step_lr"]
+        config["warmup_cosine_lr"] = {"warmup_steps": 2, "min_lr": 1e-5, "total_steps": 4}
+    whole = train(copy.deepcopy(config), str(tmp_path / "whole"))
+
+    stopped = train({**copy.deepcopy(config), "max_steps": stop_at}, str(tmp_path / "parts"))
+    assert stopped["global_step"] == stop_at and stopped["stopped_early"]
+    last = tmp_path / "parts" / "epoch-last.pth"
+    assert _state(last)["epoch"] == (stop_at // 2)
+    resumed = train(copy.deepcopy(config), str(tmp_path / "parts"), resume=str(last))
+
+    assert resumed["global_step"] == whole["global_step"] == 4
+    _assert_same_weights(whole["model"].state_dict(), resumed["model"].state_dict())
+    a, b = _state(tmp_path / "whole" / "epoch-last.pth"), _state(last)
+    _assert_same_weights(a["model"]["sd"], b["model"]["sd"])
+    for pa, pb in zip(a["optimizer"]["sd"]["state"].values(), b["optimizer"]["sd"]["state"].values()):
+        _assert_same_weights(pa, pb)
+    assert a["optimizer"]["sd"]["param_groups"][0]["lr"] == b["optimizer"]["sd"]["param_groups"][0]["lr"]
+    assert resumed["best_val_psnr"] == pytest.approx(whole["best_val_psnr"], abs=1e-9)
+    log = (tmp_path / "parts" / "log.txt").read_text()
+    assert "resumed from" in log and "epoch 2/2, train" in log
+
+
+def test_loader_workers_do_not_change_the_result(config, tmp_path):
+    config = {**config, "epoch_max": 1, "epoch_val": None}
+    inline = train({**config, "num_workers": 0}, str(tmp_path / "inline"))
+    workers = train({**config, "num_workers": 2}, str(tmp_path / "workers"))
+    _assert_same_weights(inline["model"].state_dict(), workers["model"].state_dict())
+
+
+def test_resume_from_a_published_checkpoint_replays_the_lr_schedule(config, tmp_path):
+    model = make_model(config["model"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[1], gamma=0.5)
+    optimizer.step()  # no gradients: changes nothing, but orders the scheduler step after it
+    scheduler.step()  # the published run finished epoch 1: lr is now 5e-4
+    path = tmp_path / "published.pth"
+    entry = {"name": "adam", "args": {"lr": 1e-3}, "sd": optimizer.state_dict()}
+    save_model(model, path, optimizer=entry, epoch=1)
+    result = train(config, str(tmp_path / "run"), resume=str(path))
+    assert result["epoch"] == 2 and result["global_step"] == 4
+    lr = _state(tmp_path / "run" / "epoch-last.pth")["optimizer"]["sd"]["param_groups"][0]["lr"]
+    assert lr == pytest.approx(5e-4)  # halved once, not twice
+
+
+def test_bf16_autocast_step(config, tmp_path):
+    result = train({**config, "amp": "bf16", "max_steps": 1}, str(tmp_path / "bf16"))
+    assert result["global_step"] == 1 and math.isfinite(result["train_loss"])
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_with_the_same_global_batch(config, tmp_path):
+    config = {**config, "max_steps": 3}
+    config_path = tmp_path / "ddp.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    script = tmp_path / "rank.py"
+    script.write_text(
+        "import json, os, sys, torch, yaml\n"
+        "from lte_cuda.train import train\n"
+        "out = sys.argv[2]\n"
+        "result = train(yaml.safe_load(open(sys.argv[1])), os.path.join(out, 'run'))\n"
+        "rank = os.environ['RANK']\n"
+        "torch.save(result['model'].state_dict(), os.path.join(out, f'rank{rank}.pt'))\n"
+        "json.dump({'val': result['val_psnr'], 'loss': result['train_loss']},"
+        " open(os.path.join(out, f'rank{rank}.json'), 'w'))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(script), str(config_path), str(tmp_path)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    single = train(copy.deepcopy(config), str(tmp_path / "single"))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    _assert_same_weights(ranks[0], ranks[1])
+    _assert_same_weights(single["model"].state_dict(), ranks[0], atol=1e-5)
+    for r in range(2):
+        summary = json.loads((tmp_path / f"rank{r}.json").read_text())
+        assert summary["val"] == pytest.approx(single["val_psnr"], abs=1e-4)
+        assert summary["loss"] == pytest.approx(single["train_loss"], abs=1e-5)
+    # Rank 0 alone wrote the run's files.
+    assert (tmp_path / "run" / "epoch-last.pth").exists()
+    assert len((tmp_path / "run" / "log.txt").read_text().splitlines()) >= 3
+
+
+TRAIN_CONFIGS = sorted((REPO / "configs").glob("*.yaml")) + sorted(
+    (REPO / "configs" / "train-div2k").glob("*.yaml")
+)
+
+
+@pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: p.name)
+def test_bundled_training_configs_are_well_formed(path):
+    config = yaml.safe_load(path.read_text())
+    for key in ("train_dataset", "val_dataset"):
+        assert config[key]["dataset"]["name"] in DATASETS
+        assert config[key]["wrapper"]["name"] in DATASETS
+    assert config["model"]["name"] == "lte" and config["optimizer"]["name"] == "adam"
+    assert isinstance(config["epoch_max"], int)
+    assert bool(config.get("multi_step_lr")) != bool(config.get("warmup_cosine_lr"))
