@@ -1,0 +1,154 @@
+"""Everything that needs a GPU, in one command, for a machine lent with one:
+
+    python benchmarks/gpu_check.py [--skip-bench] [--out DIR]
+
+1. builds the extension in place for this GPU's architecture (no network needed);
+2. runs the whole test suite, CUDA cases included;
+3. runs compute-sanitizer (memcheck, racecheck) on a small forward + backward;
+4. checks CPU-vs-CUDA parity on a mid-sized case;
+5. runs the op benchmark on CUDA (and the benchmark suite if present);
+and prints one summary. Exit status 0 only if every step passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(name: str, cmd: list[str], results: list, env: dict | None = None, log_dir: Path | None = None,
+        ok_pattern: str | None = None) -> str:
+    """Runs one step, streams its output, records (name, passed, seconds, note)."""
+    print(f"\n=== {name}: {' '.join(cmd)}", flush=True)
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - start
+    print(proc.stdout[-20000:], flush=True)
+    if log_dir:
+        (log_dir / f"{re.sub(r'[^A-Za-z0-9]+', '_', name)}.log").write_text(proc.stdout)
+    passed = proc.returncode == 0 and (ok_pattern is None or re.search(ok_pattern, proc.stdout))
+    last = [line for line in proc.stdout.strip().splitlines() if line.strip()]
+    results.append((name, bool(passed), seconds, last[-1][:160] if last else ""))
+    return proc.stdout
+
+
+def sanitizer_case() -> None:
+    """A small forward + backward on CUDA, in every dtype, for compute-sanitizer."""
+    import torch
+
+    from lte_cuda import ops
+
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        g = torch.Generator().manual_seed(0)
+        coef = torch.randn(2, 16, 5, 7, generator=g).to("cuda", dtype).requires_grad_(True)
+        freq = torch.randn(2, 16, 5, 7, generator=g).to("cuda", dtype).requires_grad_(True)
+        phase_weight = torch.randn(8, 2, generator=g).to("cuda", dtype).requires_grad_(True)
+        geometry = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+        coord = (torch.rand(2, 33, 2, generator=g) * 2.4 - 1.2).to("cuda", geometry)
+        cell = torch.full_like(coord, 0.05)
+        x, weights = ops.lte_basis(coef, freq, phase_weight, coord, cell)
+        (x.float().sum(-1) * weights.float()).sum().backward()
+    torch.cuda.synchronize()
+    print("sanitizer case done")
+
+
+def parity_case() -> None:
+    """CPU and CUDA kernels agree on values and gradients (float64 and float32)."""
+    import torch
+
+    from lte_cuda import ops
+
+    for dtype, atol in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
+        g = torch.Generator().manual_seed(1)
+        inputs = [torch.randn(4, 128, 24, 31, generator=g, dtype=dtype),
+                  3 * torch.randn(4, 128, 24, 31, generator=g, dtype=dtype),
+                  torch.randn(64, 2, generator=g, dtype=dtype),
+                  torch.rand(4, 20000, 2, generator=g, dtype=dtype) * 2.2 - 1.1,
+                  torch.rand(4, 20000, 2, generator=g, dtype=dtype) * 0.1]
+        cuda_inputs = [t.cuda() for t in inputs]
+        x, w = ops.lte_basis(*inputs)
+        x_gpu, w_gpu = ops.lte_basis(*cuda_inputs)
+        grad_x = torch.randn_like(x)
+        grads = torch.ops.lte_cuda.lte_basis_backward(grad_x, *inputs)
+        grads_gpu = torch.ops.lte_cuda.lte_basis_backward(grad_x.cuda(), *cuda_inputs)
+        diffs = [(a.cpu() - b).abs().max().item() for a, b in zip((x_gpu, w_gpu), (x, w))]
+        grad_diffs = [((a.cpu() - b).abs().max() / b.abs().max()).item()
+                      for a, b in zip(grads_gpu, grads)]
+        print(f"{dtype}: max |x| diff {diffs[0]:.2e}, |weights| {diffs[1]:.2e}, "
+              f"relative grad diffs {', '.join(f'{d:.2e}' for d in grad_diffs)}")
+        assert max(diffs) <= atol and max(grad_diffs) <= 100 * atol, "CPU/CUDA mismatch"
+    print("parity ok")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-bench", action="store_true")
+    parser.add_argument("--out", help="folder for logs and benchmark results")
+    parser.add_argument("--case", choices=["sanitizer", "parity"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case == "sanitizer":
+        sanitizer_case()
+        return 0
+    if args.case == "parity":
+        parity_case()
+        return 0
+
+    import torch
+
+    if not torch.cuda.is_available():
+        print("gpu_check: no CUDA device visible", file=sys.stderr)
+        return 2
+    major, minor = torch.cuda.get_device_capability()
+    out = Path(args.out) if args.out else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+    cuda_home = os.environ.get("CUDA_HOME") or str(Path(shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc").parent.parent)
+    build_env = {"FORCE_CUDA": "1", "CUDA_HOME": cuda_home,
+                 "TORCH_CUDA_ARCH_LIST": f"{major}.{minor}", "MAX_JOBS": str(os.cpu_count() or 4)}
+    results: list = []
+    py = sys.executable
+    print(f"GPU: {torch.cuda.get_device_name()} (sm_{major}{minor}), torch {torch.__version__}")
+
+    run("build", [py, "setup.py", "build_ext", "--inplace"], results, env=build_env, log_dir=out)
+    if not results[-1][1]:
+        return summarize(results)
+    run("tests (CUDA cases included)", [py, "-m", "pytest", "-q", "-ra", "tests"], results,
+        log_dir=out, ok_pattern=r"\d+ passed")
+    sanitizer = shutil.which("compute-sanitizer") or f"{cuda_home}/bin/compute-sanitizer"
+    for tool in ("memcheck", "racecheck"):
+        run(f"compute-sanitizer {tool}",
+            [sanitizer, "--tool", tool, "--error-exitcode", "1", py, __file__, "--case", "sanitizer"],
+            results, log_dir=out, ok_pattern=r"ERROR SUMMARY: 0 errors|RACECHECK SUMMARY: 0 hazards")
+    run("CPU vs CUDA parity", [py, __file__, "--case", "parity"], results, log_dir=out,
+        ok_pattern="parity ok")
+    if not args.skip_bench:
+        json_args = ["--json", str(out / "bench_basis.json")] if out else []
+        run("op benchmark (CUDA)", [py, "benchmarks/bench_basis.py", "--device", "cuda", *json_args],
+            results, log_dir=out)
+        if (ROOT / "benchmarks" / "run.py").exists():
+            suite_out = ["--out", str(out / "suite")] if out else []
+            run("benchmark suite (CUDA)", [py, "benchmarks/run.py", "--device", "cuda", *suite_out],
+                results, log_dir=out)
+    return summarize(results)
+
+
+def summarize(results: list) -> int:
+    print("\n=== gpu_check summary")
+    for name, passed, seconds, note in results:
+        print(f"{'PASS' if passed else 'FAIL'}  {name:<32} {seconds:7.1f} s  {note}")
+    failed = [name for name, passed, _, _ in results if not passed]
+    print("all steps passed" if not failed else f"failed: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
