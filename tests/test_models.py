@@ -284,3 +284,16 @@ def test_flat_image_stays_flat_without_texture() -> None:
         coord, cell = query_grid(1, 11, 9)
         out = model(inp, coord, cell)
     assert torch.allclose(out, out[:, :1].expand_as(out), atol=1e-6)
+
+
+def test_inference_runs_the_mlp_in_row_blocks_with_the_same_result(monkeypatch) -> None:
+    import lte_cuda.models.lte as lte_module
+
+    model = tiny_model("edsr-baseline-lte")
+    coord, cell = query_grid(2, 19, 23)
+    model.gen_feat(torch.rand(2, 3, 8, 9) * 2 - 1)
+    with torch.no_grad():
+        whole = model.query_rgb(coord, cell)
+        monkeypatch.setattr(lte_module, "MLP_ROWS_PER_BLOCK", 100)  # 2*19*23*4 rows: 35 blocks
+        blocked = model.query_rgb(coord, cell)
+    torch.testing.assert_close(blocked, whole, atol=1e-6, rtol=0)

@@ -23,6 +23,8 @@ ENCODERS: dict[str, Callable[..., nn.Module]] = {
 }
 IMNETS: dict[str, Callable[..., nn.Module]] = {"mlp": MLP}
 BACKENDS = ("fused", "reference")
+# Rows (query-neighbour pairs) per MLP block at inference: 32 MiB per hidden layer of 256.
+MLP_ROWS_PER_BLOCK = 32768
 
 
 def make_part(
@@ -116,8 +118,15 @@ class LTE(nn.Module):
         basis = ops.lte_basis if self.backend == "fused" else reference.lte_basis
         x, weights = basis(self.coef_map, self.freq_map, self.phase.weight, coord, cell)
         b, q, n, c = x.shape
-        # All four neighbours of all queries go through the MLP as one matrix product chain.
-        preds = self.imnet(x.reshape(b * q * n, c)).view(b, q, n, -1)
+        # The four neighbours of every query go through the MLP together, one matrix product
+        # per layer. Without autograd, rows go in blocks so the hidden activations stay small
+        # beside x (the largest tensor of a query chunk).
+        rows = x.reshape(b * q * n, c)
+        if torch.is_grad_enabled():
+            preds = self.imnet(rows)
+        else:
+            preds = torch.cat([self.imnet(block) for block in rows.split(MLP_ROWS_PER_BLOCK)])
+        preds = preds.view(b, q, n, -1)
         rgb = (preds * weights.unsqueeze(-1)).sum(dim=2)
         grid = coord.to(self.inp.dtype).flip(-1).unsqueeze(1)
         bilinear = F.grid_sample(
