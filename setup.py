@@ -83,7 +83,7 @@ setup(
     version="0.1.0",
     description="Arbitrary-scale super-resolution with LTE and a fused query kernel",
     packages=find_packages(include=["lte_cuda", "lte_cuda.*"]),
-    package_data={"lte_cuda": ["weights/*.pth", "weights/*.md"]},
+    package_data={"lte_cuda": ["weights/*.pth", "weights/*.md", "assets/*.png", "assets/*.md"]},
     python_requires=">=3.9",
     install_requires=["torch", "numpy", "pillow", "tqdm", "pyyaml"],
     ext_modules=[extension()],

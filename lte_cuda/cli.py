@@ -20,7 +20,9 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from .demo import add_demo_parser
 from .evaluate import add_test_parser
+from .texture_map import add_inspect_parser
 from .train import add_train_parser
 from .upscale import PRECISIONS, resolve_model, upscale
 
@@ -72,7 +74,7 @@ def add_upscale_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     return parser
 
 
-SUBCOMMANDS = (add_upscale_parser, add_train_parser, add_test_parser)
+SUBCOMMANDS = (add_upscale_parser, add_train_parser, add_test_parser, add_demo_parser, add_inspect_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
