@@ -86,19 +86,16 @@ at::ScalarType compute_type(const at::Tensor& coef) {
   return coef.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-at::Tensor coef_channels_last(const at::Tensor& coef) {
-  return coef.permute({0, 2, 3, 1}).to(compute_type(coef)).contiguous();
-}
-
-at::Tensor freq_channels_last(const at::Tensor& freq) {
+KernelInputs kernel_inputs(const at::Tensor& coef, const at::Tensor& freq,
+                           const at::Tensor& phase_weight, const at::Tensor& coord,
+                           const at::Tensor& cell) {
+  const at::ScalarType compute = compute_type(coef);
   const int64_t batch = freq.size(0), channels = freq.size(1);
-  return freq.reshape({batch, channels / 2, 2, freq.size(2), freq.size(3)})
-      .permute({0, 3, 4, 2, 1})
-      .to(compute_type(freq)).contiguous();
-}
-
-at::Tensor in_compute_type(const at::Tensor& t, const at::Tensor& coef) {
-  return t.to(compute_type(coef)).contiguous();
+  const at::Tensor freq_pairs =
+      freq.reshape({batch, channels / 2, 2, freq.size(2), freq.size(3)}).permute({0, 3, 4, 2, 1});
+  return {coef.permute({0, 2, 3, 1}).to(compute).contiguous(),
+          freq_pairs.to(compute).contiguous(), phase_weight.t().to(compute).contiguous(),
+          coord.to(compute).contiguous(), cell.to(compute).contiguous()};
 }
 
 at::Tensor coef_from_channels_last(const at::Tensor& grad_cl, at::ScalarType dtype) {

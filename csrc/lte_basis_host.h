@@ -17,18 +17,22 @@ void check_grad_x(const at::Tensor& grad_x, const at::Tensor& coef, const at::Te
 // The type the kernels compute in: float for float16/bfloat16/float32, double for float64.
 at::ScalarType compute_type(const at::Tensor& coef);
 
-// coef as (B, h, w, C) in the compute type: each pixel's channels contiguous, the cosine
-// half (0..C/2-1) before the sine half.
-at::Tensor coef_channels_last(const at::Tensor& coef);
+// The forward arguments as the kernels read them: contiguous, in the compute type.
+struct KernelInputs {
+  at::Tensor coef;     // (B, h, w, C): each pixel's channels contiguous, cosine half first
+  at::Tensor freq;     // (B, h, w, 2, C/2): a pixel's row weights freq[2k], then column
+                       // weights freq[2k+1], each contiguous
+  at::Tensor phase_w;  // (2, C/2): phase.weight[:, 0], then phase.weight[:, 1]
+  at::Tensor coord;    // (B, Q, 2)
+  at::Tensor cell;     // (B, Q, 2)
+};
 
-// freq as (B, h, w, 2, C/2) in the compute type: the interleaved pairs split so that a pixel's
-// row weights freq[2k] and then its column weights freq[2k+1] are contiguous.
-at::Tensor freq_channels_last(const at::Tensor& freq);
+KernelInputs kernel_inputs(const at::Tensor& coef, const at::Tensor& freq,
+                           const at::Tensor& phase_weight, const at::Tensor& coord,
+                           const at::Tensor& cell);
 
-// A contiguous copy (or the tensor itself) in the compute type.
-at::Tensor in_compute_type(const at::Tensor& t, const at::Tensor& coef);
-
-// Inverse layouts of the two above, back to (B, C, h, w) contiguous in `dtype`.
+// Gradients in the KernelInputs layouts of coef and freq, back to (B, C, h, w) contiguous in
+// `dtype`.
 at::Tensor coef_from_channels_last(const at::Tensor& grad_cl, at::ScalarType dtype);
 at::Tensor freq_from_channels_last(const at::Tensor& grad_cl, at::ScalarType dtype);
 

@@ -96,21 +96,17 @@ std::tuple<at::Tensor, at::Tensor> lte_basis_cpu(const at::Tensor& coef, const a
   if (x.numel() == 0) return {x, weights};
   advise_huge_pages(x.data_ptr(), x.nbytes());
 
-  const at::Tensor coef_cl = coef_channels_last(coef);
-  const at::Tensor freq_cl = freq_channels_last(freq);
-  const at::Tensor phase_w = in_compute_type(phase_weight.t(), coef);
-  const at::Tensor coord_c = in_compute_type(coord, coef);
-  const at::Tensor cell_c = in_compute_type(cell, coef);
+  const KernelInputs in = kernel_inputs(coef, freq, phase_weight, coord, cell);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, coef.scalar_type(), "lte_basis_cpu",
                                   [&] {
     using T = at::opmath_type<scalar_t>;
     const Grid<T> grid = make_grid<T>(height, width);
-    const T* coef_p = coef_cl.const_data_ptr<T>();
-    const T* freq_p = freq_cl.const_data_ptr<T>();
-    const T* phase_w_p = phase_w.const_data_ptr<T>();
-    const T* coord_p = coord_c.const_data_ptr<T>();
-    const T* cell_p = cell_c.const_data_ptr<T>();
+    const T* coef_p = in.coef.const_data_ptr<T>();
+    const T* freq_p = in.freq.const_data_ptr<T>();
+    const T* phase_w_p = in.phase_w.const_data_ptr<T>();
+    const T* coord_p = in.coord.const_data_ptr<T>();
+    const T* cell_p = in.cell.const_data_ptr<T>();
     scalar_t* x_p = x.mutable_data_ptr<scalar_t>();
     scalar_t* weights_p = weights.mutable_data_ptr<scalar_t>();
 
@@ -182,11 +178,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lte_basis_backward_cpu(
 
   if (grad_x.numel() > 0) {
     const at::Tensor grad_x_c = grad_x.contiguous();
-    const at::Tensor coef_cl = coef_channels_last(coef);
-    const at::Tensor freq_cl = freq_channels_last(freq);
-    const at::Tensor phase_w = in_compute_type(phase_weight.t(), coef);
-    const at::Tensor coord_c = in_compute_type(coord, coef);
-    const at::Tensor cell_c = in_compute_type(cell, coef);
+    const KernelInputs in = kernel_inputs(coef, freq, phase_weight, coord, cell);
     const int64_t tasks = (batch * pixels + kPixelsPerTask - 1) / kPixelsPerTask;
     at::Tensor grad_phase_partial = at::zeros({tasks, 2, half}, compute_options);
 
@@ -194,11 +186,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lte_basis_backward_cpu(
                                     "lte_basis_backward_cpu", [&] {
       using T = at::opmath_type<scalar_t>;
       const Grid<T> grid = make_grid<T>(height, width);
-      const T* coef_p = coef_cl.const_data_ptr<T>();
-      const T* freq_p = freq_cl.const_data_ptr<T>();
-      const T* phase_w_p = phase_w.const_data_ptr<T>();
-      const T* coord_p = coord_c.const_data_ptr<T>();
-      const T* cell_p = cell_c.const_data_ptr<T>();
+      const T* coef_p = in.coef.const_data_ptr<T>();
+      const T* freq_p = in.freq.const_data_ptr<T>();
+      const T* phase_w_p = in.phase_w.const_data_ptr<T>();
+      const T* coord_p = in.coord.const_data_ptr<T>();
+      const T* cell_p = in.cell.const_data_ptr<T>();
       const scalar_t* grad_x_p = grad_x_c.const_data_ptr<scalar_t>();
       T* grad_coef_p = grad_coef_cl.mutable_data_ptr<T>();
       T* grad_freq_p = grad_freq_cl.mutable_data_ptr<T>();

@@ -50,7 +50,7 @@ __global__ void forward_kernel(const T* __restrict__ coef, const T* __restrict__
     const int64_t b = bq / queries;
     const T coord_row = coord[2 * bq], coord_col = coord[2 * bq + 1];
     const Neighbour<T> nb = locate_neighbour(coord_row, coord_col, n, grid);
-    const T phase = phase_value(phase_w[2 * k], phase_w[2 * k + 1],
+    const T phase = phase_value(phase_w[k], phase_w[half + k],
                                 cell[2 * bq] * grid.row.size_t,
                                 cell[2 * bq + 1] * grid.col.size_t);
     const int64_t pixel = (b * pixels + nb.pixel) * channels;
@@ -109,7 +109,7 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad_x, const T* __
   const int64_t k = blockIdx.y * int64_t(blockDim.x) + threadIdx.x;
   if (k >= half) return;
   const int64_t channels = 2 * half;
-  const T weight_row = phase_w[2 * k], weight_col = phase_w[2 * k + 1];
+  const T weight_row = phase_w[k], weight_col = phase_w[half + k];
   T grad_weight_row = 0, grad_weight_col = 0;
   for (int64_t s = blockIdx.x; s < segments; s += gridDim.x) {
     const int64_t pixel = segment_pixel[s] * channels;
@@ -152,11 +152,7 @@ std::tuple<at::Tensor, at::Tensor> lte_basis_cuda(const at::Tensor& coef, const 
   at::Tensor weights = at::empty({batch, queries, kNeighbours}, coef.options());
   if (x.numel() == 0) return {x, weights};
 
-  const at::Tensor coef_cl = coef_channels_last(coef);
-  const at::Tensor freq_cl = freq_channels_last(freq);
-  const at::Tensor phase_w = in_compute_type(phase_weight, coef);
-  const at::Tensor coord_c = in_compute_type(coord, coef);
-  const at::Tensor cell_c = in_compute_type(cell, coef);
+  const KernelInputs in = kernel_inputs(coef, freq, phase_weight, coord, cell);
   const int64_t total = batch * queries * kNeighbours * (channels / 2);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
@@ -165,12 +161,12 @@ std::tuple<at::Tensor, at::Tensor> lte_basis_cuda(const at::Tensor& coef, const 
     using T = at::opmath_type<scalar_t>;
     const Grid<T> grid = make_grid<T>(height, width);
     forward_kernel<scalar_t, T><<<blocks_for(total), kThreads, 0, stream>>>(
-        coef_cl.const_data_ptr<T>(), freq_cl.const_data_ptr<T>(), phase_w.const_data_ptr<T>(),
-        coord_c.const_data_ptr<T>(), cell_c.const_data_ptr<T>(), x.mutable_data_ptr<scalar_t>(),
+        in.coef.const_data_ptr<T>(), in.freq.const_data_ptr<T>(), in.phase_w.const_data_ptr<T>(),
+        in.coord.const_data_ptr<T>(), in.cell.const_data_ptr<T>(), x.mutable_data_ptr<scalar_t>(),
         batch * queries, queries, channels / 2, height * width, grid);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     weights_kernel<scalar_t, T><<<blocks_for(batch * queries), kThreads, 0, stream>>>(
-        coord_c.const_data_ptr<T>(), weights.mutable_data_ptr<scalar_t>(), batch * queries, grid);
+        in.coord.const_data_ptr<T>(), weights.mutable_data_ptr<scalar_t>(), batch * queries, grid);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {x, weights};
@@ -192,11 +188,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lte_basis_backward_cuda(
 
   if (grad_x.numel() > 0) {
     const at::Tensor grad_x_c = grad_x.contiguous();
-    const at::Tensor coef_cl = coef_channels_last(coef);
-    const at::Tensor freq_cl = freq_channels_last(freq);
-    const at::Tensor phase_w = in_compute_type(phase_weight, coef);
-    const at::Tensor coord_c = in_compute_type(coord, coef);
-    const at::Tensor cell_c = in_compute_type(cell, coef);
+    const KernelInputs in = kernel_inputs(coef, freq, phase_weight, coord, cell);
     const int64_t entries = batch * queries * kNeighbours;
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     at::Tensor keys = at::empty({entries}, coef.options().dtype(at::kLong));
@@ -206,7 +198,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lte_basis_backward_cuda(
       using T = at::opmath_type<scalar_t>;
       const Grid<T> grid = make_grid<T>(height, width);
       pixel_key_kernel<T><<<blocks_for(entries), kThreads, 0, stream>>>(
-          coord_c.const_data_ptr<T>(), keys.mutable_data_ptr<int64_t>(), batch * queries,
+          in.coord.const_data_ptr<T>(), keys.mutable_data_ptr<int64_t>(), batch * queries,
           queries, pixels, grid);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
 
@@ -222,9 +214,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lte_basis_backward_cuda(
                         static_cast<unsigned>((half + threads - 1) / threads));
       at::Tensor grad_phase_partial = at::zeros({segment_blocks, half, 2}, compute_options);
       backward_kernel<scalar_t, T><<<blocks, threads, 0, stream>>>(
-          grad_x_c.const_data_ptr<scalar_t>(), coef_cl.const_data_ptr<T>(),
-          freq_cl.const_data_ptr<T>(), phase_w.const_data_ptr<T>(), coord_c.const_data_ptr<T>(),
-          cell_c.const_data_ptr<T>(), segment_pixel.const_data_ptr<int64_t>(),
+          grad_x_c.const_data_ptr<scalar_t>(), in.coef.const_data_ptr<T>(),
+          in.freq.const_data_ptr<T>(), in.phase_w.const_data_ptr<T>(), in.coord.const_data_ptr<T>(),
+          in.cell.const_data_ptr<T>(), segment_pixel.const_data_ptr<int64_t>(),
           segment_end.const_data_ptr<int64_t>(), entry_order.const_data_ptr<int64_t>(), segments,
           half, grid, grad_coef_cl.mutable_data_ptr<T>(), grad_freq_cl.mutable_data_ptr<T>(),
           grad_phase_partial.mutable_data_ptr<T>());
