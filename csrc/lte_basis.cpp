@@ -90,24 +90,14 @@ KernelInputs kernel_inputs(const at::Tensor& coef, const at::Tensor& freq,
                            const at::Tensor& phase_weight, const at::Tensor& coord,
                            const at::Tensor& cell) {
   const at::ScalarType compute = compute_type(coef);
-  const int64_t batch = freq.size(0), channels = freq.size(1);
-  const at::Tensor freq_pairs =
-      freq.reshape({batch, channels / 2, 2, freq.size(2), freq.size(3)}).permute({0, 3, 4, 2, 1});
   return {coef.permute({0, 2, 3, 1}).to(compute).contiguous(),
-          freq_pairs.to(compute).contiguous(), phase_weight.t().to(compute).contiguous(),
-          coord.to(compute).contiguous(), cell.to(compute).contiguous()};
+          freq.permute({0, 2, 3, 1}).to(compute).contiguous(),
+          phase_weight.t().to(compute).contiguous(), coord.to(compute).contiguous(),
+          cell.to(compute).contiguous()};
 }
 
-at::Tensor coef_from_channels_last(const at::Tensor& grad_cl, at::ScalarType dtype) {
-  return grad_cl.permute({0, 3, 1, 2}).to(dtype).contiguous();
-}
-
-at::Tensor freq_from_channels_last(const at::Tensor& grad_cl, at::ScalarType dtype) {
-  const int64_t batch = grad_cl.size(0), height = grad_cl.size(1), width = grad_cl.size(2);
-  const int64_t half = grad_cl.size(4);
-  return grad_cl.permute({0, 4, 3, 1, 2})
-      .reshape({batch, 2 * half, height, width})
-      .to(dtype).contiguous();
+at::Tensor from_channels_last(const at::Tensor& grad_cl, at::ScalarType dtype) {
+  return grad_cl.to(dtype).permute({0, 3, 1, 2});
 }
 
 }  // namespace lte

@@ -17,11 +17,12 @@ void check_grad_x(const at::Tensor& grad_x, const at::Tensor& coef, const at::Te
 // The type the kernels compute in: float for float16/bfloat16/float32, double for float64.
 at::ScalarType compute_type(const at::Tensor& coef);
 
-// The forward arguments as the kernels read them: contiguous, in the compute type.
+// The forward arguments as the kernels read them: contiguous, in the compute type. Feature maps
+// that are already channels-last in the compute type (what LTE's convolutions give) are used
+// without a copy.
 struct KernelInputs {
   at::Tensor coef;     // (B, h, w, C): each pixel's channels contiguous, cosine half first
-  at::Tensor freq;     // (B, h, w, 2, C/2): a pixel's row weights freq[2k], then column
-                       // weights freq[2k+1], each contiguous
+  at::Tensor freq;     // (B, h, w, C): each pixel's (row, col) pairs contiguous
   at::Tensor phase_w;  // (2, C/2): phase.weight[:, 0], then phase.weight[:, 1]
   at::Tensor coord;    // (B, Q, 2)
   at::Tensor cell;     // (B, Q, 2)
@@ -31,9 +32,8 @@ KernelInputs kernel_inputs(const at::Tensor& coef, const at::Tensor& freq,
                            const at::Tensor& phase_weight, const at::Tensor& coord,
                            const at::Tensor& cell);
 
-// Gradients in the KernelInputs layouts of coef and freq, back to (B, C, h, w) contiguous in
-// `dtype`.
-at::Tensor coef_from_channels_last(const at::Tensor& grad_cl, at::ScalarType dtype);
-at::Tensor freq_from_channels_last(const at::Tensor& grad_cl, at::ScalarType dtype);
+// A gradient accumulated as (B, h, w, C) returned as (B, C, h, w) in `dtype`, channels-last
+// strided (no transposing copy; fake kernels return the same strides).
+at::Tensor from_channels_last(const at::Tensor& grad_cl, at::ScalarType dtype);
 
 }  // namespace lte

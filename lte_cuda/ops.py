@@ -173,11 +173,12 @@ def _register() -> None:
     @torch.library.register_fake(backward_op)
     def _fake_backward(grad_x, coef, freq, phase_weight, coord, cell):
         _check_inputs(coef, freq, phase_weight, coord, cell)
-        contiguous = {"dtype": coef.dtype, "device": coef.device}
+        # The kernels return feature gradients channels-last strided, like their inputs' layout.
+        like = {"dtype": coef.dtype, "device": coef.device}
         return (
-            torch.empty(coef.shape, **contiguous),
-            torch.empty(freq.shape, **contiguous),
-            torch.empty(phase_weight.shape, **contiguous),
+            torch.empty_permuted(coef.shape, (0, 2, 3, 1), **like),
+            torch.empty_permuted(freq.shape, (0, 2, 3, 1), **like),
+            torch.empty(phase_weight.shape, **like),
         )
 
     def _setup_context(ctx, inputs, output):

@@ -58,7 +58,7 @@ LTE_CPU_MULTIVERSION void forward_channels(const T* __restrict__ coef,
   for (int64_t k = 0; k < half; ++k) {
     const T phase = phase_value(phase_w[k], phase_w[half + k], rel_cell_row, rel_cell_col);
     T x_cos, x_sin;
-    basis_forward(coef[k], coef[half + k], freq[k], freq[half + k], rel_row, rel_col, phase,
+    basis_forward(coef[k], coef[half + k], freq[2 * k], freq[2 * k + 1], rel_row, rel_col, phase,
                   x_cos, x_sin);
     x[k] = static_cast<out_t>(x_cos);
     x[half + k] = static_cast<out_t>(x_sin);
@@ -76,9 +76,9 @@ LTE_CPU_MULTIVERSION void backward_channels(
   for (int64_t k = 0; k < half; ++k) {
     const T phase = phase_value(phase_w[k], phase_w[half + k], rel_cell_row, rel_cell_col);
     const T grad_phase = basis_vjp(
-        coef[k], coef[half + k], freq[k], freq[half + k], rel_row, rel_col, phase,
+        coef[k], coef[half + k], freq[2 * k], freq[2 * k + 1], rel_row, rel_col, phase,
         static_cast<T>(grad_x[k]), static_cast<T>(grad_x[half + k]), grad_coef[k],
-        grad_coef[half + k], grad_freq[k], grad_freq[half + k]);
+        grad_coef[half + k], grad_freq[2 * k], grad_freq[2 * k + 1]);
     phase_vjp(grad_phase, rel_cell_row, rel_cell_col, grad_phase_w[k], grad_phase_w[half + k]);
   }
 }
@@ -173,7 +173,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lte_basis_backward_cpu(
   const int64_t half = channels / 2, pixels = height * width;
   const auto compute_options = coef.options().dtype(compute_type(coef));
   at::Tensor grad_coef_cl = at::zeros({batch, height, width, channels}, compute_options);
-  at::Tensor grad_freq_cl = at::zeros({batch, height, width, 2, half}, compute_options);
+  at::Tensor grad_freq_cl = at::zeros({batch, height, width, channels}, compute_options);
   at::Tensor grad_phase_w = at::zeros({2, half}, compute_options);
 
   if (grad_x.numel() > 0) {
@@ -221,8 +221,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lte_basis_backward_cpu(
     });
     grad_phase_w = grad_phase_partial.sum(0);
   }
-  return {coef_from_channels_last(grad_coef_cl, coef.scalar_type()),
-          freq_from_channels_last(grad_freq_cl, coef.scalar_type()),
+  return {from_channels_last(grad_coef_cl, coef.scalar_type()),
+          from_channels_last(grad_freq_cl, coef.scalar_type()),
           grad_phase_w.t().to(coef.scalar_type()).contiguous()};
 }
 

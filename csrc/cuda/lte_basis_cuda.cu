@@ -55,8 +55,8 @@ __global__ void forward_kernel(const T* __restrict__ coef, const T* __restrict__
                                 cell[2 * bq + 1] * grid.col.size_t);
     const int64_t pixel = (b * pixels + nb.pixel) * channels;
     T x_cos, x_sin;
-    basis_forward(coef[pixel + k], coef[pixel + half + k], freq[pixel + k],
-                  freq[pixel + half + k], nb.rel_row, nb.rel_col, phase, x_cos, x_sin);
+    basis_forward(coef[pixel + k], coef[pixel + half + k], freq[pixel + 2 * k],
+                  freq[pixel + 2 * k + 1], nb.rel_row, nb.rel_col, phase, x_cos, x_sin);
     x[entry * channels + k] = static_cast<scalar_t>(x_cos);
     x[entry * channels + half + k] = static_cast<scalar_t>(x_sin);
   }
@@ -114,7 +114,7 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad_x, const T* __
   for (int64_t s = blockIdx.x; s < segments; s += gridDim.x) {
     const int64_t pixel = segment_pixel[s] * channels;
     const T coef_cos = coef[pixel + k], coef_sin = coef[pixel + half + k];
-    const T freq_row = freq[pixel + k], freq_col = freq[pixel + half + k];
+    const T freq_row = freq[pixel + 2 * k], freq_col = freq[pixel + 2 * k + 1];
     T grad_coef_cos = 0, grad_coef_sin = 0, grad_freq_row = 0, grad_freq_col = 0;
     for (int64_t j = s == 0 ? 0 : segment_end[s - 1]; j < segment_end[s]; ++j) {
       const int64_t entry = entry_order[j];
@@ -133,8 +133,8 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad_x, const T* __
     }
     grad_coef[pixel + k] = grad_coef_cos;
     grad_coef[pixel + half + k] = grad_coef_sin;
-    grad_freq[pixel + k] = grad_freq_row;
-    grad_freq[pixel + half + k] = grad_freq_col;
+    grad_freq[pixel + 2 * k] = grad_freq_row;
+    grad_freq[pixel + 2 * k + 1] = grad_freq_col;
   }
   grad_phase_partial[(blockIdx.x * half + k) * 2] = grad_weight_row;
   grad_phase_partial[(blockIdx.x * half + k) * 2 + 1] = grad_weight_col;
@@ -183,7 +183,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lte_basis_backward_cuda(
   const int64_t half = channels / 2, pixels = height * width;
   const auto compute_options = coef.options().dtype(compute_type(coef));
   at::Tensor grad_coef_cl = at::zeros({batch, height, width, channels}, compute_options);
-  at::Tensor grad_freq_cl = at::zeros({batch, height, width, 2, half}, compute_options);
+  at::Tensor grad_freq_cl = at::zeros({batch, height, width, channels}, compute_options);
   at::Tensor grad_phase = at::zeros({half, 2}, compute_options);
 
   if (grad_x.numel() > 0) {
@@ -224,8 +224,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lte_basis_backward_cuda(
       grad_phase = grad_phase_partial.sum(0);
     });
   }
-  return {coef_from_channels_last(grad_coef_cl, coef.scalar_type()),
-          freq_from_channels_last(grad_freq_cl, coef.scalar_type()),
+  return {from_channels_last(grad_coef_cl, coef.scalar_type()),
+          from_channels_last(grad_freq_cl, coef.scalar_type()),
           grad_phase.to(coef.scalar_type())};
 }
 

@@ -103,8 +103,11 @@ class LTE(nn.Module):
         """
         self.inp = inp
         self.feat = self.encoder(inp)
-        self.coef_map = self.coef(self.feat)
-        self.freq_map = self.freq(self.feat)
+        # Channels-last features give channels-last coef/freq maps: the layout the fused op
+        # reads, so it needs no transposing copy of them.
+        feat = self.feat.contiguous(memory_format=torch.channels_last)
+        self.coef_map = self.coef(feat)
+        self.freq_map = self.freq(feat)
         return self.feat
 
     def query_rgb(self, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
