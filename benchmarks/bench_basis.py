@@ -23,6 +23,7 @@ import torch
 import torch.utils.benchmark as benchmark
 
 from lte_cuda import ops, reference
+from memory import CHILD_ENV, peak_rss_above_current
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,17 @@ def make_inputs(shape: Shape, device: str, requires_grad: bool):
     phase_weight = torch.randn(shape.channels // 2, 2, generator=g)
     coord = torch.rand(shape.batch, shape.queries, 2, generator=g) * 2 - 1
     cell = torch.full((shape.batch, shape.queries, 2), 2 / (4 * shape.height))
+    # Channels-last feature maps, as LTE's coef/freq convolutions produce them.
+    coef, freq = (t.contiguous(memory_format=torch.channels_last) for t in (coef, freq))
     params = [t.to(device).requires_grad_(requires_grad) for t in (coef, freq, phase_weight)]
     return params + [coord.to(device), cell.to(device)]
+
+
+def decoder_loss(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """A stand-in for the decoder: every neighbour through a C -> 3 projection (a dense
+    gradient for x, as the MLP's first layer gives), then the weighted sum."""
+    head = torch.ones(x.shape[-1], 3, dtype=x.dtype, device=x.device) / x.shape[-1]
+    return ((x @ head) * weights.unsqueeze(-1)).sum()
 
 
 def path_fn(path: str):
@@ -74,8 +84,7 @@ def path_fn(path: str):
 def run_once(fn, inputs, mode: str):
     x, weights = fn(*inputs)
     if mode == "fwd+bwd":
-        # A loss that uses every neighbour and its weight, as the decoder does.
-        (x.sum(-1) * weights).sum().backward()
+        decoder_loss(x, weights).backward()
         for t in inputs[:3]:
             t.grad = None
     return x
@@ -88,7 +97,7 @@ def check_agreement(shape: Shape, device: str, paths: list[str]) -> None:
     for path in paths:
         inputs = make_inputs(small, device, requires_grad=True)
         x, weights = path_fn(path)(*inputs)
-        (x.sum(-1) * weights).sum().backward()
+        decoder_loss(x, weights).backward()
         outputs[path] = [x.detach(), weights.detach()] + [t.grad for t in inputs[:3]]
     for path in paths[1:]:
         for got, want in zip(outputs[path], outputs[paths[0]]):
@@ -130,7 +139,7 @@ def peak_memory(shape: Shape, device: str, path: str, mode: str) -> int:
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
     cmd = [sys.executable, __file__, "--peak-rss-child", json.dumps([asdict(shape), path, mode])]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=CHILD_ENV).stdout
     return int(out.strip().splitlines()[-1])
 
 
@@ -144,33 +153,14 @@ def peak_rss_child(spec: str) -> None:
     print(peak_rss_above_current(lambda: run_once(fn, inputs, mode)))
 
 
-def _status_bytes(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def peak_rss_above_current(fn) -> int:
-    """Peak resident bytes while ``fn`` runs, above the resident bytes just before it.
-
-    Resets the kernel's high-water mark first (Linux: writing 5 to /proc/self/clear_refs), so
-    an earlier peak (imports, input creation) does not hide the call's own.
-    """
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = _status_bytes("VmRSS")
-    fn()
-    return max(_status_bytes("VmHWM") - before, 0)
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller shapes, short timing")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--no-compile", action="store_true",
                         help="skip torch.compile of the reference (its first compile is slow)")
+    parser.add_argument("--shape", action="append", help="only these shapes (repeatable)")
+    parser.add_argument("--mode", choices=["fwd", "fwd+bwd"], help="only this mode")
     parser.add_argument("--json", help="write the records to this file")
     parser.add_argument("--peak-rss-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -181,6 +171,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         sys.exit(f"bench_basis: the fused op is not available: {ops.LIBRARY_ERROR}")
 
     shapes = QUICK_SHAPES if args.quick else SHAPES
+    if args.shape:
+        unknown = set(args.shape) - set(shapes)
+        if unknown:
+            sys.exit(f"bench_basis: unknown --shape {sorted(unknown)}; known: {sorted(shapes)}")
+        shapes = {name: shapes[name] for name in args.shape}
+    modes = [args.mode] if args.mode else ["fwd", "fwd+bwd"]
     paths = ["fused", "reference"] + ([] if args.no_compile else ["compiled"])
     min_run_time = 0.5 if args.quick else 2.0
     print(f"torch {torch.__version__}, device {args.device}"
@@ -189,7 +185,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     records = []
     for shape in shapes.values():
         check_agreement(shape, args.device, paths)
-        for mode in ("fwd", "fwd+bwd"):
+        for mode in modes:
             for path in paths:
                 rec = {"bench": "basis", "shape": shape.name, "dims": shape.describe(),
                        "mode": mode, "path": path, "device": args.device}

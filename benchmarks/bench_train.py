@@ -8,9 +8,9 @@ Each backend runs in a fresh subprocess (so one cannot inherit the other's memor
 - time: median over ``--steps`` steps after ``--warmup`` steps, with perf_counter around
   each phase (encoder forward = gen_feat: encoder + coef/freq convs; query forward =
   query_rgb + loss; backward; optimizer step), synchronising CUDA at each boundary;
-- peak memory: on CPU ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` after the steps minus
-  before them (after imports, model, optimizer and batch are set up), i.e. the extra resident
-  memory the steps needed at their peak; on CUDA ``torch.cuda.max_memory_allocated``.
+- peak memory: on CPU the peak resident memory during the steps above the resident memory
+  before them (after imports, model, optimizer and batch are set up; see memory.py), i.e. the
+  extra memory the steps needed at their peak; on CUDA ``torch.cuda.max_memory_allocated``.
 
 Targets: fused >= 1.2x faster and <= 0.7x the peak memory of the reference. Until the compiled
 extension is built, the fused backend falls back to the reference (ratios ~1); the script
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 from lte_cuda import ops
 from lte_cuda.coords import make_coord
 from lte_cuda.models import LTE, build_preset
+from memory import CHILD_ENV, peak_since, reset_peak
 
 MIB = 1 << 20
 TARGET_SPEEDUP = 1.2  # reference step time / fused step time
@@ -93,7 +93,7 @@ def worker(backend: str, device: str, batch: int, side: int, queries: int, warmu
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     data = {k: v.to(device) for k, v in make_batch(batch, side, queries).items()}
     _sync(device)
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_before = reset_peak()
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         cuda_before = torch.cuda.memory_allocated()
@@ -118,7 +118,7 @@ def worker(backend: str, device: str, batch: int, side: int, queries: int, warmu
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated() - cuda_before
     else:
-        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) * 1024
+        peak = peak_since(rss_before)
     return {
         "backend": backend,
         "fused_kernels": ops.library_available() if backend == "fused" else False,
@@ -133,7 +133,7 @@ def run_worker(args: argparse.Namespace, backend: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", backend, "--device", args.device,
            "--batch", str(args.batch), "--side", str(args.side), "--queries", str(args.queries),
            "--warmup", str(args.warmup), "--steps", str(args.steps)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=CHILD_ENV)
     if done.returncode != 0:
         raise RuntimeError(f"{backend} worker failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -165,7 +165,7 @@ def main() -> None:
           f"{args.queries} queries/image, L1 + backward + Adam; median of {args.steps} "
           f"after {args.warmup} warm-up")
     results = {b: run_worker(args, b) for b in ("reference", "fused")}
-    memory = "CUDA max_memory_allocated" if args.device.startswith("cuda") else "ru_maxrss growth"
+    memory = "CUDA max_memory_allocated" if args.device.startswith("cuda") else "VmHWM above VmRSS"
     header = f"{'backend':<10} {'step s':>8} " + " ".join(f"{p:>12}" for p in PHASES) + f" {'peak MiB':>9}"
     print(header)
     for name, r in results.items():

@@ -38,6 +38,7 @@ from torch.utils.benchmark import Timer
 from lte_cuda import ops, reference
 from lte_cuda.models import LTE, build_preset
 from lte_cuda.upscale import super_resolve
+from memory import CHILD_ENV, peak_rss_above_current
 
 SCALE = 4
 MIB = 1 << 20
@@ -111,33 +112,15 @@ def measure_time(backend: str, in_side: int, chunk: int, repeat: int) -> dict[st
     return {"total": total, **{k: v / phased_total for k, v in phases.items()}}
 
 
-def _status_bytes(field: str) -> int:
-    """A ``kB`` field of /proc/self/status (Linux), in bytes."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
 def child_peak(backend: str, in_side: int, chunk: int) -> None:
-    """In a fresh process: print the extra peak RSS (bytes) of one upscale as JSON.
-
-    ru_maxrss cannot be used: Linux carries the parent's high-water mark into a forked child.
-    VmHWM belongs to this process's own address space, and writing 5 to clear_refs resets it
-    to the current RSS, so import-time transients do not hide the run's peak.
-    """
+    """In a fresh process: print the extra peak RSS (bytes) of one upscale as JSON."""
     model, image = make_inputs(in_side, backend)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = _status_bytes("VmRSS")
-    run_upscale(model, image, chunk)
-    print(json.dumps({"peak_bytes": _status_bytes("VmHWM") - before}))
-
+    peak = peak_rss_above_current(lambda: run_upscale(model, image, chunk))
+    print(json.dumps({"peak_bytes": peak}))
 
 def measure_peak(backend: str, in_side: int, chunk: int) -> int:
     command = [sys.executable, __file__, "--child", backend, str(in_side), "--chunk", str(chunk)]
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    done = subprocess.run(command, capture_output=True, text=True, check=True, env=CHILD_ENV)
     return json.loads(done.stdout.strip().splitlines()[-1])["peak_bytes"]
 
 

@@ -1,0 +1,152 @@
+"""The benchmark suite (benchmarks/run.py) on tiny shapes, and the LTE+ baseline it times
+(benchmarks/lte_plus.py): built from an LTE's weights it must compute that LTE's function."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lte_cuda import ops
+from lte_cuda.coords import make_coord
+from lte_cuda.models import build_preset
+from lte_cuda.upscale import super_resolve
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import lte_plus  # noqa: E402
+import run  # noqa: E402
+
+TINY_IMNET = {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [32, 32]}}
+
+
+def tiny_lte():
+    torch.manual_seed(0)
+    return build_preset("edsr-baseline-lte", {"n_resblocks": 2, "n_feats": 16}, hidden_dim=16,
+                        imnet_spec=TINY_IMNET).eval()
+
+
+def grid_queries(batch: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """LTE+'s queries for a height x width output: the grid (B, H, W, 2) and one cell (B, 2)."""
+    coord = make_coord((height, width)).expand(batch, -1, -1, -1)
+    return coord, torch.tensor([2 / height, 2 / width]).expand(batch, 2)
+
+
+# ----------------------------------------------------------------------------- LTE+
+
+
+def test_split_permutation_moves_rows_first_then_columns() -> None:
+    assert lte_plus.split_permutation(6).tolist() == [0, 2, 4, 1, 3, 5]
+
+
+def test_lte_plus_from_lte_computes_the_lte_function() -> None:
+    model = tiny_lte()
+    inp = torch.rand(2, 3, 7, 9) * 2 - 1
+    coord, cell = grid_queries(2, 17, 20)
+    with torch.no_grad():
+        flat = coord.reshape(2, -1, 2)
+        want = model(inp, flat, cell[:, None].expand_as(flat)).view(2, 17, 20, 3).permute(0, 3, 1, 2)
+        got = lte_plus.LTEPlus.from_lte(model).eval()(inp, coord, cell)
+        unpermuted = lte_plus.LTEPlus.from_lte(model, split_frequencies=False).eval()(inp, coord, cell)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    # LTE weights read in LTE+'s split layout are a different function.
+    assert (unpermuted - want).abs().max() > 1e-3
+
+
+def test_lte_plus_basis_matches_the_fused_op_values_and_gradients() -> None:
+    g = torch.Generator().manual_seed(0)
+    coef = torch.randn(2, 8, 5, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    freq = torch.randn(2, 8, 5, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    phase = torch.randn(4, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    coord = torch.rand(2, 9, 7, 2, generator=g, dtype=torch.float64) * 2 - 1
+    cell = torch.rand(2, 2, generator=g, dtype=torch.float64) * 0.2
+    perm = lte_plus.split_permutation(8)
+
+    xs, ws = lte_plus.lte_plus_basis(coef, freq[:, perm], phase, coord, cell)
+    x_plus = torch.stack(xs, 1).flatten(3).permute(0, 3, 1, 2)  # (B, 4, C, H, W) -> (B, Q, 4, C)
+    w_plus = torch.stack(ws, 1).flatten(2).permute(0, 2, 1)
+    flat = coord.reshape(2, -1, 2)
+    x_op, w_op = ops.lte_basis(coef, freq, phase, flat, cell[:, None].expand_as(flat).contiguous())
+    torch.testing.assert_close(x_plus, x_op, atol=1e-10, rtol=0)
+    torch.testing.assert_close(w_plus, w_op, atol=1e-10, rtol=0)
+
+    grad = torch.randn(x_op.shape, generator=g, dtype=torch.float64)
+    grads_plus = torch.autograd.grad((x_plus * grad).sum(), (coef, freq, phase))
+    grads_op = torch.autograd.grad((x_op * grad).sum(), (coef, freq, phase))
+    for got, want in zip(grads_plus, grads_op):
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=0)
+
+
+def test_lte_plus_upscale_matches_lte_upscale_beyond_the_trained_scales() -> None:
+    model = tiny_lte()
+    image = torch.rand(1, 3, 6, 5)
+    out_size = (31, 27)  # x5.2 and x5.4: the cell is enlarged on both axes
+    want = super_resolve(model, image, out_size, device="cpu")
+    got = lte_plus.super_resolve(lte_plus.LTEPlus.from_lte(model).eval(), image, out_size)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+# ----------------------------------------------------------------------------- the suite
+
+
+def check_suite_output(out: Path, records: list[dict], benches: tuple[str, ...]) -> None:
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["records"] == json.loads(json.dumps(records))
+    assert {"cpu", "cores", "torch", "gpu", "device"} <= set(saved["machine"])
+    for bench in benches:
+        rows = [r for r in records if r["bench"] == bench]
+        assert {r["path"] for r in rows} == {"fused", "reference", "lte-plus"}
+        for r in rows:
+            assert r["median_s"] > 0 and r["iqr_s"] >= 0 and r["device"] == "cpu"
+            assert {"shape", "mode", "peak_bytes"} <= set(r)
+    markdown = (out / "results.md").read_text()
+    assert "Reproduce: `python benchmarks/run.py --smoke" in markdown
+    assert "GPU figures: not measured" in markdown
+    assert (out / "op_time.png").stat().st_size > 0 and (out / "speedup.png").stat().st_size > 0
+
+
+def test_smoke_run_of_the_op_bench(tmp_path) -> None:
+    records = run.main(["--smoke", "--bench", "op", "--out", str(tmp_path)])
+    assert {(r["shape"]["queries"], r["mode"]) for r in records} == {
+        (q, m) for q in (64, 256) for m in ("fwd", "fwd+bwd")}
+    check_suite_output(tmp_path, records, ("op",))
+
+
+@pytest.mark.slow
+def test_smoke_run_of_every_bench(tmp_path) -> None:
+    records = run.main(["--smoke", "--out", str(tmp_path)])
+    check_suite_output(tmp_path, records, run.BENCHES)
+
+
+def test_peak_memory_sees_the_call_and_not_the_parent() -> None:
+    """The CPU peak is measured in a fresh process; a large parent must not leak into it (a
+    spawned process's ru_maxrss starts at its parent's resident size)."""
+    parent_ballast = torch.ones(128 << 20)  # 512 MiB resident in this process
+    case = run.Case("op", "lte-plus", "fwd", run._op(64, 50_000, lr=16))
+    peak = run.cpu_peak(case)
+    # Four MLP-input maps of 64 x 50,000 float32 values are 49 MiB, plus temporaries.
+    assert 48 << 20 < peak < 400 << 20
+    del parent_ballast
+
+
+def test_cases_extrapolated_past_the_caps_are_skipped() -> None:
+    plan = run.Plan(shapes={}, compiled={}, peak=None, min_run_time=0.1, max_call_s=5.0)
+    done = [{"bench": "op", "path": "reference", "mode": "fwd", "label": "C=64 Q=1,000",
+             "work": 64_000, "median_s": 0.1, "peak_bytes": 1 << 20}]
+    small = run.Case("op", "reference", "fwd", run._op(64, 10_000))
+    large = run.Case("op", "reference", "fwd", run._op(64, 100_000))
+    assert run.skip_reason(small, done, plan, cap=1 << 30) is None
+    assert "per call" in run.skip_reason(large, done, plan, cap=1 << 30)
+    assert "peak" in run.skip_reason(small, done, plan, cap=4 << 20)
+    assert run.skip_reason(run.Case("op", "fused", "fwd", run._op(64, 100_000)), done, plan, 1 << 30) is None
+
+
+@pytest.mark.slow
+def test_compiled_path_is_checked_timed_and_its_compilation_reported_apart() -> None:
+    """One torch.compile of the reference (about a minute on a small CPU)."""
+    plan = run.Plan(shapes={}, compiled={}, peak=None, min_run_time=0.01, max_call_s=10.0)
+    cases = [run.Case("op", path, "fwd", run._op(16, 256, lr=8)) for path in ("fused", "compiled")]
+    fused, compiled = run.measure_paths(cases, "cpu", plan, [], cap=1 << 30)
+    assert compiled["max_abs_diff"] < 1e-4 and compiled["median_s"] > 0
+    assert compiled["compile_s"] > compiled["median_s"] and "compile_s" not in fused
+    assert compiled["peak_bytes"] is not None
