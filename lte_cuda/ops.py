@@ -40,6 +40,7 @@ def _load_library() -> tuple[str | None, bool]:
 
 LIBRARY_ERROR, HAS_CUDA_KERNELS = _load_library()
 _warned_fallback = False
+_autocast_lib: torch.library.Library | None = None
 
 
 def library_available() -> bool:
@@ -216,8 +217,8 @@ def _register() -> None:
 
     # Autocast: features to the autocast dtype, geometry to float32 (the nearest-pixel choice
     # needs the bits); the kernel computes in float32 either way.
-    autocast_lib = torch.library.Library("lte_cuda", "IMPL")
-    _register.autocast_lib = autocast_lib  # keep the registrations alive
+    global _autocast_lib  # the registrations live as long as this object
+    _autocast_lib = torch.library.Library("lte_cuda", "IMPL")
 
     def autocast_kernel(device_type: str):
         def kernel(coef, freq, phase_weight, coord, cell):
@@ -229,8 +230,8 @@ def _register() -> None:
 
         return kernel
 
-    autocast_lib.impl("lte_basis", autocast_kernel("cpu"), "AutocastCPU")
-    autocast_lib.impl("lte_basis", autocast_kernel("cuda"), "AutocastCUDA")
+    _autocast_lib.impl("lte_basis", autocast_kernel("cpu"), "AutocastCPU")
+    _autocast_lib.impl("lte_basis", autocast_kernel("cuda"), "AutocastCUDA")
 
 
 if LIBRARY_ERROR is None:
