@@ -411,8 +411,11 @@ def _encode(model: LTE, inp: torch.Tensor, tile: int, overlap: int) -> None:
             core = (slice(None), slice(None), slice(y0 - ya, y1 - ya), slice(x0 - xa, x1 - xa))
             coef, freq = model.coef(feat)[core], model.freq(feat)[core]
             if coef_map is None:
-                coef_map = coef.new_empty((1, coef.shape[1], h, w))
-                freq_map = freq.new_empty((1, freq.shape[1], h, w))
+                # Channels-last: the layout the fused op reads, so no chunk has to copy the maps.
+                shape = (1, coef.shape[1], h, w)
+                like = {"dtype": coef.dtype, "device": coef.device}
+                coef_map = torch.empty(shape, memory_format=torch.channels_last, **like)
+                freq_map = torch.empty(shape, memory_format=torch.channels_last, **like)
             coef_map[:, :, y0:y1, x0:x1] = coef
             freq_map[:, :, y0:y1, x0:x1] = freq
     # query_rgb decodes from these; the encoder output itself is not needed any more.
