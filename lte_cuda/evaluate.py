@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from .coords import make_coord
 from .data import make_dataset
 from .metrics import parse_eval_type, psnr
+from .upscale import reflect_pad_to_window
 
 # Published default when a config has no data_norm: no normalisation.
 IDENTITY_NORM = {"inp": {"sub": [0], "div": [1]}, "gt": {"sub": [0], "div": [1]}}
@@ -65,15 +66,6 @@ def batched_predict(
         for i in range(0, coord.shape[1], bsize)
     ]
     return torch.cat(chunks, dim=1)
-
-
-def _reflect_pad(inp: torch.Tensor, window_size: int) -> torch.Tensor:
-    # Published SwinIR test: flip-and-concatenate to (h // ws + 1) * ws, always adding 1..ws.
-    h, w = inp.shape[-2:]
-    rows = (h // window_size + 1) * window_size
-    cols = (w // window_size + 1) * window_size
-    inp = torch.cat([inp, torch.flip(inp, [2])], 2)[:, :, :rows, :]
-    return torch.cat([inp, torch.flip(inp, [3])], 3)[:, :, :, :cols]
 
 
 @torch.no_grad()
@@ -119,7 +111,7 @@ def evaluate(
                     f"for a {hr_h}x{hr_w} image (drop sample_q from the test wrapper)"
                 )
         if window_size:
-            inp = _reflect_pad(inp, window_size)
+            inp = reflect_pad_to_window(inp, window_size)
             out_h, out_w = scale * inp.shape[-2], scale * inp.shape[-1]
             coord = make_coord((out_h, out_w), device=device, flatten=True)
             coord = coord.unsqueeze(0).expand(inp.shape[0], -1, -1)

@@ -186,7 +186,7 @@ def super_resolve(
             for i in range(rgb.shape[0]):
                 inp = (rgb[i : i + 1].to(dev, torch.float32) - 0.5) / 0.5
                 if window:
-                    inp = _reflect_pad(inp, window)
+                    inp = reflect_pad_to_window(inp, window)
                 tile, overlap = _tiling(model, inp.shape[-2:], budget, tile_size, tile_overlap)
                 _encode(model, inp, tile, overlap)
                 _decode(model, out[i], rgb.shape[-2:], inp.shape[-2:], chunk)
@@ -352,7 +352,7 @@ def _swinir_window(model: LTE) -> int:
     return model.encoder.window_size if _encoder_name(model) == "swinir" else 0
 
 
-def _reflect_pad(inp: torch.Tensor, window: int) -> torch.Tensor:
+def reflect_pad_to_window(inp: torch.Tensor, window: int) -> torch.Tensor:
     """Pad bottom/right by mirroring to ``(h // window + 1) * window`` rows (and columns), as
     the published SwinIR test does; images smaller than half a window are mirrored again."""
     for dim in (2, 3):
