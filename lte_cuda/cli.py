@@ -24,7 +24,7 @@ from .demo import add_demo_parser
 from .evaluate import add_test_parser
 from .texture_map import add_inspect_parser
 from .train import add_train_parser
-from .upscale import PRECISIONS, resolve_model, upscale
+from .upscale import PRECISIONS, read_image, resolve_model, upscale
 
 PROG = "lte-sr"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -116,7 +116,7 @@ def run_upscale_command(args: argparse.Namespace) -> int:
     progress = tqdm(pairs, desc="upscale", unit="image", disable=len(pairs) == 1)
     for source, target in progress:
         result = upscale(
-            _read_image(source),
+            read_image(source),
             scale=scale,
             size=size,
             model=model,
@@ -181,17 +181,6 @@ def _output_format(path: Path) -> str:
     if fmt is None or fmt not in Image.SAVE:
         raise CLIError(f"{path}: cannot tell the image format to write from the extension {path.suffix!r}")
     return fmt
-
-
-def _read_image(path: Path) -> Image.Image:
-    try:
-        image = Image.open(path)
-        image.load()  # decode now, so a truncated file fails here with its name
-    except FileNotFoundError:
-        raise CLIError(f"{path}: no such file") from None
-    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
-        raise CLIError(f"{path}: not a readable image ({err})") from None
-    return image
 
 
 def _write_image(image: Image.Image, path: Path) -> None:

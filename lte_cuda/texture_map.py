@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .models import LTE
-from .upscale import resolve_device, resolve_model
+from .upscale import read_image, resolve_device, resolve_model
 
 # One estimate per input pixel is drawn, and C maps of the image's size are held in memory.
 MAX_PIXELS = 512 * 512
@@ -196,7 +195,7 @@ def inspect_image(
     ``model`` is as in :func:`lte_cuda.upscale` (``None``: the bundled default model).
     Raises ``ValueError`` for an unreadable or too large image, or without matplotlib.
     """
-    image = _read_rgb(image_path)
+    image = np.asarray(read_image(image_path).convert("RGB"))
     height, width = image.shape[:2]
     if height * width > MAX_PIXELS:
         raise ValueError(
@@ -207,17 +206,6 @@ def inspect_image(
     rgb = torch.from_numpy(image.copy()).permute(2, 0, 1).float() / 255
     amplitude, frequency = estimate_textures(lte, rgb, device)
     render_texture_figure(image, amplitude, frequency, out_path)
-
-
-def _read_rgb(path: str | Path) -> np.ndarray:
-    """``path`` as an ``(h, w, 3)`` uint8 array; ``ValueError`` naming it if unreadable."""
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such file") from None
-    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
-        raise ValueError(f"{path}: not a readable image ({err})") from None
 
 
 def add_inspect_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
