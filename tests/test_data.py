@@ -195,3 +195,11 @@ def test_skimage_photos_are_rgb_float():
     assert camera.shape == (3, 512, 512) and torch.equal(camera[0], camera[2])
     with pytest.raises(ValueError, match="no image 'nope'"):
         SkimagePhotos(["nope"])
+
+
+def test_skimage_stereo_pair_gives_both_views():
+    photos = SkimagePhotos(["stereo_motorcycle"])
+    assert len(photos) == 2  # left and right views; the float disparity map is not an image
+    left, right = photos[0], photos[1]
+    assert left.shape == right.shape == (3, 500, 741)
+    assert not torch.equal(left, right)

@@ -121,10 +121,12 @@ class SkimagePhotos(Dataset):
     """Sample photos bundled with scikit-image, by function name of ``skimage.data``.
 
     Grey-level images are repeated into three channels and an alpha channel is dropped, so any
-    bundled image can be used. Held in memory (they are small).
+    bundled image can be used. A loader that returns several arrays (``stereo_motorcycle``: left
+    view, right view, float disparity) contributes each of its 8-bit images. Held in memory (they
+    are small).
 
     Args:
-        names: e.g. ``['astronaut', 'coffee', 'rocket']``.
+        names: e.g. ``['astronaut', 'coffee', 'rocket', 'stereo_motorcycle']``.
         repeat: virtual length multiplier.
     """
 
@@ -140,12 +142,19 @@ class SkimagePhotos(Dataset):
             loader = getattr(skimage.data, name, None)
             if loader is None:
                 raise ValueError(f"skimage.data has no image {name!r}")
-            array = np.asarray(loader())
-            if array.ndim == 2:
-                array = np.repeat(array[:, :, None], 3, axis=2)
-            if array.dtype != np.uint8:
-                raise ValueError(f"skimage.data.{name} is {array.dtype}, expected an 8-bit image")
-            self.images.append(torch.from_numpy(array[:, :, :3].copy()).permute(2, 0, 1).contiguous())
+            loaded = loader()
+            if isinstance(loaded, tuple):
+                arrays = [np.asarray(a) for a in loaded if np.asarray(a).dtype == np.uint8]
+                if not arrays:
+                    raise ValueError(f"skimage.data.{name} returns no 8-bit image")
+            else:
+                arrays = [np.asarray(loaded)]
+            for array in arrays:
+                if array.dtype != np.uint8:
+                    raise ValueError(f"skimage.data.{name} is {array.dtype}, expected an 8-bit image")
+                if array.ndim == 2:
+                    array = np.repeat(array[:, :, None], 3, axis=2)
+                self.images.append(torch.from_numpy(array[:, :, :3].copy()).permute(2, 0, 1).contiguous())
 
     def __len__(self) -> int:
         return len(self.images) * self.repeat
