@@ -159,6 +159,79 @@ def lte_basis(
     return reference.lte_basis(coef, freq, phase_weight, coord, cell)
 
 
+class _BasisLinear(torch.autograd.Function):
+    """``F.linear(lte_basis(...)[0], weight, bias)`` that keeps the op's inputs, not x, for
+    backward and recomputes x there (one more forward call of the op)."""
+
+    @staticmethod
+    def forward(ctx, coef, freq, phase_weight, coord, cell, weight, bias):
+        x, weights = torch.ops.lte_cuda.lte_basis(coef, freq, phase_weight, coord, cell)
+        ctx.save_for_backward(coef, freq, phase_weight, coord, cell, weight)
+        ctx.has_bias = bias is not None
+        ctx.mark_non_differentiable(weights)
+        return torch.nn.functional.linear(x.reshape(-1, x.shape[-1]), weight, bias), weights
+
+    @staticmethod
+    def backward(ctx, grad_y, _grad_weights):
+        coef, freq, phase_weight, coord, cell, weight = ctx.saved_tensors
+        wanted = ctx.needs_input_grad
+        grad_weight = grad_bias = None
+        if wanted[5]:
+            x, _ = torch.ops.lte_cuda.lte_basis(coef, freq, phase_weight, coord, cell)
+            grad_weight = grad_y.T @ x.reshape(-1, x.shape[-1])
+            del x  # free it before grad_x, its twin in size, is made
+        if ctx.has_bias and wanted[6]:
+            grad_bias = grad_y.sum(0)
+        grad_coef = grad_freq = grad_phase = None
+        if any(wanted[:3]):
+            batch, queries, _ = coord.shape
+            grad_x = (grad_y @ weight).view(batch, queries, 4, -1)
+            grad_coef, grad_freq, grad_phase = torch.ops.lte_cuda.lte_basis_backward(
+                grad_x, coef, freq, phase_weight, coord, cell
+            )
+        return (
+            grad_coef if wanted[0] else None,
+            grad_freq if wanted[1] else None,
+            grad_phase if wanted[2] else None,
+            None,
+            None,
+            grad_weight,
+            grad_bias,
+        )
+
+
+def lte_basis_linear(
+    coef: torch.Tensor,
+    freq: torch.Tensor,
+    phase_weight: torch.Tensor,
+    coord: torch.Tensor,
+    cell: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`lte_basis` followed by the MLP's first layer, ``F.linear(x, weight, bias)``, for
+    training in less memory: returns ``(y, weights (B, Q, 4))`` with y as rows
+    ``(B * Q * 4, out)``, one per query-neighbour pair in x's order, ready for the next layers.
+
+    Same values and gradients (plus those of ``weight`` and ``bias``) as the two calls, but x,
+    the largest tensor of a training step (``B*Q*4*C`` values), is not kept for backward: it
+    is recomputed there, which costs one more forward call of the op. For float32/float64
+    inputs outside autocast; elsewhere (reference fallback, half precision, autocast) it is
+    exactly the two calls.
+    """
+    fused = (
+        LIBRARY_ERROR is None
+        and not torch.is_autocast_enabled(coef.device.type)
+        and coef.dtype in (torch.float32, torch.float64)
+    )
+    if not fused:
+        x, weights = lte_basis(coef, freq, phase_weight, coord, cell)
+        return torch.nn.functional.linear(x.reshape(-1, x.shape[-1]), weight, bias), weights
+    if coef.is_cuda and not HAS_CUDA_KERNELS:
+        lte_basis(coef, freq, phase_weight, coord, cell)  # raises its clear error
+    return _BasisLinear.apply(coef, freq, phase_weight, coord, cell, weight, bias)
+
+
 def _register() -> None:
     op = "lte_cuda::lte_basis"
     backward_op = "lte_cuda::lte_basis_backward"

@@ -208,6 +208,69 @@ def test_torch_compile_fullgraph():
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_basis_linear_gradcheck(device):
+    coef, freq, phase_weight, coord, cell = make_inputs(batch=2, channels=6, height=3, width=4,
+                                                        queries=7, device=device)
+    weight = torch.randn(5, 6, dtype=torch.float64, device=device)
+    bias = torch.randn(5, dtype=torch.float64, device=device)
+    differentiable = [t.requires_grad_(True) for t in (coef, freq, phase_weight, weight, bias)]
+    torch.autograd.gradcheck(
+        lambda c, f, p, w, b: ops.lte_basis_linear(c, f, p, coord, cell, w, b)[0], differentiable
+    )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_basis_linear_recomputes_x_instead_of_keeping_it(device):
+    """The MLP's first layer fused with the op keeps no (B, Q, 4, C) tensor for backward and
+    gives the gradients of lte_basis followed by F.linear."""
+    inputs = make_inputs(batch=2, channels=32, height=6, width=5, queries=300,
+                         dtype=torch.float32, device=device)
+    layer = torch.nn.Linear(32, 24).to(device)
+    x_numel = 2 * 300 * 4 * 32
+    saved_numels = []
+
+    def keep_numel(tensor):
+        saved_numels.append(tensor.numel())
+        return tensor
+
+    results = []
+    for fused in (True, False):
+        params = [t.clone().requires_grad_(True) for t in inputs[:3]]
+        layer.zero_grad()
+        with torch.autograd.graph.saved_tensors_hooks(keep_numel, lambda t: t):
+            if fused:
+                y, weights = ops.lte_basis_linear(*params, *inputs[3:], layer.weight, layer.bias)
+            else:
+                x, weights = ops.lte_basis(*params, *inputs[3:])
+                y = layer(x).reshape(-1, 24)
+        if fused:
+            assert x_numel not in saved_numels
+        else:
+            assert x_numel in saved_numels  # the check sees x when F.linear keeps it
+        (y.square().sum() + weights.sum()).backward()
+        results.append([y, weights] + [p.grad for p in params] + [layer.weight.grad, layer.bias.grad])
+    for fused, plain in zip(*results):
+        torch.testing.assert_close(fused, plain, atol=2e-3, rtol=1e-4)
+
+
+def test_basis_linear_under_torch_compile_fullgraph():
+    inputs = make_inputs(batch=1, channels=8, height=4, width=4, queries=16, dtype=torch.float32)
+    params = [t.clone().requires_grad_(True) for t in inputs[:3]]
+    layer = torch.nn.Linear(8, 4)
+
+    def decode(coef, freq, phase_weight, coord, cell):
+        y, weights = ops.lte_basis_linear(coef, freq, phase_weight, coord, cell,
+                                          layer.weight, layer.bias)
+        return (y.sum(-1).view(weights.shape) * weights).sum()
+
+    compiled = torch.compile(decode, fullgraph=True, backend="aot_eager")
+    out = compiled(*params, *inputs[3:])
+    out.backward()
+    torch.testing.assert_close(out, decode(*inputs))
+    assert all(p.grad is not None for p in params) and layer.weight.grad is not None
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_is_computed_in_float32(device, dtype):
     coef, freq, phase_weight, coord, cell = make_inputs(dtype=torch.float32, device=device)

@@ -119,17 +119,26 @@ class LTE(nn.Module):
         """
         if self.coef_map is None:
             raise RuntimeError("call gen_feat(inp) before query_rgb")
-        basis = ops.lte_basis if self.backend == "fused" else reference.lte_basis
-        x, weights = basis(self.coef_map, self.freq_map, self.phase.weight, coord, cell)
-        b, q, n, c = x.shape
+        maps = (self.coef_map, self.freq_map, self.phase.weight, coord, cell)
         # The four neighbours of every query go through the MLP together, one matrix product
-        # per layer. Without autograd, rows go in blocks so the hidden activations stay small
-        # beside x (the largest tensor of a query chunk).
-        rows = x.reshape(b * q * n, c)
-        if torch.is_grad_enabled():
-            preds = self.imnet(rows)
+        # per layer.
+        if self.backend == "fused" and torch.is_grad_enabled():
+            # Training: the op and the MLP's first layer in one call that recomputes x in
+            # backward instead of keeping it (x is the step's largest tensor).
+            first_layer, other_layers = self.imnet.layers[0], self.imnet.layers[1:]
+            hidden, weights = ops.lte_basis_linear(*maps, first_layer.weight, first_layer.bias)
+            b, q, n = weights.shape
+            preds = other_layers(hidden)
         else:
-            preds = torch.cat([self.imnet(block) for block in rows.split(MLP_ROWS_PER_BLOCK)])
+            basis = ops.lte_basis if self.backend == "fused" else reference.lte_basis
+            x, weights = basis(*maps)
+            b, q, n, c = x.shape
+            rows = x.reshape(b * q * n, c)
+            if torch.is_grad_enabled():
+                preds = self.imnet(rows)
+            else:
+                # Rows in blocks, so the hidden activations stay small beside x.
+                preds = torch.cat([self.imnet(block) for block in rows.split(MLP_ROWS_PER_BLOCK)])
         preds = preds.view(b, q, n, -1)
         rgb = (preds * weights.unsqueeze(-1)).sum(dim=2)
         grid = coord.to(self.inp.dtype).flip(-1).unsqueeze(1)
