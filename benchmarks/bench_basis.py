@@ -3,7 +3,9 @@ torch.compile of that path, forward and forward+backward.
 
     python benchmarks/bench_basis.py [--quick] [--device cpu|cuda] [--no-compile] [--json FILE]
 
-Results are checked to agree before anything is timed. Times are medians from
+forward+backward is the forward, then the backward from a fixed dense gradient of x (as the
+MLP's first layer would hand back), so that only the op's own work is timed. Results are
+checked to agree before anything is timed. Times are medians from
 torch.utils.benchmark. Peak memory: on CUDA torch.cuda.max_memory_allocated; on CPU each
 measurement runs in a fresh subprocess that resets the kernel's resident-memory high-water
 mark, runs the call once and reports the peak above the resident memory just before it, so
@@ -64,11 +66,11 @@ def make_inputs(shape: Shape, device: str, requires_grad: bool):
     return params + [coord.to(device), cell.to(device)]
 
 
-def decoder_loss(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """A stand-in for the decoder: every neighbour through a C -> 3 projection (a dense
-    gradient for x, as the MLP's first layer gives), then the weighted sum."""
-    head = torch.ones(x.shape[-1], 3, dtype=x.dtype, device=x.device) / x.shape[-1]
-    return ((x @ head) * weights.unsqueeze(-1)).sum()
+def upstream_gradient(shape: Shape, device: str) -> torch.Tensor:
+    """A fixed dense gradient for x ``(B, Q, 4, C)``, as the MLP's first layer hands back: the
+    backward of fwd+bwd starts from it, so only the op's own work is timed."""
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(shape.batch, shape.queries, 4, shape.channels, generator=g).to(device)
 
 
 def path_fn(path: str):
@@ -81,10 +83,11 @@ def path_fn(path: str):
     raise ValueError(f"unknown path {path!r}")
 
 
-def run_once(fn, inputs, mode: str):
+def run_once(fn, inputs, mode: str, grad_x: torch.Tensor | None = None):
+    """One call; for ``fwd+bwd`` also the backward from ``grad_x``."""
     x, weights = fn(*inputs)
     if mode == "fwd+bwd":
-        decoder_loss(x, weights).backward()
+        x.backward(grad_x)
         for t in inputs[:3]:
             t.grad = None
     return x
@@ -97,7 +100,7 @@ def check_agreement(shape: Shape, device: str, paths: list[str]) -> None:
     for path in paths:
         inputs = make_inputs(small, device, requires_grad=True)
         x, weights = path_fn(path)(*inputs)
-        decoder_loss(x, weights).backward()
+        x.backward(upstream_gradient(small, device))
         outputs[path] = [x.detach(), weights.detach()] + [t.grad for t in inputs[:3]]
     for path in paths[1:]:
         for got, want in zip(outputs[path], outputs[paths[0]]):
@@ -107,15 +110,16 @@ def check_agreement(shape: Shape, device: str, paths: list[str]) -> None:
 def measure(shape: Shape, device: str, path: str, mode: str, min_run_time: float) -> dict:
     """Time one (shape, path, mode); returns median/IQR seconds and compile time."""
     inputs = make_inputs(shape, device, requires_grad=(mode == "fwd+bwd"))
+    grad_x = upstream_gradient(shape, device) if mode == "fwd+bwd" else None
     fn = path_fn(path)
     start = time.perf_counter()
-    run_once(fn, inputs, mode)  # warm-up; for torch.compile this is the compilation
+    run_once(fn, inputs, mode, grad_x)  # warm-up; for torch.compile this is the compilation
     if device == "cuda":
         torch.cuda.synchronize()
     first_call_s = time.perf_counter() - start
     timer = benchmark.Timer(
-        stmt="run_once(fn, inputs, mode)",
-        globals={"run_once": run_once, "fn": fn, "inputs": inputs, "mode": mode},
+        stmt="run_once(fn, inputs, mode, grad_x)",
+        globals={"run_once": run_once, "fn": fn, "inputs": inputs, "mode": mode, "grad_x": grad_x},
         num_threads=torch.get_num_threads(),
     )
     m = timer.blocked_autorange(min_run_time=min_run_time)
@@ -130,12 +134,13 @@ def peak_memory(shape: Shape, device: str, path: str, mode: str) -> int:
     """Peak bytes allocated by one call (fresh subprocess on CPU)."""
     if device == "cuda":
         inputs = make_inputs(shape, device, requires_grad=(mode == "fwd+bwd"))
+        grad_x = upstream_gradient(shape, device) if mode == "fwd+bwd" else None
         fn = path_fn(path)
-        run_once(fn, inputs, mode)
+        run_once(fn, inputs, mode, grad_x)
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        run_once(fn, inputs, mode)
+        run_once(fn, inputs, mode, grad_x)
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
     cmd = [sys.executable, __file__, "--peak-rss-child", json.dumps([asdict(shape), path, mode])]
@@ -147,10 +152,11 @@ def peak_rss_child(spec: str) -> None:
     shape_d, path, mode = json.loads(spec)
     shape = Shape(**shape_d)
     inputs = make_inputs(shape, "cpu", requires_grad=(mode == "fwd+bwd"))
+    grad_x = upstream_gradient(shape, "cpu") if mode == "fwd+bwd" else None
     fn = path_fn(path)
     if path == "compiled":
-        run_once(fn, inputs, mode)  # compile first; its memory is not the op's
-    print(peak_rss_above_current(lambda: run_once(fn, inputs, mode)))
+        run_once(fn, inputs, mode, grad_x)  # compile first; its memory is not the op's
+    print(peak_rss_above_current(lambda: run_once(fn, inputs, mode, grad_x)))
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

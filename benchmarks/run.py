@@ -214,10 +214,11 @@ def setup_op(case: Case, device: str) -> Prepared:
     s = case.shape
     shape = bench_basis.Shape(label("op", s), s["batch"], s["channels"], s["lr"], s["lr"], s["queries"])
     inputs = bench_basis.make_inputs(shape, device, requires_grad=case.mode == "fwd+bwd")
+    grad_x = bench_basis.upstream_gradient(shape, device) if case.mode == "fwd+bwd" else None
     if case.path != "lte-plus":
         fn = bench_basis.path_fn(case.path)
         return Prepared(
-            run=lambda: bench_basis.run_once(fn, inputs, case.mode),
+            run=lambda: bench_basis.run_once(fn, inputs, case.mode, grad_x),
             check=lambda: op_digest(*fn(*inputs), inputs[:3], case.mode),
         )
     coef, freq, phase_weight, coord, cell = inputs
@@ -226,11 +227,15 @@ def setup_op(case: Case, device: str) -> Prepared:
     grid, grid_cell = coord.unsqueeze(2), cell[:, 0]
     freq_split = freq.detach()[:, perm].requires_grad_(freq.requires_grad)
     params = [coef, freq_split, phase_weight]
+    # The same upstream gradient as the other paths, in LTE+'s layout: (B, C, Q, 1) per neighbour.
+    grads_plus = None
+    if grad_x is not None:
+        grads_plus = [grad_x[:, :, n].permute(0, 2, 1).unsqueeze(-1).contiguous() for n in range(4)]
 
     def run():
         xs, ws = lte_plus.lte_plus_basis(coef, freq_split, phase_weight, grid, grid_cell)
         if case.mode == "fwd+bwd":
-            sum((x.sum(1) * w).sum() for x, w in zip(xs, ws)).backward()
+            torch.autograd.backward(list(xs), grads_plus)
             for p in params:
                 p.grad = None
 
