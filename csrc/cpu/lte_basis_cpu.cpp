@@ -12,7 +12,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include "../lte_basis.h"
@@ -44,6 +43,17 @@ void advise_huge_pages(void* data, size_t bytes) {
   const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + page - 1) / page * page;
   const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) / page * page;
   if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#endif
+}
+
+// Asks for the cache lines of one row of `count` values ahead of its use.
+template <typename T>
+inline void prefetch_row(const T* row, int64_t count) {
+#if defined(__GNUC__)
+  const char* bytes = reinterpret_cast<const char*>(row);
+  for (int64_t offset = 0; offset < count * static_cast<int64_t>(sizeof(T)); offset += 64) {
+    __builtin_prefetch(bytes + offset);
+  }
 #endif
 }
 
@@ -110,8 +120,22 @@ std::tuple<at::Tensor, at::Tensor> lte_basis_cpu(const at::Tensor& coef, const a
     scalar_t* x_p = x.mutable_data_ptr<scalar_t>();
     scalar_t* weights_p = weights.mutable_data_ptr<scalar_t>();
 
+    // Queries may come in any order (training samples them at random): fetch the next query's
+    // four pixel rows while this one is computed.
+    auto prefetch_pixels = [&](int64_t bq) {
+      const int64_t image = (bq / queries) * pixels;
+      for (int n = 0; n < kNeighbours; ++n) {
+        const int64_t pixel =
+            (image + locate_neighbour(coord_p[2 * bq], coord_p[2 * bq + 1], n, grid).pixel) *
+            channels;
+        prefetch_row(coef_p + pixel, channels);
+        prefetch_row(freq_p + pixel, channels);
+      }
+    };
+
     at::parallel_for(0, batch * queries, 64, [&](int64_t begin, int64_t end) {
       for (int64_t bq = begin; bq < end; ++bq) {
+        if (bq + 1 < end) prefetch_pixels(bq + 1);
         const int64_t b = bq / queries;
         const T coord_row = coord_p[2 * bq], coord_col = coord_p[2 * bq + 1];
         const T rel_cell_row = cell_p[2 * bq] * grid.row.size_t;
@@ -172,55 +196,62 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lte_basis_backward_cpu(
   const int64_t height = coef.size(2), width = coef.size(3), queries = coord.size(1);
   const int64_t half = channels / 2, pixels = height * width;
   const auto compute_options = coef.options().dtype(compute_type(coef));
-  at::Tensor grad_coef_cl = at::zeros({batch, height, width, channels}, compute_options);
-  at::Tensor grad_freq_cl = at::zeros({batch, height, width, channels}, compute_options);
-  at::Tensor grad_phase_w = at::zeros({2, half}, compute_options);
+  // Not zero-filled here: every task zeroes the pixels it owns just before summing into them,
+  // while they are in its cache, instead of one more pass over both gradients.
+  at::Tensor grad_coef_cl = at::empty({batch, height, width, channels}, compute_options);
+  at::Tensor grad_freq_cl = at::empty({batch, height, width, channels}, compute_options);
+  advise_huge_pages(grad_coef_cl.data_ptr(), grad_coef_cl.nbytes());
+  advise_huge_pages(grad_freq_cl.data_ptr(), grad_freq_cl.nbytes());
+  const at::Tensor grad_x_c = grad_x.contiguous();
+  const KernelInputs in = kernel_inputs(coef, freq, phase_weight, coord, cell);
+  const int64_t tasks = (batch * pixels + kPixelsPerTask - 1) / kPixelsPerTask;
+  at::Tensor grad_phase_partial = at::empty({tasks, 2, half}, compute_options);
 
-  if (grad_x.numel() > 0) {
-    const at::Tensor grad_x_c = grad_x.contiguous();
-    const KernelInputs in = kernel_inputs(coef, freq, phase_weight, coord, cell);
-    const int64_t tasks = (batch * pixels + kPixelsPerTask - 1) / kPixelsPerTask;
-    at::Tensor grad_phase_partial = at::zeros({tasks, 2, half}, compute_options);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, coef.scalar_type(),
+                                  "lte_basis_backward_cpu", [&] {
+    using T = at::opmath_type<scalar_t>;
+    const Grid<T> grid = make_grid<T>(height, width);
+    const T* coef_p = in.coef.const_data_ptr<T>();
+    const T* freq_p = in.freq.const_data_ptr<T>();
+    const T* phase_w_p = in.phase_w.const_data_ptr<T>();
+    const T* coord_p = in.coord.const_data_ptr<T>();
+    const T* cell_p = in.cell.const_data_ptr<T>();
+    const scalar_t* grad_x_p = grad_x_c.const_data_ptr<scalar_t>();
+    T* grad_coef_p = grad_coef_cl.mutable_data_ptr<T>();
+    T* grad_freq_p = grad_freq_cl.mutable_data_ptr<T>();
+    T* grad_phase_partial_p = grad_phase_partial.mutable_data_ptr<T>();
+    std::vector<int64_t> start, order;
+    group_entries_by_pixel(coord_p, batch, queries, pixels, grid, start, order);
+    const int64_t entries = static_cast<int64_t>(order.size());
 
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, coef.scalar_type(),
-                                    "lte_basis_backward_cpu", [&] {
-      using T = at::opmath_type<scalar_t>;
-      const Grid<T> grid = make_grid<T>(height, width);
-      const T* coef_p = in.coef.const_data_ptr<T>();
-      const T* freq_p = in.freq.const_data_ptr<T>();
-      const T* phase_w_p = in.phase_w.const_data_ptr<T>();
-      const T* coord_p = in.coord.const_data_ptr<T>();
-      const T* cell_p = in.cell.const_data_ptr<T>();
-      const scalar_t* grad_x_p = grad_x_c.const_data_ptr<scalar_t>();
-      T* grad_coef_p = grad_coef_cl.mutable_data_ptr<T>();
-      T* grad_freq_p = grad_freq_cl.mutable_data_ptr<T>();
-      T* grad_phase_partial_p = grad_phase_partial.mutable_data_ptr<T>();
-      std::vector<int64_t> start, order;
-      group_entries_by_pixel(coord_p, batch, queries, pixels, grid, start, order);
-
-      at::parallel_for(0, tasks, 1, [&](int64_t task_begin, int64_t task_end) {
-        for (int64_t task = task_begin; task < task_end; ++task) {
-          const int64_t p_end = std::min(batch * pixels, (task + 1) * kPixelsPerTask);
-          for (int64_t p = task * kPixelsPerTask; p < p_end; ++p) {
-            for (int64_t j = start[p]; j < start[p + 1]; ++j) {
-              const int64_t entry = order[j];
-              const int64_t bq = entry / kNeighbours;
-              const int n = static_cast<int>(entry % kNeighbours);
-              const Neighbour<T> nb = locate_neighbour(coord_p[2 * bq], coord_p[2 * bq + 1], n,
-                                                       grid);
-              backward_channels(coef_p + p * channels, freq_p + p * channels, phase_w_p,
-                                nb.rel_row, nb.rel_col, cell_p[2 * bq] * grid.row.size_t,
-                                cell_p[2 * bq + 1] * grid.col.size_t,
-                                grad_x_p + entry * channels, grad_coef_p + p * channels,
-                                grad_freq_p + p * channels,
-                                grad_phase_partial_p + task * channels, half);
-            }
+    at::parallel_for(0, tasks, 1, [&](int64_t task_begin, int64_t task_end) {
+      for (int64_t task = task_begin; task < task_end; ++task) {
+        const int64_t p_begin = task * kPixelsPerTask;
+        const int64_t p_end = std::min(batch * pixels, p_begin + kPixelsPerTask);
+        T* grad_phase_task = grad_phase_partial_p + task * channels;
+        std::fill(grad_phase_task, grad_phase_task + channels, T(0));
+        std::fill(grad_coef_p + p_begin * channels, grad_coef_p + p_end * channels, T(0));
+        std::fill(grad_freq_p + p_begin * channels, grad_freq_p + p_end * channels, T(0));
+        for (int64_t p = p_begin; p < p_end; ++p) {
+          for (int64_t j = start[p]; j < start[p + 1]; ++j) {
+            const int64_t entry = order[j];
+            // Entries are visited out of order: fetch the next one's grad_x row early.
+            if (j + 1 < entries) prefetch_row(grad_x_p + order[j + 1] * channels, channels);
+            const int64_t bq = entry / kNeighbours;
+            const int n = static_cast<int>(entry % kNeighbours);
+            const Neighbour<T> nb = locate_neighbour(coord_p[2 * bq], coord_p[2 * bq + 1], n,
+                                                     grid);
+            backward_channels(coef_p + p * channels, freq_p + p * channels, phase_w_p,
+                              nb.rel_row, nb.rel_col, cell_p[2 * bq] * grid.row.size_t,
+                              cell_p[2 * bq + 1] * grid.col.size_t,
+                              grad_x_p + entry * channels, grad_coef_p + p * channels,
+                              grad_freq_p + p * channels, grad_phase_task, half);
           }
         }
-      });
+      }
     });
-    grad_phase_w = grad_phase_partial.sum(0);
-  }
+  });
+  const at::Tensor grad_phase_w = grad_phase_partial.sum(0);
   return {from_channels_last(grad_coef_cl, coef.scalar_type()),
           from_channels_last(grad_freq_cl, coef.scalar_type()),
           grad_phase_w.t().to(coef.scalar_type()).contiguous()};
