@@ -271,6 +271,23 @@ def test_query_rgb_compiles_fullgraph() -> None:
         torch.testing.assert_close(compiled(coord, cell), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
+def test_training_step_compiles_fullgraph() -> None:
+    """The training path (op and first MLP layer fused, in-place ReLU after it) under
+    torch.compile gives the eager loss and gradients."""
+    inp = torch.rand(2, 3, 6, 7) * 2 - 1
+    coord, cell = query_grid(2, 13, 16)
+    grads = []
+    for compile_it in (False, True):
+        model = tiny_model("edsr-baseline-lte").train()
+        step = torch.compile(model, fullgraph=True, backend="aot_eager") if compile_it else model
+        loss = step(inp, coord, cell).abs().mean()
+        loss.backward()
+        grads.append([loss.detach()] + [p.grad for p in model.parameters()])
+    for compiled, eager in zip(grads[1], grads[0]):
+        torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-4)
+
+
 # ----------------------------------------------------------------------------- sanity of outputs
 
 
