@@ -6,7 +6,8 @@ Config keys (published): ``train_dataset`` / ``val_dataset`` (``dataset``, ``wra
 optional: ``seed`` (0), ``num_workers``, ``device``, ``backend`` ('fused'), ``amp``
 ('bf16' / 'fp16'), ``compile``, ``warmup_cosine_lr`` (``warmup_steps``, ``min_lr``,
 ``total_steps``; stepped per iteration, instead of ``multi_step_lr``), ``max_steps`` and
-``time_budget`` (seconds) to stop early.
+``time_budget`` (seconds) to stop early, ``init_weights`` (a checkpoint whose model weights a
+new run starts from, e.g. a second schedule after a first; optimizer and schedule start fresh).
 
 One process, or several under ``torchrun`` (DistributedDataParallel; ``batch_size`` is the
 global batch, split evenly over the ranks; rank 0 alone writes files). Every sample's
@@ -313,6 +314,14 @@ def _train(config: dict[str, Any], save_path: str, resume: str | None, env: _Dis
         optimizer_spec = ckpt.get("optimizer") or config["optimizer"]
     else:
         model = make_model(config["model"], backend=backend)
+        if config.get("init_weights"):
+            start = load_model(config["init_weights"])
+            try:
+                model.load_state_dict(start.state_dict())
+            except RuntimeError as err:
+                raise ValueError(
+                    f"init_weights {config['init_weights']!r} does not fit the config's model: {err}"
+                ) from None
         optimizer_spec = config["optimizer"]
     model.to(device)
     optimizer_spec = {k: v for k, v in optimizer_spec.items() if k != "sd"}

@@ -138,6 +138,20 @@ def test_resume_from_a_published_checkpoint_replays_the_lr_schedule(config, tmp_
     assert lr == pytest.approx(5e-4)  # halved once, not twice
 
 
+def test_init_weights_starts_a_new_run_from_a_checkpoint(config, tmp_path):
+    first = train({**config, "max_steps": 2}, str(tmp_path / "first"))["model"]
+    start = tmp_path / "first" / "epoch-last.pth"
+    # With a zero learning rate the second run keeps exactly the weights it started from.
+    frozen = {**config, "init_weights": str(start), "max_steps": 1,
+              "optimizer": {"name": "adam", "args": {"lr": 0.0}}}
+    second = train(frozen, str(tmp_path / "second"))
+    assert second["global_step"] == 1  # a new run: its own step count, not the first run's
+    _assert_same_weights(second["model"].state_dict(), first.state_dict())
+    wider = {**frozen, "model": {**config["model"], "args": {**config["model"]["args"], "hidden_dim": 32}}}
+    with pytest.raises(ValueError, match="init_weights .* does not fit the config's model"):
+        train(wider, str(tmp_path / "third"))
+
+
 def test_bf16_autocast_step(config, tmp_path):
     result = train({**config, "amp": "bf16", "max_steps": 1}, str(tmp_path / "bf16"))
     assert result["global_step"] == 1 and math.isfinite(result["train_loss"])
