@@ -1,5 +1,5 @@
-// CPU kernels of lte_basis: loops over queries (forward) and over (image, channel block) tasks
-// (backward) around the per-query math of lte_basis.h.
+// CPU kernels of lte_basis: loops over queries (forward) and over tasks that each own a range
+// of pixels (backward), around the per-query math of lte_basis.h.
 #include <sys/mman.h>
 #include <unistd.h>
 
