@@ -120,22 +120,8 @@ std::tuple<at::Tensor, at::Tensor> lte_basis_cpu(const at::Tensor& coef, const a
     scalar_t* x_p = x.mutable_data_ptr<scalar_t>();
     scalar_t* weights_p = weights.mutable_data_ptr<scalar_t>();
 
-    // Queries may come in any order (training samples them at random): fetch the next query's
-    // four pixel rows while this one is computed.
-    auto prefetch_pixels = [&](int64_t bq) {
-      const int64_t image = (bq / queries) * pixels;
-      for (int n = 0; n < kNeighbours; ++n) {
-        const int64_t pixel =
-            (image + locate_neighbour(coord_p[2 * bq], coord_p[2 * bq + 1], n, grid).pixel) *
-            channels;
-        prefetch_row(coef_p + pixel, channels);
-        prefetch_row(freq_p + pixel, channels);
-      }
-    };
-
     at::parallel_for(0, batch * queries, 64, [&](int64_t begin, int64_t end) {
       for (int64_t bq = begin; bq < end; ++bq) {
-        if (bq + 1 < end) prefetch_pixels(bq + 1);
         const int64_t b = bq / queries;
         const T coord_row = coord_p[2 * bq], coord_col = coord_p[2 * bq + 1];
         const T rel_cell_row = cell_p[2 * bq] * grid.row.size_t;
