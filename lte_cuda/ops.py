@@ -159,6 +159,12 @@ def lte_basis(
     return reference.lte_basis(coef, freq, phase_weight, coord, cell)
 
 
+def _feature_gradients(grad_x, inputs, wanted) -> tuple[torch.Tensor | None, ...]:
+    """The backward op's gradients of coef, freq and phase_weight; None where not ``wanted``."""
+    grads = torch.ops.lte_cuda.lte_basis_backward(grad_x, *inputs)
+    return tuple(grad if want else None for grad, want in zip(grads, wanted))
+
+
 class _BasisLinear(torch.autograd.Function):
     """``F.linear(lte_basis(...)[0], weight, bias)`` that keeps the op's inputs, not x, for
     backward and recomputes x there (one more forward call of the op)."""
@@ -182,22 +188,14 @@ class _BasisLinear(torch.autograd.Function):
             del x  # free it before grad_x, its twin in size, is made
         if ctx.has_bias and wanted[6]:
             grad_bias = grad_y.sum(0)
-        grad_coef = grad_freq = grad_phase = None
+        feature_grads = (None, None, None)
         if any(wanted[:3]):
             batch, queries, _ = coord.shape
             grad_x = (grad_y @ weight).view(batch, queries, 4, -1)
-            grad_coef, grad_freq, grad_phase = torch.ops.lte_cuda.lte_basis_backward(
-                grad_x, coef, freq, phase_weight, coord, cell
+            feature_grads = _feature_gradients(
+                grad_x, (coef, freq, phase_weight, coord, cell), wanted[:3]
             )
-        return (
-            grad_coef if wanted[0] else None,
-            grad_freq if wanted[1] else None,
-            grad_phase if wanted[2] else None,
-            None,
-            None,
-            grad_weight,
-            grad_bias,
-        )
+        return (*feature_grads, None, None, grad_weight, grad_bias)
 
 
 def lte_basis_linear(
@@ -221,15 +219,14 @@ def lte_basis_linear(
     """
     fused = (
         LIBRARY_ERROR is None
+        and (HAS_CUDA_KERNELS or not coef.is_cuda)  # else lte_basis raises its clear error
         and not torch.is_autocast_enabled(coef.device.type)
         and coef.dtype in (torch.float32, torch.float64)
     )
-    if not fused:
-        x, weights = lte_basis(coef, freq, phase_weight, coord, cell)
-        return torch.nn.functional.linear(x.reshape(-1, x.shape[-1]), weight, bias), weights
-    if coef.is_cuda and not HAS_CUDA_KERNELS:
-        lte_basis(coef, freq, phase_weight, coord, cell)  # raises its clear error
-    return _BasisLinear.apply(coef, freq, phase_weight, coord, cell, weight, bias)
+    if fused:
+        return _BasisLinear.apply(coef, freq, phase_weight, coord, cell, weight, bias)
+    x, weights = lte_basis(coef, freq, phase_weight, coord, cell)
+    return torch.nn.functional.linear(x.reshape(-1, x.shape[-1]), weight, bias), weights
 
 
 def _register() -> None:
@@ -260,18 +257,8 @@ def _register() -> None:
         ctx.mark_non_differentiable(output[1])
 
     def _backward(ctx, grad_x, _grad_weights):
-        coef, freq, phase_weight, coord, cell = ctx.saved_tensors
-        grad_coef, grad_freq, grad_phase = torch.ops.lte_cuda.lte_basis_backward(
-            grad_x, coef, freq, phase_weight, coord, cell
-        )
-        wanted = ctx.needs_input_grad
-        return (
-            grad_coef if wanted[0] else None,
-            grad_freq if wanted[1] else None,
-            grad_phase if wanted[2] else None,
-            None,
-            None,
-        )
+        wanted = ctx.needs_input_grad[:3]
+        return (*_feature_gradients(grad_x, ctx.saved_tensors, wanted), None, None)
 
     torch.library.register_autograd(op, _backward, setup_context=_setup_context)
 
