@@ -143,15 +143,12 @@ class SkimagePhotos(Dataset):
             if loader is None:
                 raise ValueError(f"skimage.data has no image {name!r}")
             loaded = loader()
-            if isinstance(loaded, tuple):
-                arrays = [np.asarray(a) for a in loaded if np.asarray(a).dtype == np.uint8]
-                if not arrays:
-                    raise ValueError(f"skimage.data.{name} returns no 8-bit image")
-            else:
-                arrays = [np.asarray(loaded)]
-            for array in arrays:
-                if array.dtype != np.uint8:
-                    raise ValueError(f"skimage.data.{name} is {array.dtype}, expected an 8-bit image")
+            arrays = [np.asarray(a) for a in (loaded if isinstance(loaded, tuple) else (loaded,))]
+            images = [a for a in arrays if a.dtype == np.uint8]
+            if not images:
+                dtypes = ", ".join(str(a.dtype) for a in arrays)
+                raise ValueError(f"skimage.data.{name} is {dtypes}, expected an 8-bit image")
+            for array in images:
                 if array.ndim == 2:
                     array = np.repeat(array[:, :, None], 3, axis=2)
                 self.images.append(torch.from_numpy(array[:, :, :3].copy()).permute(2, 0, 1).contiguous())
