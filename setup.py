@@ -58,8 +58,13 @@ def extension():
     opt = ["-O0", "-g"] if DEBUG else ["-O3"]
     sources = ["csrc/lte_basis.cpp", "csrc/cpu/lte_basis_cpu.cpp"]
     # -fno-trapping-math lets GCC vectorise the branch-free selects in lte_basis.h (the kernels
-    # never read floating-point exception flags); results are unchanged.
-    cxx = opt + ([] if DEBUG else ["-g0"]) + ["-std=c++20", "-fno-trapping-math"]
+    # never read floating-point exception flags); results are unchanged. No contraction of
+    # a * b + c into fused multiply-adds on either device (-ffp-contract=off, --fmad=false):
+    # both then round every operation of lte_basis.h as written, so the CPU tests check the
+    # GPU's arithmetic. With contraction, the CUDA kernel picked other weights than the
+    # reference at the map's border (seen on an H200, 2026-11-26).
+    cxx = opt + ([] if DEBUG else ["-g0"]) + ["-std=c++20", "-fno-trapping-math",
+                                              "-ffp-contract=off"]
     print(
         f"lte_cuda build: torch {torch.__version__}, CUDA kernels {'on' if with_cuda else 'off'}"
         f", {'debug' if DEBUG else 'release'}"
@@ -69,7 +74,7 @@ def extension():
     )
     if with_cuda:
         # No --use_fast_math: CPU and CUDA must compute the same values.
-        nvcc = opt + ["-std=c++20"]
+        nvcc = opt + ["-std=c++20", "--fmad=false"]
         return CUDAExtension(
             "lte_cuda._C",
             sources + ["csrc/cuda/lte_basis_cuda.cu"],

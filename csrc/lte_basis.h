@@ -21,6 +21,12 @@ namespace lte {
 
 constexpr int kNeighbours = 4;
 
+// a * b + c rounded once. The build turns implicit contraction off on both devices
+// (-ffp-contract=off, --fmad=false), so fused multiply-adds happen exactly where these calls
+// stand and the CPU and the GPU round every operation alike.
+LTE_HD float mul_add(float a, float b, float c) { return fmaf(a, b, c); }
+LTE_HD double mul_add(double a, double b, double c) { return fma(a, b, c); }
+
 // Offsets (v_row, v_col) of neighbour n are (-1,-1), (-1,+1), (+1,-1), (+1,+1): bit 1 of n
 // says whether the row offset is +1, bit 0 whether the column offset is.
 LTE_HD int row_offset_is_positive(int n) { return (n >> 1) & 1; }
@@ -149,47 +155,51 @@ LTE_HD void area_weights(const Neighbour<T> (&nb)[kNeighbours], T (&weights)[kNe
 // phase.weight[k, 0] * rel_cell_row + phase.weight[k, 1] * rel_cell_col.
 template <typename T>
 LTE_HD T phase_value(T weight_row, T weight_col, T rel_cell_row, T rel_cell_col) {
-  return weight_row * rel_cell_row + weight_col * rel_cell_col;
+  return mul_add(weight_col, rel_cell_col, weight_row * rel_cell_row);
 }
 
 template <typename T>
 LTE_HD void phase_vjp(T grad_phase, T rel_cell_row, T rel_cell_col, T& grad_weight_row,
                       T& grad_weight_col) {
-  grad_weight_row += grad_phase * rel_cell_row;
-  grad_weight_col += grad_phase * rel_cell_col;
+  grad_weight_row = mul_add(grad_phase, rel_cell_row, grad_weight_row);
+  grad_weight_col = mul_add(grad_phase, rel_cell_col, grad_weight_col);
 }
 
 // sin(pi r) and cos(pi r) for |r| <= 1/4 by Taylor polynomials in r^2, truncated where the
 // remainder is below half an ulp of the type.
 LTE_HD void sincospi_reduced(float r, float& s, float& c) {
   const float r2 = r * r;
-  s = r * (3.14159265f +
-           r2 * (-5.16771278f + r2 * (2.55016404f + r2 * (-0.599264529f + r2 * 0.0821458866f))));
-  c = 1.0f +
-      r2 * (-4.93480220f +
-            r2 * (4.05871213f +
-                  r2 * (-1.33526277f + r2 * (0.235330630f + r2 * -0.0258068914f))));
+  float sp = mul_add(r2, 0.0821458866f, -0.599264529f);
+  sp = mul_add(r2, sp, 2.55016404f);
+  sp = mul_add(r2, sp, -5.16771278f);
+  sp = mul_add(r2, sp, 3.14159265f);
+  s = r * sp;
+  float cp = mul_add(r2, -0.0258068914f, 0.235330630f);
+  cp = mul_add(r2, cp, -1.33526277f);
+  cp = mul_add(r2, cp, 4.05871213f);
+  cp = mul_add(r2, cp, -4.93480220f);
+  c = mul_add(r2, cp, 1.0f);
 }
 
 LTE_HD void sincospi_reduced(double r, double& s, double& c) {
   const double r2 = r * r;
-  s = r * (3.141592653589793 +
-           r2 * (-5.167712780049969 +
-                 r2 * (2.550164039877345 +
-                       r2 * (-0.5992645293207919 +
-                             r2 * (0.08214588661112819 +
-                                   r2 * (-0.007370430945714348 +
-                                         r2 * (0.00046630280576761234 +
-                                               r2 * (-2.1915353447830204e-05 +
-                                                     r2 * 7.952054001475508e-07))))))));
-  c = 1.0 + r2 * (-4.934802200544679 +
-                  r2 * (4.058712126416768 +
-                        r2 * (-1.3352627688545893 +
-                              r2 * (0.23533063035889312 +
-                                    r2 * (-0.02580689139001405 +
-                                          r2 * (0.001929574309403922 +
-                                                r2 * (-0.00010463810492484565 +
-                                                      r2 * 4.303069587032944e-06)))))));
+  double sp = mul_add(r2, 7.952054001475508e-07, -2.1915353447830204e-05);
+  sp = mul_add(r2, sp, 0.00046630280576761234);
+  sp = mul_add(r2, sp, -0.007370430945714348);
+  sp = mul_add(r2, sp, 0.08214588661112819);
+  sp = mul_add(r2, sp, -0.5992645293207919);
+  sp = mul_add(r2, sp, 2.550164039877345);
+  sp = mul_add(r2, sp, -5.167712780049969);
+  sp = mul_add(r2, sp, 3.141592653589793);
+  s = r * sp;
+  double cp = mul_add(r2, 4.303069587032944e-06, -0.00010463810492484565);
+  cp = mul_add(r2, cp, 0.001929574309403922);
+  cp = mul_add(r2, cp, -0.02580689139001405);
+  cp = mul_add(r2, cp, 0.23533063035889312);
+  cp = mul_add(r2, cp, -1.3352627688545893);
+  cp = mul_add(r2, cp, 4.058712126416768);
+  cp = mul_add(r2, cp, -4.934802200544679);
+  c = mul_add(r2, cp, 1.0);
 }
 
 // sin(pi x) and cos(pi x). The argument is reduced exactly, x = q/2 + r with q an integer and
@@ -217,7 +227,7 @@ LTE_HD void sincospi(T x, T& s, T& c) {
 //   x[k] = coef[k] * cos(pi phi),  x[k + C/2] = coef[k + C/2] * sin(pi phi)
 template <typename T>
 LTE_HD T basis_phi(T freq_row, T freq_col, T rel_row, T rel_col, T phase) {
-  return (freq_row * rel_row + freq_col * rel_col) + phase;
+  return mul_add(freq_col, rel_col, freq_row * rel_row) + phase;
 }
 
 template <typename T>
@@ -237,12 +247,12 @@ LTE_HD T basis_vjp(T coef_cos, T coef_sin, T freq_row, T freq_col, T rel_row, T 
                    T& grad_freq_row, T& grad_freq_col) {
   T s, c;
   sincospi(basis_phi(freq_row, freq_col, rel_row, rel_col, phase), s, c);
-  grad_coef_cos += grad_x_cos * c;
-  grad_coef_sin += grad_x_sin * s;
+  grad_coef_cos = mul_add(grad_x_cos, c, grad_coef_cos);
+  grad_coef_sin = mul_add(grad_x_sin, s, grad_coef_sin);
   const T pi = T(3.14159265358979323846);
-  const T grad_phi = pi * (grad_x_sin * coef_sin * c - grad_x_cos * coef_cos * s);
-  grad_freq_row += grad_phi * rel_row;
-  grad_freq_col += grad_phi * rel_col;
+  const T grad_phi = pi * mul_add(grad_x_sin * coef_sin, c, -(grad_x_cos * coef_cos * s));
+  grad_freq_row = mul_add(grad_phi, rel_row, grad_freq_row);
+  grad_freq_col = mul_add(grad_phi, rel_col, grad_freq_col);
   return grad_phi;
 }
 
