@@ -146,6 +146,13 @@ class _Dist:
         name = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.device = torch.device(name)
         if self.device.type == "cuda" and self.device.index is None:
+            gpus = torch.cuda.device_count()
+            if local_rank >= gpus:
+                raise ValueError(
+                    f"train: process with LOCAL_RANK={local_rank} has no GPU of its own: this "
+                    f"machine has {gpus}; start at most {gpus} processes per node "
+                    "(--nproc_per_node), or set device: cpu in the config"
+                )
             self.device = torch.device("cuda", local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)

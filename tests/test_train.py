@@ -157,9 +157,16 @@ def test_bf16_autocast_step(config, tmp_path):
     assert result["global_step"] == 1 and math.isfinite(result["train_loss"])
 
 
+def test_a_process_without_a_gpu_of_its_own_is_refused(config, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "99")
+    with pytest.raises(ValueError, match=r"LOCAL_RANK=99 has no GPU of its own.*--nproc_per_node"):
+        train({**config, "device": "cuda", "max_steps": 1}, str(tmp_path / "run"))
+
+
 @pytest.mark.slow
 def test_two_processes_match_one_with_the_same_global_batch(config, tmp_path):
-    config = {**config, "max_steps": 3}
+    # Two CPU processes (gloo), also where a GPU is present.
+    config = {**config, "max_steps": 3, "device": "cpu"}
     config_path = tmp_path / "ddp.yaml"
     config_path.write_text(yaml.safe_dump(config))
     script = tmp_path / "rank.py"
