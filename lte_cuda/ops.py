@@ -265,7 +265,8 @@ def _register() -> None:
     def _no_double_backward(ctx, *grads):
         raise RuntimeError(
             "lte_basis: double backward (gradients of gradients) is not supported; use "
-            "lte_cuda.reference.lte_basis if you need it"
+            "lte_cuda.reference.lte_basis if you need it (with a torch whose grid_sample has "
+            "double backward: 2.13 has, 2.11 has not)"
         )
 
     def _setup_backward_context(ctx, inputs, output):
