@@ -1,12 +1,14 @@
 """Everything that needs a GPU, in one command, for a machine lent with one:
 
-    python benchmarks/gpu_check.py [--skip-bench] [--out DIR]
+    python benchmarks/gpu_check.py [--skip-bench] [--quick] [--out DIR]
 
 1. builds the extension in place for this GPU's architecture (no network needed);
-2. runs the whole test suite, CUDA cases included;
-3. runs compute-sanitizer (memcheck, racecheck) on a small forward + backward;
-4. checks CPU-vs-CUDA parity on a mid-sized case;
-5. runs the op benchmark on CUDA (and the benchmark suite if present);
+2. checks that a bad input raises rather than crashes, then runs the whole test suite, CUDA
+   cases included;
+3. checks CPU-vs-CUDA parity on a mid-sized case;
+4. runs compute-sanitizer (memcheck, racecheck) on a small forward + backward;
+5. compares forward and backward times with a device copy of the same bytes;
+6. runs the op benchmark on CUDA (and the benchmark suite if present);
 and prints one summary. Exit status 0 only if every step passed.
 """
 
@@ -29,7 +31,10 @@ def run(name: str, cmd: list[str], results: list, env: dict | None = None, log_d
     """Runs one step, streams its output, records (name, passed, seconds, note)."""
     print(f"\n=== {name}: {' '.join(cmd)}", flush=True)
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, text=True,
+    # Steps import the in-place build, installed or not.
+    python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": python_path, **(env or {})},
+                          text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     seconds = time.perf_counter() - start
     print(proc.stdout[-20000:], flush=True)
@@ -61,6 +66,30 @@ def sanitizer_case() -> None:
     print("sanitizer case done")
 
 
+def bad_input_case() -> None:
+    """A bad input raises a clear error on CPU and CUDA tensors, and does not crash.
+
+    A crash here while the test suite's CPU runs pass means the library's C++ runtime does not
+    match torch's: on the lent machines, a build with their CXX=/opt/gcc/bin/g++ segfaulted while
+    formatting the message; CXX=/usr/bin/g++ (the same GCC 13.3) did not.
+    """
+    import torch
+
+    from lte_cuda import ops
+
+    for device in ("cpu", "cuda"):
+        coef = torch.randn(2, 8, 5, device=device)  # 3-D: must be (B, C, h, w)
+        others = (torch.randn(2, 8, 5, device=device), torch.randn(4, 2, device=device),
+                  torch.rand(2, 10, 2, device=device), torch.rand(2, 10, 2, device=device))
+        try:
+            ops.lte_basis(coef, *others)
+        except RuntimeError as error:
+            print(f"{device}: raised: {str(error).splitlines()[0]}", flush=True)
+        else:
+            raise AssertionError(f"{device}: a 3-D coef was accepted")
+    print("bad input ok")
+
+
 def parity_case() -> None:
     """CPU and CUDA kernels agree on values and gradients (float64 and float32)."""
     import torch
@@ -89,17 +118,83 @@ def parity_case() -> None:
     print("parity ok")
 
 
+def median_seconds(fn, repeats: int = 20) -> float:
+    """Median of CUDA-event timings of fn() after one warm-up call."""
+    import torch
+
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+def roofline_case() -> None:
+    """Forward and backward time against the time a device copy of the same bytes takes.
+
+    Bytes counted: every input read once and every output written once (float32, C=256,
+    a 64x64 map). The copy bandwidth is measured here, counting bytes read plus written.
+    """
+    import torch
+
+    from lte_cuda import ops
+
+    copy_bytes = 1 << 30
+    src = torch.rand(copy_bytes // 4, device="cuda")
+    dst = torch.empty_like(src)
+    bandwidth = 2 * copy_bytes / median_seconds(lambda: dst.copy_(src))
+    print(f"device copy: {bandwidth / 1e12:.2f} TB/s (read + write)")
+    del src, dst
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for queries in (65_536, 1_000_000):
+        coef = torch.randn(1, 256, 64, 64, device="cuda", generator=g)
+        freq = 3 * torch.randn(1, 256, 64, 64, device="cuda", generator=g)
+        phase_weight = torch.randn(128, 2, device="cuda", generator=g)
+        coord = torch.rand(1, queries, 2, device="cuda", generator=g) * 2 - 1
+        cell = torch.full_like(coord, 2 / 256)
+        inputs = (coef, freq, phase_weight, coord, cell)
+        x, weights = ops.lte_basis(*inputs)
+        input_bytes = sum(t.numel() * t.element_size() for t in inputs)
+        output_bytes = (x.numel() + weights.numel()) * 4
+        forward = median_seconds(lambda: ops.lte_basis(*inputs))
+        grad_x = torch.randn_like(x)
+        backward = median_seconds(lambda: torch.ops.lte_cuda.lte_basis_backward(grad_x, *inputs))
+        grad_bytes = grad_x.numel() * 4 + input_bytes + (coef.numel() * 2 + phase_weight.numel()) * 4
+        for name, seconds, moved in (("forward", forward, input_bytes + output_bytes),
+                                     ("backward", backward, grad_bytes)):
+            floor = moved / bandwidth
+            print(f"{queries:>9,} queries {name:<8} {seconds * 1e3:8.3f} ms  "
+                  f"{moved / seconds / 1e12:5.2f} TB/s  {seconds / floor:5.2f}x the copy-bound time")
+        del x, grad_x
+    print("roofline done")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-bench", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="run the benchmark suite with --quick")
+    parser.add_argument("--pytest-arg", action="append", default=[],
+                        help="extra argument for the test step (repeatable), e.g. -k EXPR")
     parser.add_argument("--out", help="folder for logs and benchmark results")
-    parser.add_argument("--case", choices=["sanitizer", "parity"], help=argparse.SUPPRESS)
+    parser.add_argument("--case", choices=["sanitizer", "parity", "roofline", "bad-input"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case == "sanitizer":
         sanitizer_case()
         return 0
     if args.case == "parity":
         parity_case()
+        return 0
+    if args.case == "bad-input":
+        bad_input_case()
+        return 0
+    if args.case == "roofline":
+        roofline_case()
         return 0
 
     import torch
@@ -121,21 +216,26 @@ def main() -> int:
     run("build", [py, "setup.py", "build_ext", "--inplace"], results, env=build_env, log_dir=out)
     if not results[-1][1]:
         return summarize(results)
-    run("tests (CUDA cases included)", [py, "-m", "pytest", "-q", "-ra", "tests"], results,
+    run("bad input raises, no crash", [py, __file__, "--case", "bad-input"], results,
+        log_dir=out, ok_pattern="bad input ok")
+    run("tests (CUDA cases included)", [py, "-m", "pytest", "-q", "-ra", "tests", *args.pytest_arg], results,
         log_dir=out, ok_pattern=r"\d+ passed")
+    run("CPU vs CUDA parity", [py, __file__, "--case", "parity"], results, log_dir=out,
+        ok_pattern="parity ok")
     sanitizer = shutil.which("compute-sanitizer") or f"{cuda_home}/bin/compute-sanitizer"
     for tool in ("memcheck", "racecheck"):
         run(f"compute-sanitizer {tool}",
             [sanitizer, "--tool", tool, "--error-exitcode", "1", py, __file__, "--case", "sanitizer"],
             results, log_dir=out, ok_pattern=r"ERROR SUMMARY: 0 errors|RACECHECK SUMMARY: 0 hazards")
-    run("CPU vs CUDA parity", [py, __file__, "--case", "parity"], results, log_dir=out,
-        ok_pattern="parity ok")
     if not args.skip_bench:
         json_args = ["--json", str(out / "bench_basis.json")] if out else []
+        run("copy-bound comparison", [py, __file__, "--case", "roofline"], results, log_dir=out,
+            ok_pattern="roofline done")
         run("op benchmark (CUDA)", [py, "benchmarks/bench_basis.py", "--device", "cuda", *json_args],
             results, log_dir=out)
         if (ROOT / "benchmarks" / "run.py").exists():
             suite_out = ["--out", str(out / "suite")] if out else []
+            suite_out += ["--quick"] if args.quick else []
             run("benchmark suite (CUDA)", [py, "benchmarks/run.py", "--device", "cuda", *suite_out],
                 results, log_dir=out)
     return summarize(results)
