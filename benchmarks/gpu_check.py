@@ -26,24 +26,41 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# Longest one step may run (seconds): a lent GPU comes with minutes, so a slow step must not
+# take the steps after it with it. Set by --step-timeout.
+STEP_TIMEOUT = 300
+
+
 def run(name: str, cmd: list[str], results: list, env: dict | None = None, log_dir: Path | None = None,
         ok_pattern: str | None = None) -> str:
-    """Runs one step, streams its output, records (name, passed, seconds, note)."""
+    """Runs one step, prints its output, records (name, passed, seconds, note)."""
     print(f"\n=== {name}: {' '.join(cmd)}", flush=True)
     start = time.perf_counter()
     # Steps import the in-place build, installed or not.
     python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": python_path, **(env or {})},
-                          text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": python_path, **(env or {})},
+                              text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              timeout=STEP_TIMEOUT)
+        output, returncode = proc.stdout, proc.returncode
+    except subprocess.TimeoutExpired as expired:
+        output, returncode = expired.output or "", None
+        if isinstance(output, bytes):
+            output = output.decode(errors="replace")
     seconds = time.perf_counter() - start
-    print(proc.stdout[-20000:], flush=True)
+    print(output[-20000:], flush=True)
     if log_dir:
-        (log_dir / f"{re.sub(r'[^A-Za-z0-9]+', '_', name)}.log").write_text(proc.stdout)
-    passed = proc.returncode == 0 and (ok_pattern is None or re.search(ok_pattern, proc.stdout))
-    last = [line for line in proc.stdout.strip().splitlines() if line.strip()]
-    results.append((name, bool(passed), seconds, last[-1][:160] if last else ""))
-    return proc.stdout
+        (log_dir / f"{re.sub(r'[^A-Za-z0-9]+', '_', name)}.log").write_text(output)
+    passed = returncode == 0 and (ok_pattern is None or re.search(ok_pattern, output))
+    last = [line for line in output.strip().splitlines() if line.strip()]
+    if returncode is None:
+        note = f"stopped after {STEP_TIMEOUT} s (--step-timeout)"
+    elif returncode < 0:
+        note = f"killed by signal {-returncode}" + (f"; last output: {last[-1][:100]}" if last else "")
+    else:
+        note = last[-1][:160] if last else ""
+    results.append((name, bool(passed), seconds, note))
+    return output
 
 
 def sanitizer_case() -> None:
@@ -176,14 +193,18 @@ def roofline_case() -> None:
 
 
 def main() -> int:
+    global STEP_TIMEOUT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-bench", action="store_true")
-    parser.add_argument("--quick", action="store_true", help="run the benchmark suite with --quick")
+    parser.add_argument("--quick", action="store_true", help="run the benchmarks with --quick (fits a 15-minute lease)")
+    parser.add_argument("--step-timeout", type=int, default=STEP_TIMEOUT,
+                        help="seconds one step may run (default %(default)s)")
     parser.add_argument("--pytest-arg", action="append", default=[],
                         help="extra argument for the test step (repeatable), e.g. -k EXPR")
     parser.add_argument("--out", help="folder for logs and benchmark results")
     parser.add_argument("--case", choices=["sanitizer", "parity", "roofline", "bad-input"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    STEP_TIMEOUT = args.step_timeout
     if args.case == "sanitizer":
         sanitizer_case()
         return 0
@@ -231,11 +252,12 @@ def main() -> int:
         json_args = ["--json", str(out / "bench_basis.json")] if out else []
         run("copy-bound comparison", [py, __file__, "--case", "roofline"], results, log_dir=out,
             ok_pattern="roofline done")
-        run("op benchmark (CUDA)", [py, "benchmarks/bench_basis.py", "--device", "cuda", *json_args],
+        quick = ["--quick"] if args.quick else []
+        run("op benchmark (CUDA)", [py, "benchmarks/bench_basis.py", "--device", "cuda", *quick, *json_args],
             results, log_dir=out)
         if (ROOT / "benchmarks" / "run.py").exists():
             suite_out = ["--out", str(out / "suite")] if out else []
-            suite_out += ["--quick"] if args.quick else []
+            suite_out += quick
             run("benchmark suite (CUDA)", [py, "benchmarks/run.py", "--device", "cuda", *suite_out],
                 results, log_dir=out)
     return summarize(results)

@@ -14,6 +14,7 @@ from lte_cuda.models import build_preset
 from lte_cuda.upscale import super_resolve
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import gpu_check  # noqa: E402
 import lte_plus  # noqa: E402
 import run  # noqa: E402
 
@@ -150,3 +151,19 @@ def test_compiled_path_is_checked_timed_and_its_compilation_reported_apart() -> 
     assert compiled["max_abs_diff"] < 1e-4 and compiled["median_s"] > 0
     assert compiled["compile_s"] > compiled["median_s"] and "compile_s" not in fused
     assert compiled["peak_bytes"] is not None
+
+
+def test_gpu_check_reports_a_crashed_or_stalled_step_and_goes_on(monkeypatch):
+    # A lent GPU comes with minutes: one bad step must fail with its reason, not stop the rest.
+    monkeypatch.setattr(gpu_check, "STEP_TIMEOUT", 3)
+    results = []
+    py = sys.executable
+    gpu_check.run("stalls", [py, "-c", "import time; time.sleep(30)"], results)
+    gpu_check.run("crashes", [py, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"],
+                  results)
+    gpu_check.run("passes", [py, "-c", "print('parity ok')"], results, ok_pattern="parity ok")
+    assert [(name, passed) for name, passed, _, _ in results] == [
+        ("stalls", False), ("crashes", False), ("passes", True)]
+    assert "stopped after 3 s" in results[0][3]
+    assert "killed by signal 11" in results[1][3]
+    assert gpu_check.summarize(results) == 1
