@@ -24,7 +24,8 @@ namespace {
 constexpr int64_t kPixelsPerTask = 16;
 
 // The channel loops are compiled for AVX-512, for AVX2 with FMA and for baseline x86-64; the
-// loader picks the widest the CPU runs (GCC/Clang function multiversioning).
+// loader picks the widest the CPU runs (GCC/Clang function multiversioning). Baseline x86-64
+// has no FMA instruction, so there mul_add is a libm call: same results, far slower.
 #if defined(__x86_64__) && defined(__GNUC__)
 #define LTE_CPU_MULTIVERSION \
   __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
