@@ -192,6 +192,11 @@ def roofline_case() -> None:
     print("roofline done")
 
 
+# The steps that run in a process of their own (``--case NAME``).
+CASES = {"sanitizer": sanitizer_case, "parity": parity_case, "roofline": roofline_case,
+         "bad-input": bad_input_case}
+
+
 def main() -> int:
     global STEP_TIMEOUT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -202,20 +207,11 @@ def main() -> int:
     parser.add_argument("--pytest-arg", action="append", default=[],
                         help="extra argument for the test step (repeatable), e.g. -k EXPR")
     parser.add_argument("--out", help="folder for logs and benchmark results")
-    parser.add_argument("--case", choices=["sanitizer", "parity", "roofline", "bad-input"], help=argparse.SUPPRESS)
+    parser.add_argument("--case", choices=sorted(CASES), help=argparse.SUPPRESS)
     args = parser.parse_args()
     STEP_TIMEOUT = args.step_timeout
-    if args.case == "sanitizer":
-        sanitizer_case()
-        return 0
-    if args.case == "parity":
-        parity_case()
-        return 0
-    if args.case == "bad-input":
-        bad_input_case()
-        return 0
-    if args.case == "roofline":
-        roofline_case()
+    if args.case:
+        CASES[args.case]()
         return 0
 
     import torch
