@@ -172,6 +172,13 @@ def _plan(source: Path, target: Path) -> list[tuple[Path, Path]]:
         _output_format(dst)
         if dst.resolve() == src.resolve() or (dst.exists() and os.path.samefile(dst, src)):
             raise CLIError(f"{dst}: OUT is the input file; choose another path")
+    # OUT's folder is made now, as a folder OUT is, so a bad path fails before any work is done.
+    output_folder = pairs[0][1].parent
+    try:
+        output_folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        reason = "a file of that name exists" if isinstance(error, FileExistsError) else error.strerror
+        raise CLIError(f"{pairs[0][1]}: cannot create its folder {output_folder} ({reason})") from None
     return pairs
 
 

@@ -68,6 +68,15 @@ def test_upscale_file(tmp_path: Path, checkpoint: Path, capsys, target: list, ex
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "out.png"]
 
 
+def test_output_file_in_a_folder_that_does_not_exist_yet(tmp_path: Path, checkpoint: Path, capsys) -> None:
+    source = write_image(tmp_path / "in.png")
+    status, err = run(capsys, "upscale", source, tmp_path / "new" / "deeper" / "out.png", "--scale", "2",
+                      "--model", checkpoint)
+    assert status == 0, err
+    with Image.open(tmp_path / "new" / "deeper" / "out.png") as out:
+        assert out.size == (34, 26)
+
+
 def test_output_into_existing_folder_and_jpeg_drops_alpha(tmp_path: Path, checkpoint: Path, capsys) -> None:
     source = write_image(tmp_path / "in.png", mode="RGBA")
     (tmp_path / "out").mkdir()
@@ -154,6 +163,7 @@ def test_bad_files(tmp_path: Path, checkpoint: Path, capsys) -> None:
         ([fake, out, "--model", checkpoint], "fake.png: not a readable image"),
         ([tmp_path / "empty", tmp_path / "o", "--model", checkpoint], "empty: no images"),
         ([source, tmp_path / "out.xyz", "--model", checkpoint], "cannot tell the image format to write"),
+        ([source, source / "out.png", "--model", checkpoint], "cannot create its folder"),
         ([source, out, "--model", tmp_path / "missing.pth"], "missing.pth: no such file"),
         ([source, out, "--model", corrupt], "corrupt.pth: cannot be read as a weights-only PyTorch checkpoint"),
         ([source, out, "--model", not_lte], "other.pth: not an LTE checkpoint"),
