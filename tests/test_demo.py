@@ -173,7 +173,7 @@ def test_bundled_model_is_published_format_fp16_and_small() -> None:
 
 
 def test_bundled_model_beats_bicubic_on_a_held_out_photo() -> None:
-    # A guard on the shipped weights, not the card's measurement: the card gives +1.83 dB for
+    # A guard on the shipped weights, not the card's measurement: the card gives +1.90 dB for
     # coffee at x3; a broken or untrained default would sit near 0 dB or below.
     evaluation = load_eval_script()
     bicubic, lte = evaluation.evaluate(None, photos=("coffee",), scales=(3,))["coffee", 3]
