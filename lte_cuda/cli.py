@@ -164,7 +164,6 @@ def _plan(source: Path, target: Path) -> list[tuple[Path, Path]]:
         images = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
         if not images:
             raise CLIError(f"{source}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
-        target.mkdir(parents=True, exist_ok=True)
         pairs = [(p, target / p.name) for p in images]
     else:
         pairs = [(source, target / source.name if target.is_dir() else target)]
@@ -172,7 +171,7 @@ def _plan(source: Path, target: Path) -> list[tuple[Path, Path]]:
         _output_format(dst)
         if dst.resolve() == src.resolve() or (dst.exists() and os.path.samefile(dst, src)):
             raise CLIError(f"{dst}: OUT is the input file; choose another path")
-    # OUT's folder is made now, as a folder OUT is, so a bad path fails before any work is done.
+    # OUT's folder (OUT itself when IN is a folder) is made now: a bad path fails before any work.
     output_folder = pairs[0][1].parent
     try:
         output_folder.mkdir(parents=True, exist_ok=True)

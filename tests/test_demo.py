@@ -14,6 +14,7 @@ from lte_cuda import demo, save_model
 from lte_cuda.cli import main
 from lte_cuda.models import build_preset
 from lte_cuda.texture_map import estimate_textures
+from lte_cuda.upscale import DEFAULT_WEIGHTS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -165,7 +166,7 @@ def test_eval_pair_crops_to_a_multiple_of_the_scale() -> None:
 
 
 def test_bundled_model_is_published_format_fp16_and_small() -> None:
-    path = importlib.import_module("lte_cuda.upscale").DEFAULT_WEIGHTS
+    path = DEFAULT_WEIGHTS
     assert path.stat().st_size <= 8 * 2**20
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     assert checkpoint["model"]["name"] == "lte"
