@@ -1,10 +1,15 @@
 // CUDA kernels of lte_basis: thread mappings around the per-query math of lte_basis.h.
 //
-// Forward: one thread per (query, neighbour, frequency pair); consecutive threads take
-// consecutive pairs, so gathers from the channels-last features and stores of x coalesce.
-// Backward: no atomics. The (query, neighbour) entries are sorted by the pixel they read; one
-// block then owns each pixel's gradient and sums its entries in sorted order, and the
-// phase-weight gradient is reduced through per-block partial sums. The result is deterministic.
+// The neighbour search (pixel, relative coordinates, area weights) runs once per (query,
+// neighbour) entry, not once per frequency pair (64-bit divisions included). On an H200 that
+// took the forward at C = 256, 65,536 queries from 0.79 to 0.26 ms and the backward from 0.76
+// to 0.46 ms (gpu_check.py --case roofline, 2026-11-26; benchmarks/results/gpu-h200-*.txt).
+// Forward: a block takes a tile of queries; a few threads locate the tile's entries into shared
+// memory, then threadIdx.x walks the frequency pairs and threadIdx.y the entries, so gathers
+// from the channels-last features and stores of x coalesce along the pairs, and no thread
+// divides. Backward: no atomics. The entries are sorted by the pixel they read; one block then
+// owns each pixel's gradient and sums its entries in sorted order, and the phase-weight
+// gradient is reduced through per-block partial sums. The result is deterministic.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -26,6 +31,8 @@ namespace lte {
 namespace {
 
 constexpr int kThreads = 256;
+// Queries per forward tile: 128 entries, so 64 (entry, pair) items per thread at C = 256.
+constexpr int kTileQueries = 32;
 // Blocks that walk the pixel segments; also the number of phase-weight partial sums.
 constexpr int64_t kSegmentBlocks = 1024;
 
@@ -33,58 +40,73 @@ int64_t blocks_for(int64_t items) {
   return std::min<int64_t>((items + kThreads - 1) / kThreads, int64_t(1) << 20);
 }
 
+// Threads per forward block: threadIdx.x over the frequency pairs (a multiple of the warp size,
+// at most kThreads), threadIdx.y over the tile's entries.
+dim3 forward_block(int64_t half) {
+  const int pairs = static_cast<int>(std::min<int64_t>((half + 31) / 32 * 32, 128));
+  return dim3(pairs, kThreads / pairs);
+}
+
 template <typename scalar_t, typename T>
 __global__ void forward_kernel(const T* __restrict__ coef, const T* __restrict__ freq,
                                const T* __restrict__ phase_w, const T* __restrict__ coord,
                                const T* __restrict__ cell, scalar_t* __restrict__ x,
-                               int64_t batch_queries,
+                               scalar_t* __restrict__ weights, int64_t batch_queries,
                                int64_t queries, int64_t half, int64_t pixels, Grid<T> grid) {
+  __shared__ int64_t entry_pixel[kTileQueries * kNeighbours];  // offset of the gathered row
+  __shared__ T entry_rel_row[kTileQueries * kNeighbours], entry_rel_col[kTileQueries * kNeighbours];
+  __shared__ T tile_rel_cell_row[kTileQueries], tile_rel_cell_col[kTileQueries];
   const int64_t channels = 2 * half;
-  const int64_t total = batch_queries * kNeighbours * half;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t k = i % half;
-    const int64_t entry = i / half;  // (query, neighbour)
-    const int n = static_cast<int>(entry % kNeighbours);
-    const int64_t bq = entry / kNeighbours;
-    const int64_t b = bq / queries;
-    const T coord_row = coord[2 * bq], coord_col = coord[2 * bq + 1];
-    const Neighbour<T> nb = locate_neighbour(coord_row, coord_col, n, grid);
-    const T phase = phase_value(phase_w[k], phase_w[half + k],
-                                cell[2 * bq] * grid.row.size_t,
-                                cell[2 * bq + 1] * grid.col.size_t);
-    const int64_t pixel = (b * pixels + nb.pixel) * channels;
-    T x_cos, x_sin;
-    basis_forward(coef[pixel + k], coef[pixel + half + k], freq[pixel + 2 * k],
-                  freq[pixel + 2 * k + 1], nb.rel_row, nb.rel_col, phase, x_cos, x_sin);
-    x[entry * channels + k] = static_cast<scalar_t>(x_cos);
-    x[entry * channels + half + k] = static_cast<scalar_t>(x_sin);
+  const int thread = threadIdx.y * blockDim.x + threadIdx.x;
+  for (int64_t first = blockIdx.x * int64_t(kTileQueries); first < batch_queries;
+       first += int64_t(gridDim.x) * kTileQueries) {
+    const int tile = static_cast<int>(std::min<int64_t>(kTileQueries, batch_queries - first));
+    if (thread < tile) {
+      const int64_t bq = first + thread;
+      Neighbour<T> nb[kNeighbours];
+      for (int n = 0; n < kNeighbours; ++n) {
+        nb[n] = locate_neighbour(coord[2 * bq], coord[2 * bq + 1], n, grid);
+      }
+      T w[kNeighbours];
+      area_weights(nb, w);
+      const int64_t image = (bq / queries) * pixels;
+      for (int n = 0; n < kNeighbours; ++n) {
+        const int e = thread * kNeighbours + n;
+        entry_pixel[e] = (image + nb[n].pixel) * channels;
+        entry_rel_row[e] = nb[n].rel_row;
+        entry_rel_col[e] = nb[n].rel_col;
+        weights[bq * kNeighbours + n] = static_cast<scalar_t>(w[n]);
+      }
+      tile_rel_cell_row[thread] = cell[2 * bq] * grid.row.size_t;
+      tile_rel_cell_col[thread] = cell[2 * bq + 1] * grid.col.size_t;
+    }
+    __syncthreads();
+    for (int e = threadIdx.y; e < tile * kNeighbours; e += blockDim.y) {
+      const int q = e / kNeighbours;
+      const T* coef_row = coef + entry_pixel[e];
+      const T* freq_row = freq + entry_pixel[e];
+      const T rel_row = entry_rel_row[e], rel_col = entry_rel_col[e];
+      const T rel_cell_row = tile_rel_cell_row[q], rel_cell_col = tile_rel_cell_col[q];
+      scalar_t* x_row = x + (first * kNeighbours + e) * channels;
+      for (int64_t k = threadIdx.x; k < half; k += blockDim.x) {
+        const T phase = phase_value(phase_w[k], phase_w[half + k], rel_cell_row, rel_cell_col);
+        T x_cos, x_sin;
+        basis_forward(coef_row[k], coef_row[half + k], freq_row[2 * k], freq_row[2 * k + 1],
+                      rel_row, rel_col, phase, x_cos, x_sin);
+        x_row[k] = static_cast<scalar_t>(x_cos);
+        x_row[half + k] = static_cast<scalar_t>(x_sin);
+      }
+    }
+    __syncthreads();  // the next tile overwrites the shared arrays
   }
 }
 
-// One thread per query: its four neighbours' area weights.
-template <typename scalar_t, typename T>
-__global__ void weights_kernel(const T* __restrict__ coord, scalar_t* __restrict__ weights,
-                               int64_t batch_queries, Grid<T> grid) {
-  for (int64_t bq = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; bq < batch_queries;
-       bq += int64_t(gridDim.x) * blockDim.x) {
-    Neighbour<T> nb[kNeighbours];
-    for (int n = 0; n < kNeighbours; ++n) {
-      nb[n] = locate_neighbour(coord[2 * bq], coord[2 * bq + 1], n, grid);
-    }
-    T w[kNeighbours];
-    area_weights(nb, w);
-    for (int n = 0; n < kNeighbours; ++n) {
-      weights[bq * kNeighbours + n] = static_cast<scalar_t>(w[n]);
-    }
-  }
-}
-
-// Key of each (query, neighbour) entry: the global index (image, pixel) it gathers from.
+// Each (query, neighbour) entry's key, the global index (image, pixel) it gathers from, and its
+// relative coordinates, which the backward kernel reads instead of searching again.
 template <typename T>
-__global__ void pixel_key_kernel(const T* __restrict__ coord, int64_t* __restrict__ keys,
-                                 int64_t batch_queries, int64_t queries, int64_t pixels,
-                                 Grid<T> grid) {
+__global__ void locate_entries_kernel(const T* __restrict__ coord, int64_t* __restrict__ keys,
+                                      T* __restrict__ rel, int64_t batch_queries, int64_t queries,
+                                      int64_t pixels, Grid<T> grid) {
   const int64_t total = batch_queries * kNeighbours;
   for (int64_t entry = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; entry < total;
        entry += int64_t(gridDim.x) * blockDim.x) {
@@ -92,6 +114,8 @@ __global__ void pixel_key_kernel(const T* __restrict__ coord, int64_t* __restric
     const int n = static_cast<int>(entry % kNeighbours);
     const Neighbour<T> nb = locate_neighbour(coord[2 * bq], coord[2 * bq + 1], n, grid);
     keys[entry] = (bq / queries) * pixels + nb.pixel;
+    rel[2 * entry] = nb.rel_row;
+    rel[2 * entry + 1] = nb.rel_col;
   }
 }
 
@@ -100,7 +124,7 @@ __global__ void pixel_key_kernel(const T* __restrict__ coord, int64_t* __restric
 template <typename scalar_t, typename T>
 __global__ void backward_kernel(const scalar_t* __restrict__ grad_x, const T* __restrict__ coef,
                                 const T* __restrict__ freq, const T* __restrict__ phase_w,
-                                const T* __restrict__ coord, const T* __restrict__ cell,
+                                const T* __restrict__ rel, const T* __restrict__ cell,
                                 const int64_t* __restrict__ segment_pixel,
                                 const int64_t* __restrict__ segment_end,
                                 const int64_t* __restrict__ entry_order, int64_t segments,
@@ -119,13 +143,12 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad_x, const T* __
     for (int64_t j = s == 0 ? 0 : segment_end[s - 1]; j < segment_end[s]; ++j) {
       const int64_t entry = entry_order[j];
       const int64_t bq = entry / kNeighbours;
-      const int n = static_cast<int>(entry % kNeighbours);
-      const Neighbour<T> nb = locate_neighbour(coord[2 * bq], coord[2 * bq + 1], n, grid);
+      const T rel_row = rel[2 * entry], rel_col = rel[2 * entry + 1];
       const T rel_cell_row = cell[2 * bq] * grid.row.size_t;
       const T rel_cell_col = cell[2 * bq + 1] * grid.col.size_t;
       const T phase = phase_value(weight_row, weight_col, rel_cell_row, rel_cell_col);
       const T grad_phase = basis_vjp(
-          coef_cos, coef_sin, freq_row, freq_col, nb.rel_row, nb.rel_col, phase,
+          coef_cos, coef_sin, freq_row, freq_col, rel_row, rel_col, phase,
           static_cast<T>(grad_x[entry * channels + k]),
           static_cast<T>(grad_x[entry * channels + half + k]), grad_coef_cos, grad_coef_sin,
           grad_freq_row, grad_freq_col);
@@ -153,20 +176,20 @@ std::tuple<at::Tensor, at::Tensor> lte_basis_cuda(const at::Tensor& coef, const 
   if (x.numel() == 0) return {x, weights};
 
   const KernelInputs in = kernel_inputs(coef, freq, phase_weight, coord, cell);
-  const int64_t total = batch * queries * kNeighbours * (channels / 2);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, coef.scalar_type(), "lte_basis_cuda",
                                   [&] {
     using T = at::opmath_type<scalar_t>;
     const Grid<T> grid = make_grid<T>(height, width);
-    forward_kernel<scalar_t, T><<<blocks_for(total), kThreads, 0, stream>>>(
-        in.coef.const_data_ptr<T>(), in.freq.const_data_ptr<T>(), in.phase_w.const_data_ptr<T>(),
-        in.coord.const_data_ptr<T>(), in.cell.const_data_ptr<T>(), x.mutable_data_ptr<scalar_t>(),
-        batch * queries, queries, channels / 2, height * width, grid);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    weights_kernel<scalar_t, T><<<blocks_for(batch * queries), kThreads, 0, stream>>>(
-        in.coord.const_data_ptr<T>(), weights.mutable_data_ptr<scalar_t>(), batch * queries, grid);
+    const int64_t tiles = (batch * queries + kTileQueries - 1) / kTileQueries;
+    forward_kernel<scalar_t, T>
+        <<<std::min<int64_t>(tiles, int64_t(1) << 20), forward_block(channels / 2), 0, stream>>>(
+            in.coef.const_data_ptr<T>(), in.freq.const_data_ptr<T>(),
+            in.phase_w.const_data_ptr<T>(), in.coord.const_data_ptr<T>(),
+            in.cell.const_data_ptr<T>(), x.mutable_data_ptr<scalar_t>(),
+            weights.mutable_data_ptr<scalar_t>(), batch * queries, queries, channels / 2,
+            height * width, grid);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {x, weights};
@@ -192,14 +215,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lte_basis_backward_cuda(
     const int64_t entries = batch * queries * kNeighbours;
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     at::Tensor keys = at::empty({entries}, coef.options().dtype(at::kLong));
+    at::Tensor rel = at::empty({entries, 2}, compute_options);
 
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, coef.scalar_type(),
                                     "lte_basis_backward_cuda", [&] {
       using T = at::opmath_type<scalar_t>;
       const Grid<T> grid = make_grid<T>(height, width);
-      pixel_key_kernel<T><<<blocks_for(entries), kThreads, 0, stream>>>(
-          in.coord.const_data_ptr<T>(), keys.mutable_data_ptr<int64_t>(), batch * queries,
-          queries, pixels, grid);
+      locate_entries_kernel<T><<<blocks_for(entries), kThreads, 0, stream>>>(
+          in.coord.const_data_ptr<T>(), keys.mutable_data_ptr<int64_t>(), rel.mutable_data_ptr<T>(),
+          batch * queries, queries, pixels, grid);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
 
       // Stable sort: within a pixel, entries keep query order, so sums have a fixed order.
@@ -215,7 +239,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lte_basis_backward_cuda(
       at::Tensor grad_phase_partial = at::zeros({segment_blocks, half, 2}, compute_options);
       backward_kernel<scalar_t, T><<<blocks, threads, 0, stream>>>(
           grad_x_c.const_data_ptr<scalar_t>(), in.coef.const_data_ptr<T>(),
-          in.freq.const_data_ptr<T>(), in.phase_w.const_data_ptr<T>(), in.coord.const_data_ptr<T>(),
+          in.freq.const_data_ptr<T>(), in.phase_w.const_data_ptr<T>(), rel.const_data_ptr<T>(),
           in.cell.const_data_ptr<T>(), segment_pixel.const_data_ptr<int64_t>(),
           segment_end.const_data_ptr<int64_t>(), entry_order.const_data_ptr<int64_t>(), segments,
           half, grid, grad_coef_cl.mutable_data_ptr<T>(), grad_freq_cl.mutable_data_ptr<T>(),
