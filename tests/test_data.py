@@ -197,6 +197,15 @@ def test_skimage_photos_are_rgb_float():
         SkimagePhotos(["nope"])
 
 
+def test_matplotlib_sample_photo_is_read_by_name():
+    photos = SkimagePhotos(["matplotlib:grace_hopper", "coins"])
+    hopper, coins = photos[0], photos[1]
+    assert hopper.shape == (3, 600, 512) and not torch.equal(hopper[0], hopper[2])  # colour
+    assert coins.shape == (3, 303, 384)
+    with pytest.raises(ValueError, match="matplotlib's sample data has no photo 'nope'"):
+        SkimagePhotos(["matplotlib:nope"])
+
+
 def test_skimage_stereo_pair_gives_both_views():
     photos = SkimagePhotos(["stereo_motorcycle"])
     assert len(photos) == 2  # left and right views; the float disparity map is not an image

@@ -118,37 +118,27 @@ class PairedImageFolders(Dataset):
 
 @register("skimage-photos")
 class SkimagePhotos(Dataset):
-    """Sample photos bundled with scikit-image, by function name of ``skimage.data``.
+    """Sample photos bundled with scikit-image (by function name of ``skimage.data``) and with
+    matplotlib (``matplotlib:NAME``, a JPEG of its sample data: only ``grace_hopper`` is a photo).
 
     Grey-level images are repeated into three channels and an alpha channel is dropped, so any
     bundled image can be used. A loader that returns several arrays (``stereo_motorcycle``: left
     view, right view, float disparity) contributes each of its 8-bit images. Held in memory (they
-    are small).
+    are small). Nothing is downloaded: both packages ship these files.
 
     Args:
-        names: e.g. ``['astronaut', 'coffee', 'rocket', 'stereo_motorcycle']``.
+        names: e.g. ``['astronaut', 'coffee', 'stereo_motorcycle', 'matplotlib:grace_hopper']``.
         repeat: virtual length multiplier.
     """
 
     def __init__(self, names: list[str], repeat: int = 1) -> None:
-        import skimage.data  # optional dependency, only needed for this dataset
-
         if not names:
             raise ValueError("names must list at least one skimage.data image")
         self.names = list(names)
         self.repeat = repeat
         self.images = []
         for name in self.names:
-            loader = getattr(skimage.data, name, None)
-            if loader is None:
-                raise ValueError(f"skimage.data has no image {name!r}")
-            loaded = loader()
-            arrays = [np.asarray(a) for a in (loaded if isinstance(loaded, tuple) else (loaded,))]
-            images = [a for a in arrays if a.dtype == np.uint8]
-            if not images:
-                dtypes = ", ".join(str(a.dtype) for a in arrays)
-                raise ValueError(f"skimage.data.{name} is {dtypes}, expected an 8-bit image")
-            for array in images:
+            for array in _bundled_uint8_images(name):
                 if array.ndim == 2:
                     array = np.repeat(array[:, :, None], 3, axis=2)
                 self.images.append(torch.from_numpy(array[:, :, :3].copy()).permute(2, 0, 1).contiguous())
@@ -158,3 +148,28 @@ class SkimagePhotos(Dataset):
 
     def __getitem__(self, idx: int) -> torch.Tensor:
         return to_float(self.images[idx % len(self.images)])
+
+
+def _bundled_uint8_images(name: str) -> list[np.ndarray]:
+    """The 8-bit arrays of one bundled sample photo (see :class:`SkimagePhotos`)."""
+    if name.startswith("matplotlib:"):
+        import matplotlib.cbook  # optional dependency, only needed for these names
+
+        stem = name.removeprefix("matplotlib:")
+        path = matplotlib.cbook.get_sample_data(f"{stem}.jpg", asfileobj=False)
+        if not os.path.isfile(path):
+            raise ValueError(f"matplotlib's sample data has no photo {stem!r} (looked for {path})")
+        with Image.open(path) as image:
+            return [np.asarray(image.convert("RGB"))]
+    import skimage.data  # optional dependency, only needed for this dataset
+
+    loader = getattr(skimage.data, name, None)
+    if loader is None:
+        raise ValueError(f"skimage.data has no image {name!r}")
+    loaded = loader()
+    arrays = [np.asarray(a) for a in (loaded if isinstance(loaded, tuple) else (loaded,))]
+    images = [a for a in arrays if a.dtype == np.uint8]
+    if not images:
+        dtypes = ", ".join(str(a.dtype) for a in arrays)
+        raise ValueError(f"skimage.data.{name} is {dtypes}, expected an 8-bit image")
+    return images
