@@ -133,7 +133,7 @@ class SkimagePhotos(Dataset):
 
     def __init__(self, names: list[str], repeat: int = 1) -> None:
         if not names:
-            raise ValueError("names must list at least one skimage.data image")
+            raise ValueError(f"names must list at least one bundled photo, got {names!r}")
         self.names = list(names)
         self.repeat = repeat
         self.images = []
