@@ -124,7 +124,8 @@ class SkimagePhotos(Dataset):
     Grey-level images are repeated into three channels and an alpha channel is dropped, so any
     bundled image can be used. A loader that returns several arrays (``stereo_motorcycle``: left
     view, right view, float disparity) contributes each of its 8-bit images. Held in memory (they
-    are small). Nothing is downloaded: both packages ship these files.
+    are small). The photos named in this project's configs ship with the packages; a few other
+    ``skimage.data`` loaders (e.g. ``eagle``) download their image on first use.
 
     Args:
         names: e.g. ``['astronaut', 'coffee', 'stereo_motorcycle', 'matplotlib:grace_hopper']``.
