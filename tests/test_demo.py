@@ -166,9 +166,8 @@ def test_eval_pair_crops_to_a_multiple_of_the_scale() -> None:
 
 
 def test_bundled_model_is_published_format_fp16_and_small() -> None:
-    path = DEFAULT_WEIGHTS
-    assert path.stat().st_size <= 8 * 2**20
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    assert DEFAULT_WEIGHTS.stat().st_size <= 8 * 2**20
+    checkpoint = torch.load(DEFAULT_WEIGHTS, map_location="cpu", weights_only=True)
     assert checkpoint["model"]["name"] == "lte"
     assert {tensor.dtype for tensor in checkpoint["model"]["sd"].values()} == {torch.float16}
 
