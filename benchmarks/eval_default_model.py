@@ -12,6 +12,7 @@ bicubic and the model card's targets.
 
     python benchmarks/eval_default_model.py                      # the bundled default model
     python benchmarks/eval_default_model.py --model save/run/epoch-last.pth --out card.md
+    python benchmarks/eval_default_model.py --self-ensemble      # 8 flips/transposes averaged
 
 with lte_cuda installed (or PYTHONPATH set to the project root) and scikit-image.
 """
@@ -64,7 +65,9 @@ def shaved_psnr(sr: np.ndarray, hr: np.ndarray, shave: int) -> float:
     return float(psnr(*pair)[0])
 
 
-def evaluate(model, photos=PHOTOS, scales=SCALES) -> dict[tuple[str, int], tuple[float, float]]:
+def evaluate(
+    model, photos=PHOTOS, scales=SCALES, self_ensemble: bool = False
+) -> dict[tuple[str, int], tuple[float, float]]:
     """``{(photo, scale): (bicubic PSNR, LTE PSNR)}`` for ``model`` (an LTE or a path)."""
     lte = resolve_model(model)
     results = {}
@@ -73,7 +76,7 @@ def evaluate(model, photos=PHOTOS, scales=SCALES) -> dict[tuple[str, int], tuple
         for scale in scales:
             hr, lr = make_pair(photo, scale)
             bicubic = lr.resize(hr.size, Image.Resampling.BICUBIC)
-            sr = upscale(lr, size=hr.size, model=lte)
+            sr = upscale(lr, size=hr.size, model=lte, self_ensemble=self_ensemble)
             target = np.asarray(hr)
             results[name, scale] = (
                 shaved_psnr(np.asarray(bicubic), target, scale),
@@ -112,12 +115,14 @@ def main() -> None:
     parser.add_argument("--model", help=f"checkpoint to evaluate (default: {DEFAULT_WEIGHTS})")
     parser.add_argument("--out", help="also write the tables to this markdown file")
     parser.add_argument("--scales", type=int, nargs="+", default=list(SCALES), help="default: 2 3 4 6 8")
+    parser.add_argument("--self-ensemble", action="store_true", help="upscale with self_ensemble=True")
     args = parser.parse_args()
 
     start = time.perf_counter()
-    results = evaluate(args.model, scales=args.scales)
+    results = evaluate(args.model, scales=args.scales, self_ensemble=args.self_ensemble)
     tables = markdown_tables(results)
-    print(f"model: {args.model or DEFAULT_WEIGHTS} ({time.perf_counter() - start:.0f} s)\n")
+    ensemble = ", self-ensemble" if args.self_ensemble else ""
+    print(f"model: {args.model or DEFAULT_WEIGHTS}{ensemble} ({time.perf_counter() - start:.0f} s)\n")
     print(tables, end="")
     if args.out:
         Path(args.out).write_text(tables)

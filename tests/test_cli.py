@@ -55,7 +55,12 @@ def assert_one_line_error(err: str, match: str) -> None:
 
 @pytest.mark.parametrize(
     "target, expected",
-    [(["--scale", "2"], (34, 26)), (["--scale", "1.5,3.2"], (54, 20)), (["--size", "61x29"], (61, 29))],
+    [
+        (["--scale", "2"], (34, 26)),
+        (["--scale", "1.5,3.2"], (54, 20)),
+        (["--size", "61x29"], (61, 29)),
+        (["--scale", "1.5,3.2", "--self-ensemble"], (54, 20)),
+    ],
 )
 def test_upscale_file(tmp_path: Path, checkpoint: Path, capsys, target: list, expected: tuple) -> None:
     source = write_image(tmp_path / "in.png")

@@ -91,6 +91,22 @@ def test_chunked_equals_one_chunk(model: LTE, image: torch.Tensor) -> None:
     torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("scale", [2.7, (1.5, 3.2)])
+def test_self_ensemble_averages_over_flips_and_transposes(model: LTE, image: torch.Tensor, scale) -> None:
+    result = upscale(image, scale, model=model, device="cpu", self_ensemble=True)
+    out_h, out_w = result.shape[-2:]
+    outputs = []
+    for transpose in (False, True):
+        seen = image.transpose(-1, -2) if transpose else image
+        size = (out_w, out_h) if transpose else (out_h, out_w)
+        for flips in ([], [-2], [-1], [-2, -1]):
+            prediction = model_prediction(model, seen.flip(flips), *size).flip(flips)
+            outputs.append(prediction.transpose(-1, -2) if transpose else prediction)
+    torch.testing.assert_close(result, torch.stack(outputs).mean(0), atol=1e-6, rtol=0)
+    # A random model is far from flip-equivariant, so the ensemble differs from one pass.
+    assert (result - upscale(image, scale, model=model, device="cpu")).abs().max() > 1e-3
+
+
 def test_receptive_radius_of_published_encoders() -> None:
     # head 1 + 16 blocks x 2 convs + body tail 1; SFENet 1 + 1, 16 blocks x 8 convs, GFF 1.
     assert receptive_radius(make_edsr_baseline()) == 34
@@ -248,6 +264,7 @@ def test_pil_modes(model: LTE, mode: str, out_mode: str) -> None:
         ({"scale": 2, "tile_size": -1}, ValueError, r"tile_size must be a positive integer, got -1"),
         ({"scale": 2, "tile_size": 2.5}, ValueError, r"tile_size must be a positive integer, got 2.5"),
         ({"scale": 2, "tile_overlap": -1}, ValueError, r"tile_overlap must be a non-negative integer"),
+        ({"scale": 2, "self_ensemble": 1}, TypeError, r"self_ensemble must be True or False, got 1"),
     ],
 )
 def test_bad_arguments(model: LTE, image: torch.Tensor, kwargs: dict, error: type, match: str) -> None:
