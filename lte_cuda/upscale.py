@@ -108,7 +108,8 @@ def upscale(
         three predicted channels is returned; alpha is upscaled bicubically.
 
     Raises:
-        TypeError: ``image``, ``scale``, ``size`` or ``model`` of an unsupported type.
+        TypeError: ``image``, ``scale``, ``size``, ``model`` or ``self_ensemble`` of an
+            unsupported type.
         ValueError: out-of-range or malformed arguments, CUDA asked for but absent, or no
             model available (:class:`~lte_cuda.checkpoint.CheckpointError` for bad files).
     """
