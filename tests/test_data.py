@@ -206,6 +206,16 @@ def test_matplotlib_sample_photo_is_read_by_name():
         SkimagePhotos(["matplotlib:nope"])
 
 
+def test_sklearn_sample_photos_are_read_by_name():
+    pytest.importorskip("sklearn")
+    photos = SkimagePhotos(["sklearn:china", "sklearn:flower"])
+    china, flower = photos[0], photos[1]
+    assert china.shape == flower.shape == (3, 427, 640)
+    assert not torch.equal(china, flower) and not torch.equal(china[0], china[2])  # colour
+    with pytest.raises(ValueError, match="names: scikit-learn has no sample photo 'nope'"):
+        SkimagePhotos(["sklearn:nope"])
+
+
 def test_skimage_stereo_pair_gives_both_views():
     photos = SkimagePhotos(["stereo_motorcycle"])
     assert len(photos) == 2  # left and right views; the float disparity map is not an image

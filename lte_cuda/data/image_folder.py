@@ -118,8 +118,9 @@ class PairedImageFolders(Dataset):
 
 @register("skimage-photos")
 class SkimagePhotos(Dataset):
-    """Sample photos bundled with scikit-image (by function name of ``skimage.data``) and with
-    matplotlib (``matplotlib:NAME``, a JPEG of its sample data: only ``grace_hopper`` is a photo).
+    """Sample photos bundled with scikit-image (by function name of ``skimage.data``), with
+    matplotlib (``matplotlib:NAME``, a JPEG of its sample data: only ``grace_hopper`` is a photo)
+    and with scikit-learn (``sklearn:china``, ``sklearn:flower``; CC BY 2.0 Flickr photos).
 
     Grey-level images are repeated into three channels and an alpha channel is dropped, so any
     bundled image can be used. A loader that returns several arrays (``stereo_motorcycle``: left
@@ -128,7 +129,7 @@ class SkimagePhotos(Dataset):
     ``skimage.data`` loaders (e.g. ``eagle``) download their image on first use.
 
     Args:
-        names: e.g. ``['astronaut', 'coffee', 'stereo_motorcycle', 'matplotlib:grace_hopper']``.
+        names: e.g. ``['astronaut', 'stereo_motorcycle', 'matplotlib:grace_hopper', 'sklearn:china']``.
         repeat: virtual length multiplier.
     """
 
@@ -162,6 +163,14 @@ def _bundled_uint8_images(name: str) -> list[np.ndarray]:
             raise ValueError(f"matplotlib's sample data has no photo {stem!r} (looked for {path})")
         with Image.open(path) as image:
             return [np.asarray(image.convert("RGB"))]
+    if name.startswith("sklearn:"):
+        from sklearn.datasets import load_sample_image  # optional dependency, only for these names
+
+        stem = name.removeprefix("sklearn:")
+        try:
+            return [np.asarray(load_sample_image(f"{stem}.jpg"))]
+        except ValueError as error:  # sklearn's message lists the photos it has
+            raise ValueError(f"names: scikit-learn has no sample photo {stem!r}: {error}") from None
     import skimage.data  # optional dependency, only needed for this dataset
 
     loader = getattr(skimage.data, name, None)
