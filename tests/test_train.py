@@ -18,7 +18,7 @@ from lte_cuda.checkpoint import load_model, save_model
 from lte_cuda.cli import main
 from lte_cuda.data import DATASETS
 from lte_cuda.models import make_model
-from lte_cuda.train import GlobalBatchSampler, train, warmup_cosine
+from lte_cuda.train import GlobalBatchSampler, _Dist, _make_loader, train, warmup_cosine
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
@@ -48,6 +48,17 @@ def test_warmup_cosine_schedule():
     assert warmup_cosine(20, 4, 20, 0.1) == pytest.approx(0.1)
     assert warmup_cosine(99, 4, 20, 0.1) == pytest.approx(0.1)
     assert warmup_cosine(0, 0, 10, 0.0) == pytest.approx(1.0)
+
+
+def test_validation_patches_do_not_depend_on_the_run_seed(config: dict):
+    # Runs with different seeds are compared on the same validation patches.
+    first_batches = []
+    for seed in (0, 5):
+        _, _, loader, _ = _make_loader(config["val_dataset"], seed, _Dist("cpu"), train=False, num_workers=0)
+        first_batches.append(next(iter(loader)))
+    assert first_batches[0].keys() == first_batches[1].keys()
+    for key, value in first_batches[0].items():
+        assert torch.equal(value, first_batches[1][key]), key
 
 
 def test_global_batches_do_not_depend_on_the_number_of_processes():
