@@ -209,7 +209,8 @@ def super_resolve(
                     _decode(model, target, image.shape[-2:], inp.shape[-2:], chunk)
                     if n > 0:
                         out[i] += _undo_dihedral(target, *transform)
-                out[i] /= len(transforms)
+                if len(transforms) > 1:
+                    out[i] /= len(transforms)
     finally:
         # Drop the cached full-size maps: they can be large and belong to this call only.
         model.inp = model.feat = model.coef_map = model.freq_map = None
