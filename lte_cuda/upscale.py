@@ -486,15 +486,17 @@ def _decode(
 
 def _dihedral(image: torch.Tensor, transpose: bool, flip_y: bool, flip_x: bool) -> torch.Tensor:
     """``image (..., H, W)`` transposed, then flipped; :func:`_undo_dihedral` inverts it."""
-    image = image.transpose(-1, -2) if transpose else image
-    flips = [dim for dim, flip in ((-2, flip_y), (-1, flip_x)) if flip]
-    return image.flip(flips) if flips else image
+    return _flip(image.transpose(-1, -2) if transpose else image, flip_y, flip_x)
 
 
 def _undo_dihedral(image: torch.Tensor, transpose: bool, flip_y: bool, flip_x: bool) -> torch.Tensor:
-    flips = [dim for dim, flip in ((-2, flip_y), (-1, flip_x)) if flip]
-    image = image.flip(flips) if flips else image
+    image = _flip(image, flip_y, flip_x)
     return image.transpose(-1, -2) if transpose else image
+
+
+def _flip(image: torch.Tensor, flip_y: bool, flip_x: bool) -> torch.Tensor:
+    dims = [dim for dim, flip in ((-2, flip_y), (-1, flip_x)) if flip]
+    return image.flip(dims) if dims else image  # no copy for the identity
 
 
 def _axis_coords(n_out: int, n_in: int, n_enc: int, device: torch.device) -> torch.Tensor:
