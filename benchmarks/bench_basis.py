@@ -1,7 +1,7 @@
 """Benchmark of the LTE query step: fused op vs the published grid_sample path (eager) vs
 torch.compile of that path, forward and forward+backward.
 
-    python benchmarks/bench_basis.py [--quick] [--device cpu|cuda] [--no-compile] [--json FILE]
+    python -m benchmarks.bench_basis [--quick] [--device cpu|cuda] [--no-compile] [--json FILE]
 
 forward+backward is the forward, then the backward from a fixed dense gradient of x (as the
 MLP's first layer would hand back), so that only the op's own work is timed. Results are
@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.utils.benchmark as benchmark
 
 from lte_cuda import ops, reference
-from memory import CHILD_ENV, peak_rss_above_current
+from benchmarks.memory import CHILD_ENV, peak_rss_above_current
 
 
 @dataclass(frozen=True)
@@ -143,8 +145,10 @@ def peak_memory(shape: Shape, device: str, path: str, mode: str) -> int:
         run_once(fn, inputs, mode, grad_x)
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
-    cmd = [sys.executable, __file__, "--peak-rss-child", json.dumps([asdict(shape), path, mode])]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=CHILD_ENV).stdout
+    cmd = [sys.executable, "-m", "benchmarks.bench_basis", "--peak-rss-child", json.dumps([asdict(shape), path, mode])]
+    root = Path(__file__).resolve().parent.parent
+    env = {**CHILD_ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, cwd=root).stdout
     return int(out.strip().splitlines()[-1])
 
 

@@ -1,66 +1,206 @@
-"""Everything that needs a GPU, in one command, for a machine lent with one:
+"""Everything that needs a GPU, in one call of at most 9 minutes, written to one folder:
 
-    python benchmarks/gpu_check.py [--skip-bench] [--quick] [--out DIR]
+    python benchmarks/gpu_check.py --out DIR [--device cuda|cpu] [--dry-run] [--wheels WHEELS]
+                                   [--budget SECONDS] [--tiny] [--all-tests]
 
-1. builds the extension in place for this GPU's architecture (no network needed);
-2. checks that a bad input raises rather than crashes, then runs the whole test suite, CUDA
-   cases included;
-3. checks CPU-vs-CUDA parity on a mid-sized case;
-4. runs compute-sanitizer (memcheck, racecheck) on a small forward + backward;
-5. compares forward and backward times with a device copy of the same bytes;
-6. runs the op benchmark on CUDA (and the benchmark suite if present);
-and prints one summary. Exit status 0 only if every step passed.
+Steps, each with a time budget (a step that runs past it is stopped and the next one starts;
+the whole run stays inside --budget, 540 s by default, and steps that no longer fit are
+reported as not run):
+
+1. wheels: with --wheels, installs the wheels of that folder offline (a GPU machine has no
+   internet; make the folder beforehand with ``python3 -m pip download -d .whl
+   --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 PACKAGE...``
+   and carry it);
+2. build: the extension in place for this GPU (CXX=/usr/bin/g++: the lent machines' default
+   compiler built a library that crashed formatting an error message);
+3. bad input raises on CPU and CUDA tensors instead of crashing;
+4. tests: the CUDA cases of the suite (``-m cuda``; --all-tests: the whole suite);
+5. parity: CPU and CUDA kernels on values and gradients (float64 and float32);
+6. compute-sanitizer memcheck and racecheck on a small forward + backward;
+7. op: every kernel variant lte_cuda.ops offers (op_variants.py), forward and fwd+bwd at the
+   inference and training shapes, each against the CPU kernel and a device copy's time; the
+   winner per shape and mode is printed;
+8. train: one training step (EDSR-baseline-LTE, batch 16, 48x48, 2,304 queries, fwd + L1 +
+   bwd + Adam) in fp32 and bf16 autocast, fused vs the published path (end_to_end.py);
+9. upscale: x4 256->1024 and 1024->4096 in fp32 and fp16, fused vs published vs LTE+;
+10. evaluation memory of a Set5-sized x2 image (256x256 -> 512x512), fused vs LTE+.
+
+DIR receives: results.json (run.py's format: a machine block and the records of steps 7-10,
+plus the steps' outcomes), results.md (run.py's tables, for the README), summary.txt (the
+step table and the headline ratios) and steps.log (every step's output). Exit status 0 only
+if every step that ran passed. --device cpu runs what needs no GPU (steps 7-10 on CPU);
+--tiny shrinks every shape (a test of the harness); --only REGEX runs the steps whose name
+matches; --dry-run prints the plan and writes it to DIR without running anything.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_BUDGET_S = 540
+# Seconds kept back at the end for writing the results.
+RESERVE_S = 10
+# Steps shorter than this are not started.
+MIN_STEP_S = 5
+# Fresh processes per path in the end-to-end steps (medians and spreads over them).
+RUNS = 2
 
 
-# Longest one step may run (seconds): a lent GPU comes with minutes, so a slow step must not
-# take the steps after it with it. Set by --step-timeout.
-STEP_TIMEOUT = 300
+@dataclass
+class Step:
+    """One step: a command, its time budget, how to tell it passed, and what it records."""
+
+    name: str
+    budget_s: int
+    command: list[str]
+    ok_pattern: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    records_file: Path | None = None
+    needs_cuda: bool = False
+    outcome: dict = field(default_factory=dict)
 
 
-def run(name: str, cmd: list[str], results: list, env: dict | None = None, log_dir: Path | None = None,
-        ok_pattern: str | None = None) -> str:
-    """Runs one step, prints its output, records (name, passed, seconds, note)."""
-    print(f"\n=== {name}: {' '.join(cmd)}", flush=True)
-    start = time.perf_counter()
-    # Steps import the in-place build, installed or not.
+def python_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a step: the project root importable (in-place build, installed or not)."""
     python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": python_path, "PYTHONUNBUFFERED": "1", **(extra or {})}
+
+
+def build_env() -> dict[str, str]:
+    import torch
+
+    cuda_home = os.environ.get("CUDA_HOME") or str(Path(shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc").parent.parent)
+    env = {"FORCE_CUDA": "1", "CUDA_HOME": cuda_home, "MAX_JOBS": str(os.cpu_count() or 4)}
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        env["TORCH_CUDA_ARCH_LIST"] = f"{major}.{minor}"
+    if Path("/usr/bin/g++").exists():
+        env["CXX"] = "/usr/bin/g++"
+    return env
+
+
+def end_to_end(out: Path, name: str, bench_args: list[str], device: str) -> list[str]:
+    return [sys.executable, "-m", "benchmarks.end_to_end", *bench_args, "--device", device,
+            "--runs", str(RUNS), "--json", str(out / f"{name}.json")]
+
+
+def bench_steps(out: Path, device: str, tiny: bool, variants: list[tuple[str, dict]]) -> list[Step]:
+    """Steps 7-10: the op's variants, the training step, upscale and evaluation memory."""
+    steps = []
+    for variant, env in variants:
+        path = out / f"op-{variant}.json"
+        steps.append(Step(f"op variant {variant}", 40, [sys.executable, "-m", "benchmarks.op_variants", "--variant",
+                          variant, "--device", device, "--json", str(path), *(["--tiny"] if tiny else [])],
+                          env=env, records_file=path))
+    train = ["train", "--batch", "2", "--lr", "8", "--queries", "16"] if tiny else ["train"]
+    sizes = [("upscale-256", 8), ("upscale-1024", 16)] if tiny else [("upscale-256", 256), ("upscale-1024", 1024)]
+    for precision in ("fp32", "bf16"):
+        name = f"train-{precision}"
+        steps.append(Step(f"train step {precision}", 60, end_to_end(out, name, [*train, "--precision", precision],
+                          device), records_file=out / f"{name}.json"))
+    for stem, side in sizes:
+        for precision in ("fp32", "fp16"):
+            name = f"{stem}-{precision}"
+            args = ["upscale", "--input", str(side), "--scale", "4", "--precision", precision,
+                    "--paths", "fused", "published", "lte-plus"]
+            steps.append(Step(f"upscale x4 {side}->{side * 4} {precision}", 45 if side < 1000 else 90,
+                              end_to_end(out, name, args, device), records_file=out / f"{name}.json"))
+    side = 8 if tiny else 256
+    args = ["upscale", "--input", str(side), "--scale", "2", "--paths", "fused", "lte-plus"]
+    steps.append(Step(f"evaluation memory x2 {side}->{side * 2}", 30, end_to_end(out, "evaluate", args, device),
+                      records_file=out / "evaluate.json"))
+    return steps
+
+
+def plan(args: argparse.Namespace) -> list[Step]:
+    """Steps 1-6 (the bench steps are planned after the build, which fixes the variants)."""
+    py, out, me = sys.executable, Path(args.out), str(Path(__file__).resolve())
+    steps = []
+    if args.wheels:
+        wheels = sorted(str(p) for p in Path(args.wheels).glob("*.whl"))
+        steps.append(Step("wheels", 60, [py, "-m", "pip", "install", "--no-index", "--find-links", args.wheels, *wheels]))
+    cuda = args.device == "cuda"
+    steps.append(Step("build", 180, [py, "setup.py", "build_ext", "--inplace"], needs_cuda=True,
+                      env=build_env() if cuda and not args.dry_run else {}))
+    steps.append(Step("bad input raises, no crash", 30, [py, me, "--case", "bad-input"], "bad input ok", needs_cuda=True))
+    tests = [py, "-m", "pytest", "-q", "-ra", "tests"] + ([] if args.all_tests else ["-m", "cuda"])
+    steps.append(Step("tests (CUDA cases)", 240 if args.all_tests else 90, tests, r"\d+ passed", needs_cuda=True))
+    steps.append(Step("CPU vs CUDA parity", 40, [py, me, "--case", "parity"], "parity ok", needs_cuda=True))
+    sanitizer = shutil.which("compute-sanitizer") or "/usr/local/cuda/bin/compute-sanitizer"
+    for tool in ("memcheck", "racecheck"):
+        steps.append(Step(f"compute-sanitizer {tool}", 40,
+                          [sanitizer, "--tool", tool, "--error-exitcode", "1", py, me, "--case", "sanitizer"],
+                          r"ERROR SUMMARY: 0 errors|RACECHECK SUMMARY: 0 hazards", needs_cuda=True))
+    return steps
+
+
+def probe_variants() -> list[tuple[str, dict]]:
+    """(name, environment) of every kernel variant the built lte_cuda.ops offers, asked in a
+    fresh process (this one may predate the build)."""
+    code = ("import json; from benchmarks.op_variants import available_variants as a; "
+            "print(json.dumps(a()))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=python_env(), capture_output=True, text=True)
+    if done.returncode != 0:
+        return [("default", {})]
+    names, env = json.loads(done.stdout.strip().splitlines()[-1])
+    return [(name, {env: name} if env and i else {}) for i, name in enumerate(names)]
+
+
+def run_step(step: Step, seconds: float, log) -> None:
+    """Runs ``step`` for at most ``seconds``; fills ``step.outcome``; appends to ``log``."""
+    print(f"\n=== {step.name} (budget {seconds:.0f} s): {' '.join(step.command)}", flush=True)
+    start = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": python_path, **(env or {})},
-                              text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              timeout=STEP_TIMEOUT)
+        proc = subprocess.run(step.command, cwd=ROOT, env=python_env(step.env), text=True, timeout=seconds,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         output, returncode = proc.stdout, proc.returncode
     except subprocess.TimeoutExpired as expired:
         output, returncode = expired.output or "", None
         if isinstance(output, bytes):
             output = output.decode(errors="replace")
-    seconds = time.perf_counter() - start
-    print(output[-20000:], flush=True)
-    if log_dir:
-        (log_dir / f"{re.sub(r'[^A-Za-z0-9]+', '_', name)}.log").write_text(output)
-    passed = returncode == 0 and (ok_pattern is None or re.search(ok_pattern, output))
+    except OSError as error:
+        output, returncode = f"could not start: {error}", 127
+    elapsed = time.perf_counter() - start
+    print(output[-6000:], flush=True)
+    log.write(f"\n=== {step.name} ({elapsed:.1f} s, exit {returncode})\n{output}")
+    passed = returncode == 0 and (step.ok_pattern is None or re.search(step.ok_pattern, output) is not None)
     last = [line for line in output.strip().splitlines() if line.strip()]
     if returncode is None:
-        note = f"stopped after {STEP_TIMEOUT} s (--step-timeout)"
+        note = f"stopped after {seconds:.0f} s (its budget)"
     elif returncode < 0:
         note = f"killed by signal {-returncode}" + (f"; last output: {last[-1][:100]}" if last else "")
     else:
         note = last[-1][:160] if last else ""
-    results.append((name, bool(passed), seconds, note))
-    return output
+    step.outcome = {"status": "PASS" if passed else "FAIL", "seconds": elapsed, "note": note}
+
+
+def run_all(steps: list[Step], budget_s: float, device: str, log, only: str | None = None) -> None:
+    """Every step in order (those matching ``only``), inside ``budget_s`` seconds in all."""
+    deadline = time.perf_counter() + budget_s - RESERVE_S
+    for step in steps:
+        left = deadline - time.perf_counter()
+        if only and not re.search(only, step.name):
+            step.outcome = {"status": "SKIP", "seconds": 0.0, "note": "not selected (--only)"}
+        elif step.needs_cuda and device != "cuda":
+            step.outcome = {"status": "SKIP", "seconds": 0.0, "note": "needs CUDA (--device cpu)"}
+        elif left < MIN_STEP_S:
+            step.outcome = {"status": "NOT RUN", "seconds": 0.0, "note": "out of time (--budget)"}
+        else:
+            run_step(step, min(step.budget_s, left), log)
+        if step.name == "build" and step.outcome["status"] == "FAIL":
+            for later in steps[steps.index(step) + 1:]:
+                later.outcome = {"status": "NOT RUN", "seconds": 0.0, "note": "the build failed"}
+            return
 
 
 def sanitizer_case() -> None:
@@ -135,137 +275,120 @@ def parity_case() -> None:
     print("parity ok")
 
 
-def median_seconds(fn, repeats: int = 20) -> float:
-    """Median of CUDA-event timings of fn() after one warm-up call."""
-    import torch
-
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return sorted(times)[len(times) // 2]
-
-
-def roofline_case() -> None:
-    """Forward and backward time against the time a device copy of the same bytes takes.
-
-    Bytes counted: every input read once and every output written once (float32, C=256,
-    a 64x64 map). The copy bandwidth is measured here, counting bytes read plus written.
-    """
-    import torch
-
-    from lte_cuda import ops
-
-    copy_bytes = 1 << 30
-    src = torch.rand(copy_bytes // 4, device="cuda")
-    dst = torch.empty_like(src)
-    bandwidth = 2 * copy_bytes / median_seconds(lambda: dst.copy_(src))
-    print(f"device copy: {bandwidth / 1e12:.2f} TB/s (read + write)")
-    del src, dst
-    g = torch.Generator(device="cuda").manual_seed(0)
-    for queries in (65_536, 1_000_000):
-        coef = torch.randn(1, 256, 64, 64, device="cuda", generator=g)
-        freq = 3 * torch.randn(1, 256, 64, 64, device="cuda", generator=g)
-        phase_weight = torch.randn(128, 2, device="cuda", generator=g)
-        coord = torch.rand(1, queries, 2, device="cuda", generator=g) * 2 - 1
-        cell = torch.full_like(coord, 2 / 256)
-        inputs = (coef, freq, phase_weight, coord, cell)
-        x, weights = ops.lte_basis(*inputs)
-        input_bytes = sum(t.numel() * t.element_size() for t in inputs)
-        output_bytes = (x.numel() + weights.numel()) * 4
-        forward = median_seconds(lambda: ops.lte_basis(*inputs))
-        grad_x = torch.randn_like(x)
-        backward = median_seconds(lambda: torch.ops.lte_cuda.lte_basis_backward(grad_x, *inputs))
-        grad_bytes = grad_x.numel() * 4 + input_bytes + (coef.numel() * 2 + phase_weight.numel()) * 4
-        for name, seconds, moved in (("forward", forward, input_bytes + output_bytes),
-                                     ("backward", backward, grad_bytes)):
-            floor = moved / bandwidth
-            print(f"{queries:>9,} queries {name:<8} {seconds * 1e3:8.3f} ms  "
-                  f"{moved / seconds / 1e12:5.2f} TB/s  {seconds / floor:5.2f}x the copy-bound time")
-        del x, grad_x
-    print("roofline done")
-
-
 # The steps that run in a process of their own (``--case NAME``).
-CASES = {"sanitizer": sanitizer_case, "parity": parity_case, "roofline": roofline_case,
-         "bad-input": bad_input_case}
+CASES = {"sanitizer": sanitizer_case, "parity": parity_case, "bad-input": bad_input_case}
 
 
-def main() -> int:
-    global STEP_TIMEOUT
+def collect_records(steps: list[Step]) -> list[dict]:
+    """The benchmark records the steps wrote (op_variants: a list; end_to_end: run.py's format)."""
+    records = []
+    for step in steps:
+        if step.records_file is None or not step.records_file.exists():
+            continue
+        data = json.loads(step.records_file.read_text())
+        records += data if isinstance(data, list) else data["records"]
+        step.records_file.unlink()  # merged into results.json: the folder keeps few files
+    return records
+
+
+def winners(records: list[dict]) -> list[str]:
+    """Per op shape and mode, the fastest kernel variant and its lead over the default."""
+    lines = []
+    ops_records = [r for r in records if r["bench"] == "op" and "median_s" in r]
+    for key in dict.fromkeys((r["label"], r["mode"]) for r in ops_records):
+        rows = [r for r in ops_records if (r["label"], r["mode"]) == key]
+        best = min(rows, key=lambda r: r["median_s"])
+        default = next((r for r in rows if r["path"] == "fused"), best)
+        lines.append(f"op {key[0]} {key[1]}: {best['variant']} wins, {best['median_s'] * 1e3:.3f} ms "
+                     f"({default['median_s'] / best['median_s']:.2f}x the default, "
+                     f"{best['times_copy_bound']:.2f}x the copy-bound time, "
+                     f"{'bit-identical to CPU' if best['bit_identical_to_cpu'] else 'max diff vs CPU %.1e' % best['max_abs_diff']})")
+    return lines
+
+
+def summary_lines(steps: list[Step], records: list[dict]) -> list[str]:
+    from benchmarks.end_to_end import format_records
+
+    lines = ["=== gpu_check summary", f"{'status':<8} {'step':<36} {'seconds':>8} {'budget':>7}  note"]
+    for step in steps:
+        o = step.outcome or {"status": "PLANNED", "seconds": 0.0, "note": " ".join(step.command)[:160]}
+        lines.append(f"{o['status']:<8} {step.name:<36} {o['seconds']:8.1f} {step.budget_s:7d}  {o['note']}")
+    lines += ["", *winners(records)]
+    for bench in ("train", "upscale"):
+        groups = dict.fromkeys((r["label"], r["mode"]) for r in records if r["bench"] == bench)
+        for key in groups:
+            lines += format_records([r for r in records if r["bench"] == bench and (r["label"], r["mode"]) == key])
+    failed = [s.name for s in steps if s.outcome.get("status") == "FAIL"]
+    lines.append("all steps that ran passed" if not failed else f"failed: {', '.join(failed)}")
+    return lines
+
+
+def write_results(out: Path, steps: list[Step], records: list[dict], device: str, started: float) -> None:
+    """results.json (run.py's format plus the steps), results.md and summary.txt in ``out``."""
+    from benchmarks.run import machine_info, write_markdown
+
+    machine = machine_info(device)
+    machine.update(suite_s=time.perf_counter() - started, load_average_end=os.getloadavg()[0])
+    step_rows = [{"name": s.name, "budget_s": s.budget_s, "command": s.command, **s.outcome} for s in steps]
+    (out / "results.json").write_text(json.dumps({"machine": machine, "plan": "gpu-check", "steps": step_rows,
+                                                  "records": records}, indent=1))
+    if records:
+        write_markdown(records, machine, "gpu-check", out / "results.md",
+                       command=f"python benchmarks/gpu_check.py --device {device} --out DIR")
+    (out / "summary.txt").write_text("\n".join(summary_lines(steps, records)) + "\n")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--skip-bench", action="store_true")
-    parser.add_argument("--quick", action="store_true", help="run the benchmarks with --quick (fits a 15-minute lease)")
-    parser.add_argument("--step-timeout", type=int, default=STEP_TIMEOUT,
-                        help="seconds one step may run (default %(default)s)")
-    parser.add_argument("--pytest-arg", action="append", default=[],
-                        help="extra argument for the test step (repeatable), e.g. -k EXPR")
-    parser.add_argument("--out", help="folder for logs and benchmark results")
+    parser.add_argument("--out", help="folder for results.json, results.md, summary.txt and steps.log")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--dry-run", action="store_true", help="print and write the plan, run nothing")
+    parser.add_argument("--wheels", help="folder of wheels to install offline first")
+    parser.add_argument("--budget", type=int, default=DEFAULT_BUDGET_S,
+                        help="seconds for the whole run (default %(default)s)")
+    parser.add_argument("--tiny", action="store_true", help="tiny shapes: a test of the harness")
+    parser.add_argument("--all-tests", action="store_true", help="the whole test suite, not only its CUDA cases")
+    parser.add_argument("--only", metavar="REGEX", help="run only the steps whose name matches (others: SKIP)")
     parser.add_argument("--case", choices=sorted(CASES), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    STEP_TIMEOUT = args.step_timeout
+    args = parser.parse_args(argv)
+    if not args.case and not args.out:
+        parser.error("--out DIR is required")
+    if args.wheels and not Path(args.wheels).is_dir():
+        parser.error(f"--wheels must be a folder of .whl files, got {args.wheels!r}")
+    if args.budget < MIN_STEP_S + RESERVE_S:
+        parser.error(f"--budget must be at least {MIN_STEP_S + RESERVE_S} seconds, got {args.budget}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.case:
         CASES[args.case]()
         return 0
+    started = time.perf_counter()
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    args.out = str(out)
+    if args.device == "cuda" and not args.dry_run:
+        import torch
 
-    import torch
-
-    if not torch.cuda.is_available():
-        print("gpu_check: no CUDA device visible", file=sys.stderr)
-        return 2
-    major, minor = torch.cuda.get_device_capability()
-    out = Path(args.out) if args.out else None
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-    cuda_home = os.environ.get("CUDA_HOME") or str(Path(shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc").parent.parent)
-    build_env = {"FORCE_CUDA": "1", "CUDA_HOME": cuda_home,
-                 "TORCH_CUDA_ARCH_LIST": f"{major}.{minor}", "MAX_JOBS": str(os.cpu_count() or 4)}
-    results: list = []
-    py = sys.executable
-    print(f"GPU: {torch.cuda.get_device_name()} (sm_{major}{minor}), torch {torch.__version__}")
-
-    run("build", [py, "setup.py", "build_ext", "--inplace"], results, env=build_env, log_dir=out)
-    if not results[-1][1]:
-        return summarize(results)
-    run("bad input raises, no crash", [py, __file__, "--case", "bad-input"], results,
-        log_dir=out, ok_pattern="bad input ok")
-    run("tests (CUDA cases included)", [py, "-m", "pytest", "-q", "-ra", "tests", *args.pytest_arg], results,
-        log_dir=out, ok_pattern=r"\d+ passed")
-    run("CPU vs CUDA parity", [py, __file__, "--case", "parity"], results, log_dir=out,
-        ok_pattern="parity ok")
-    sanitizer = shutil.which("compute-sanitizer") or f"{cuda_home}/bin/compute-sanitizer"
-    for tool in ("memcheck", "racecheck"):
-        run(f"compute-sanitizer {tool}",
-            [sanitizer, "--tool", tool, "--error-exitcode", "1", py, __file__, "--case", "sanitizer"],
-            results, log_dir=out, ok_pattern=r"ERROR SUMMARY: 0 errors|RACECHECK SUMMARY: 0 hazards")
-    if not args.skip_bench:
-        json_args = ["--json", str(out / "bench_basis.json")] if out else []
-        run("copy-bound comparison", [py, __file__, "--case", "roofline"], results, log_dir=out,
-            ok_pattern="roofline done")
-        quick = ["--quick"] if args.quick else []
-        run("op benchmark (CUDA)", [py, "benchmarks/bench_basis.py", "--device", "cuda", *quick, *json_args],
-            results, log_dir=out)
-        if (ROOT / "benchmarks" / "run.py").exists():
-            suite_out = ["--out", str(out / "suite")] if out else []
-            suite_out += quick
-            run("benchmark suite (CUDA)", [py, "benchmarks/run.py", "--device", "cuda", *suite_out],
-                results, log_dir=out)
-    return summarize(results)
-
-
-def summarize(results: list) -> int:
-    print("\n=== gpu_check summary")
-    for name, passed, seconds, note in results:
-        print(f"{'PASS' if passed else 'FAIL'}  {name:<32} {seconds:7.1f} s  {note}")
-    failed = [name for name, passed, _, _ in results if not passed]
-    print("all steps passed" if not failed else f"failed: {', '.join(failed)}")
-    return 1 if failed else 0
+        if not torch.cuda.is_available():
+            print("gpu_check: --device cuda but no CUDA device is visible (--device cpu runs the rest)",
+                  file=sys.stderr)
+            return 2
+    steps = plan(args)
+    with open(out / "steps.log", "w") as log:
+        if not args.dry_run:
+            run_all(steps, args.budget, args.device, log, args.only)
+        # The variants are those of the fresh build.
+        later = bench_steps(out, args.device, args.tiny, probe_variants())
+        if not args.dry_run:
+            run_all(later, args.budget - (time.perf_counter() - started), args.device, log, args.only)
+    steps += later
+    records = collect_records(steps)
+    write_results(out, steps, records, args.device, started)
+    print("\n" + (out / "summary.txt").read_text())
+    return 1 if any(s.outcome.get("status") == "FAIL" for s in steps) else 0
 
 
 if __name__ == "__main__":

@@ -20,10 +20,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 BENCHES = ("op", "upscale", "train")
-PATHS = ("fused", "reference", "compiled", "lte-plus")
-NAMES = {"fused": "fused", "reference": "reference (grid_sample)", "compiled": "torch.compile(reference)",
-         "lte-plus": "LTE+ (lte-fast)"}
-COLORS = {"fused": "tab:green", "reference": "tab:gray", "compiled": "tab:blue", "lte-plus": "tab:orange"}
+PATHS = ("fused", "reference", "published", "compiled", "lte-plus")
+NAMES = {"fused": "fused", "reference": "reference (grid_sample)", "published": "published (per neighbour)",
+         "compiled": "torch.compile", "lte-plus": "LTE+ (lte-fast)"}
+COLORS = {"fused": "tab:green", "reference": "tab:gray", "published": "tab:red", "compiled": "tab:blue",
+          "lte-plus": "tab:orange"}
 TITLES = {"op": "query step (op)", "upscale": "end-to-end upscale", "train": "training step"}
 
 

@@ -1,6 +1,8 @@
 """The benchmark suite: the fused LTE query step against the published paths, in one command.
 
-    python benchmarks/run.py [--quick] [--out DIR] [--device cpu|cuda] [--no-compile]
+    python -m benchmarks.run [--quick] [--out DIR] [--device cpu|cuda] [--no-compile]
+
+(from the project root: ``benchmarks`` is a package).
 
 The full run is sized for under half an hour on 2 CPU cores (compiling for the torch.compile
 path is a large part of it; --no-compile skips that path); --quick runs fewer and smaller
@@ -10,11 +12,15 @@ Benches, each on every path:
 - ``op``: the query step alone (lte_basis), forward and forward+backward, over query counts
   and channel counts C (random queries on 64x64 LR maps, batch 1; bench_basis's inputs);
 - ``upscale``: end-to-end upscale with EDSR-baseline-LTE (published size, seeded random
-  weights) at x2, x4, x8 and several output sizes, chunks of 32,768 queries;
+  weights) at x2, x4, x8 and several output sizes, chunks of 32,768 queries (the published
+  path: 30,000, as published);
 - ``train``: one training step (forward, L1 loss, backward, Adam) at the published shape.
 
-Paths: ``fused`` (lte_cuda.ops.lte_basis); ``reference`` (the published grid_sample path);
-``compiled`` (torch.compile of the reference, static shapes; its first call, compilation
+Paths: ``fused`` (lte_cuda.ops.lte_basis; end to end, lte_cuda.upscale.upscale and the LTE
+module); ``reference`` (op only: the published query step's math as one op,
+lte_cuda.reference); ``published`` (end to end only: the published code's decode, one
+neighbour at a time, see published_path.py); ``compiled`` (torch.compile, static shapes, of
+the reference op, and end to end of the published query step; its first call, compilation
 included, is reported apart as compile_s; a compile takes minutes on a small CPU, so it runs
 on a few shapes only and not at all with --quick); ``lte-plus`` (LTE+, the published fast
 variant, see lte_plus.py: for ``op`` its basis-building part, end to end its whole query step
@@ -52,18 +58,20 @@ import torch
 import torch.nn.functional as F
 import torch.utils.benchmark as benchmark
 
-import bench_basis
-import bench_train
-import bench_upscale
-import lte_plus
-from memory import CHILD_ENV, peak_rss_above_current
-import plots
-from lte_cuda import ops, reference
-from lte_cuda.upscale import super_resolve
+from benchmarks import bench_basis, lte_plus, plots, published_path
+from benchmarks.end_to_end import make_batch, make_model
+from benchmarks.memory import CHILD_ENV, peak_rss_above_current
+from lte_cuda import ops
+from lte_cuda.upscale import upscale
 
 BENCHES = ("op", "upscale", "train")
 MODES = {"op": ("fwd", "fwd+bwd"), "upscale": ("inference",), "train": ("step",)}
-PATHS = ("fused", "reference", "compiled", "lte-plus")
+PATHS = ("fused", "reference", "published", "compiled", "lte-plus")
+# The op is compared with the published math as one op (reference); end to end, with the
+# published code's per-neighbour decode (published_path.py).
+BENCH_PATHS = {"op": ("fused", "reference", "compiled", "lte-plus"),
+               "upscale": ("fused", "published", "compiled", "lte-plus"),
+               "train": ("fused", "published", "compiled", "lte-plus")}
 # Near the published 30,000 but a power of two: every chunk of the outputs below has the same
 # size, so torch.compile (static shapes) compiles once per case.
 CHUNK = 32768
@@ -71,11 +79,13 @@ CHUNK = 32768
 ROUNDS = 3
 # Only the first queries of the op's output are kept for the agreement check (memory).
 CHECK_QUERIES = 4096
-# Agreement with the fused path (absolute, relative): bench_basis's and bench_train's
+# Agreement with the fused path (absolute, relative): bench_basis's and the training check's
 # tolerances; images within 1e-4 on [0, 1].
 TOLERANCES = {"op": (2e-3, 1e-3), "upscale": (1e-4, 0.0), "train": (1e-5, 1e-3)}
 MIB = 1 << 20
-NAMES = {"fused": "fused", "reference": "reference", "compiled": "torch.compile", "lte-plus": "LTE+"}
+ROOT = Path(__file__).resolve().parent.parent
+NAMES = {"fused": "fused", "reference": "reference", "published": "published", "compiled": "torch.compile",
+         "lte-plus": "LTE+"}
 
 
 @dataclass
@@ -183,20 +193,13 @@ def work(bench: str, shape: dict) -> int:
     return queries(bench, shape) * (shape["channels"] if bench == "op" else 1)
 
 
-def with_compiled_basis(fn: Callable[[], object]) -> Callable[[], object]:
-    """``fn`` with ``reference.lte_basis`` swapped for its torch.compile during each call; the
-    LTE model looks the function up at every call, so its reference backend uses the swap."""
-    compiled = bench_basis.path_fn("compiled")
-
-    def call():
-        original = reference.lte_basis
-        reference.lte_basis = compiled
-        try:
-            return fn()
-        finally:
-            reference.lte_basis = original
-
-    return call
+def published_model(model: torch.nn.Module, path: str) -> published_path.PublishedLTE:
+    """The published decode of ``model``; for ``compiled``, its query step under torch.compile
+    (on this instance only: nothing global is patched)."""
+    published = published_path.PublishedLTE(model)
+    if path == "compiled":
+        published.query_rgb = torch.compile(published.query_rgb)
+    return published
 
 
 def op_digest(x: torch.Tensor, weights: torch.Tensor, params: list[torch.Tensor], mode: str):
@@ -251,23 +254,23 @@ def setup_op(case: Case, device: str) -> Prepared:
 
 def setup_upscale(case: Case, device: str) -> Prepared:
     s = case.shape
-    model, image = bench_upscale.make_inputs(s["input"], "fused" if case.path == "fused" else "reference")
-    image = image.to(device)
+    model = make_model(device).eval()
+    image = torch.rand(1, 3, s["input"], s["input"], generator=torch.Generator().manual_seed(0)).to(device)
     out_size = (s["output"], s["output"])
     if case.path == "lte-plus":
-        plus = lte_plus.LTEPlus.from_lte(model).to(device).eval()
+        plus = lte_plus.LTEPlus.from_lte(model).eval()
         run = partial(lte_plus.super_resolve, plus, image, out_size)
+    elif case.path == "fused":
+        run = partial(upscale, image, size=out_size[::-1], model=model, device=device, chunk_size=CHUNK)
     else:
-        run = partial(super_resolve, model, image, out_size, device=device, chunk_size=CHUNK)
-        if case.path == "compiled":
-            run = with_compiled_basis(run)
+        run = partial(published_path.upscale, published_model(model, case.path).eval(), image, out_size)
     return Prepared(run=run, check=lambda: [run()])
 
 
 def setup_train(case: Case, device: str) -> Prepared:
     s = case.shape
-    data = {k: v.to(device) for k, v in bench_train.make_batch(s["batch"], s["lr"], s["queries"]).items()}
-    lte = bench_train.make_model("fused" if case.path == "fused" else "reference", device)
+    data = {k: v.to(device) for k, v in make_batch(s["batch"], s["lr"], s["queries"]).items()}
+    lte = make_model(device).train()
     if case.path == "lte-plus":
         model = lte_plus.LTEPlus.from_lte(lte).train()
         grid, grid_cell = data["coord"].unsqueeze(2), data["cell"][:, 0]
@@ -276,10 +279,8 @@ def setup_train(case: Case, device: str) -> Prepared:
             # (B, 3, Q, 1) -> (B, Q, 3), the layout of the targets.
             return model(data["inp"], grid, grid_cell)[..., 0].permute(0, 2, 1)
     else:
-        model = lte
+        model = lte if case.path == "fused" else published_model(lte, case.path).train()
         predict = partial(model, data["inp"], data["coord"], data["cell"])
-        if case.path == "compiled":
-            predict = with_compiled_basis(predict)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def run():
@@ -336,9 +337,14 @@ def cuda_peak(job: Prepared) -> int:
 
 def cpu_peak(case: Case) -> int:
     """Peak resident bytes of one call above those before it, in a fresh process."""
-    cmd = [sys.executable, __file__, "--peak-child", json.dumps(asdict(case))]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=CHILD_ENV).stdout
+    cmd = [sys.executable, "-m", "benchmarks.run", "--peak-child", json.dumps(asdict(case))]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=child_env(), cwd=ROOT).stdout
     return int(out.strip().splitlines()[-1])
+
+
+def child_env() -> dict[str, str]:
+    """The measuring child's environment: memory.py's, with the project root importable."""
+    return {**CHILD_ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
 def peak_child(spec: str) -> int:
@@ -354,7 +360,11 @@ def peak_child(spec: str) -> int:
 
 
 def memory_cap(device: str) -> int:
-    """Bytes a case may be predicted to need: half the free RAM, or 80% of free GPU memory."""
+    """Bytes a case may be predicted to need: half the free RAM, or 80% of free GPU memory.
+
+    The free RAM here is the kernel's free pages (not MemAvailable, which counts reclaimable
+    caches): a second copy of lte_cuda.upscale's rule, to be replaced by the inference
+    module's once it has one public home."""
     if device == "cuda":
         return int(torch.cuda.mem_get_info()[0] * 0.8)
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
@@ -487,7 +497,8 @@ def run_suite(
         start = time.perf_counter()
         for shape in sorted(plan.shapes[bench], key=lambda s: work(bench, s)):
             for mode in MODES[bench]:
-                paths = [p for p in PATHS if p != "compiled" or (with_compile and shape in plan.compiled[bench])]
+                paths = [p for p in BENCH_PATHS[bench]
+                         if p != "compiled" or (with_compile and shape in plan.compiled[bench])]
                 for record in measure_paths([Case(bench, p, mode, shape) for p in paths], device, plan, records, cap):
                     records.append(record)
                     print_record(record)
@@ -496,9 +507,23 @@ def run_suite(
     return records
 
 
-def write_markdown(records: list[dict], machine: dict, plan_name: str, path: Path) -> None:
-    """The README's Performance tables: time (and how many times the fused path's), memory."""
+def ordered_paths(rows: list[dict]) -> list[str]:
+    """The paths of ``rows``: the known ones in PATHS order, then others (kernel variants)."""
+    present = dict.fromkeys(r["path"] for r in rows)
+    return [p for p in PATHS if p in present] + sorted(p for p in present if p not in PATHS)
+
+
+def ordered_modes(rows: list[dict], bench: str) -> list[str]:
+    """The modes of ``bench`` in ``rows``: MODES' order, then others (e.g. precisions)."""
+    present = dict.fromkeys(r["mode"] for r in rows if r["bench"] == bench)
+    return [m for m in MODES[bench] if m in present] + [m for m in present if m not in MODES[bench]]
+
+
+def write_markdown(records: list[dict], machine: dict, plan_name: str, path: Path, command: str | None = None) -> None:
+    """The README's Performance tables: time (and how many times the fused path's), memory.
+    ``command`` is the reproducing command (default: this suite's)."""
     quick = {"quick": " --quick", "smoke": " --smoke"}.get(plan_name, "")
+    command = command or f"python -m benchmarks.run{quick} --device {machine['device']} --out DIR"
     gpu = f", {machine['gpu']}" if machine["device"] == "cuda" else ""
     lines = [
         f"Measured on {machine['cpu']}{gpu} ({machine['cores']} cores, {machine['threads']} threads), "
@@ -506,7 +531,7 @@ def write_markdown(records: list[dict], machine: dict, plan_name: str, path: Pat
         f"{machine['load_average_start']:.1f} at the start, {machine['load_average_end']:.1f} at the end "
         f"(other processes may have shared the cores). Suite time {machine['suite_s'] / 60:.1f} min.",
         "",
-        f"Reproduce: `python benchmarks/run.py{quick} --device {machine['device']} --out DIR`.",
+        f"Reproduce: `{command}`.",
         "",
     ]
     if machine["device"] != "cuda":
@@ -518,10 +543,14 @@ def write_markdown(records: list[dict], machine: dict, plan_name: str, path: Pat
         "Peak memory: " + ("torch.cuda.max_memory_allocated per call." if machine["device"] == "cuda" else
                            "peak resident memory during one call above the resident memory just before "
                            "it, each in a fresh process (VmHWM)."),
+        "End to end, `published` is the published code's decode (one neighbour at a time through "
+        "the MLP, queries in chunks of 30,000), with the same weights; the op is compared with "
+        "`reference`, the published query step's math as one op. "
         "LTE+ is the published fast variant (whole query grids, 1x1-conv MLP), built from the same "
         "LTE weights with its frequency channels permuted into its split layout, so it computes "
-        "the same function; `torch.compile` is the reference path compiled with static shapes, its "
-        "first call (compilation) reported apart.",
+        "the same function; `torch.compile` is, for the op, the reference compiled and, end to end, "
+        "the published query step compiled, with static shapes, its first call (compilation) "
+        "reported apart.",
         "",
     ]
     lr = next((r["shape"]["lr"] for r in records if r["bench"] == "op"), None)
@@ -537,10 +566,10 @@ def write_markdown(records: list[dict], machine: dict, plan_name: str, path: Pat
         rows = [r for r in records if r["bench"] == bench]
         if not rows:
             continue
-        paths = [p for p in PATHS if any(r["path"] == p for r in rows)]
+        paths = ordered_paths(rows)
         keys = plots.ordered_cases(rows, bench)
         table = {(r["label"], r["mode"], r["path"]): r for r in rows}
-        header = "| case | mode | " + " | ".join(NAMES[p] for p in paths) + " |"
+        header = "| case | mode | " + " | ".join(NAMES.get(p, p) for p in paths) + " |"
         rule = "|---|---|" + "---:|" * len(paths)
         lines += [f"### {titles[bench]}", "", "Time:", "", header, rule]
         for key in keys:
@@ -561,7 +590,7 @@ def write_markdown(records: list[dict], machine: dict, plan_name: str, path: Pat
         lines.append("")
     skipped = [r for r in records if "skipped" in r]
     if skipped:
-        lines += ["Skipped:", ""] + [f"- {r['bench']} {r['label']} {r['mode']} {NAMES[r['path']]}: "
+        lines += ["Skipped:", ""] + [f"- {r['bench']} {r['label']} {r['mode']} {NAMES.get(r['path'], r['path'])}: "
                                      f"{r['skipped']}" for r in skipped] + [""]
     if not any(r["path"] == "compiled" for r in records):
         lines += ["torch.compile was not run (its compile takes minutes on a small CPU; the full run "
@@ -575,7 +604,7 @@ def headlines(records: list[dict]) -> list[str]:
     measured = [r for r in records if "median_s" in r]
     lines = []
     for bench in BENCHES:
-        for mode in MODES[bench]:
+        for mode in ordered_modes(measured, bench):
             cases = {r["label"]: r for r in measured if r["bench"] == bench and r["mode"] == mode
                      and r["path"] == "fused"}
             if not cases:
@@ -585,11 +614,11 @@ def headlines(records: list[dict]) -> list[str]:
             best = max(cases, key=lambda lbl: (len(by_case[lbl]), cases[lbl]["work"]))
             fused = cases[best]
             parts = [f"fused {_seconds(fused['median_s'])}" + _mib(fused["peak_bytes"])]
-            for r in sorted(by_case[best], key=lambda r: PATHS.index(r["path"])):
+            for r in sorted(by_case[best], key=lambda r: ordered_paths(by_case[best]).index(r["path"])):
                 if r["path"] != "fused":
                     memory = (f", x{r['peak_bytes'] / fused['peak_bytes']:.2f} memory"
                               if r["peak_bytes"] and fused["peak_bytes"] else "")
-                    parts.append(f"{NAMES[r['path']]} x{r['median_s'] / fused['median_s']:.1f} time{memory}")
+                    parts.append(f"{NAMES.get(r['path'], r['path'])} x{r['median_s'] / fused['median_s']:.1f} time{memory}")
             lines.append(f"{bench} {mode} {best}: " + "; ".join(parts))
     return lines
 

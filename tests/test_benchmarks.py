@@ -1,5 +1,6 @@
-"""The benchmark suite (benchmarks/run.py) on tiny shapes, and the LTE+ baseline it times
-(benchmarks/lte_plus.py): built from an LTE's weights it must compute that LTE's function."""
+"""The benchmarks on tiny shapes: the baselines they time (benchmarks/lte_plus.py, LTE+, and
+benchmarks/published_path.py, the published decode) must compute the LTE's function; the suite
+(run.py), the end-to-end harness (end_to_end.py) and gpu_check.py run and write their results."""
 
 import json
 import sys
@@ -8,15 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks import end_to_end, gpu_check, lte_plus, published_path, run
 from lte_cuda import ops
 from lte_cuda.coords import make_coord
 from lte_cuda.models import build_preset
 from lte_cuda.upscale import super_resolve
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-import gpu_check  # noqa: E402
-import lte_plus  # noqa: E402
-import run  # noqa: E402
 
 TINY_IMNET = {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [32, 32]}}
 
@@ -96,12 +93,13 @@ def check_suite_output(out: Path, records: list[dict], benches: tuple[str, ...])
     assert {"cpu", "cores", "torch", "gpu", "device"} <= set(saved["machine"])
     for bench in benches:
         rows = [r for r in records if r["bench"] == bench]
-        assert {r["path"] for r in rows} == {"fused", "reference", "lte-plus"}
+        baseline = "reference" if bench == "op" else "published"
+        assert {r["path"] for r in rows} == {"fused", baseline, "lte-plus"}
         for r in rows:
             assert r["median_s"] > 0 and r["iqr_s"] >= 0 and r["device"] == "cpu"
             assert {"shape", "mode", "peak_bytes"} <= set(r)
     markdown = (out / "results.md").read_text()
-    assert "Reproduce: `python benchmarks/run.py --smoke" in markdown
+    assert "Reproduce: `python -m benchmarks.run --smoke" in markdown
     assert "GPU figures: not measured" in markdown
     assert (out / "op_time.png").stat().st_size > 0 and (out / "speedup.png").stat().st_size > 0
 
@@ -153,17 +151,91 @@ def test_compiled_path_is_checked_timed_and_its_compilation_reported_apart() -> 
     assert compiled["peak_bytes"] is not None
 
 
-def test_gpu_check_reports_a_crashed_or_stalled_step_and_goes_on(monkeypatch):
+def test_gpu_check_reports_a_crashed_or_stalled_step_and_goes_on(tmp_path):
     # A lent GPU comes with minutes: one bad step must fail with its reason, not stop the rest.
-    monkeypatch.setattr(gpu_check, "STEP_TIMEOUT", 3)
-    results = []
     py = sys.executable
-    gpu_check.run("stalls", [py, "-c", "import time; time.sleep(30)"], results)
-    gpu_check.run("crashes", [py, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"],
-                  results)
-    gpu_check.run("passes", [py, "-c", "print('parity ok')"], results, ok_pattern="parity ok")
-    assert [(name, passed) for name, passed, _, _ in results] == [
-        ("stalls", False), ("crashes", False), ("passes", True)]
-    assert "stopped after 3 s" in results[0][3]
-    assert "killed by signal 11" in results[1][3]
-    assert gpu_check.summarize(results) == 1
+    steps = [gpu_check.Step("stalls", 3, [py, "-c", "import time; time.sleep(30)"]),
+             gpu_check.Step("crashes", 10, [py, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"]),
+             gpu_check.Step("passes", 10, [py, "-c", "print('parity ok')"], ok_pattern="parity ok"),
+             gpu_check.Step("needs a GPU", 10, [py, "-c", "pass"], needs_cuda=True)]
+    with open(tmp_path / "log", "w") as log:
+        gpu_check.run_all(steps, 60, "cpu", log)
+    assert [s.outcome["status"] for s in steps] == ["FAIL", "FAIL", "PASS", "SKIP"]
+    assert "stopped after 3 s" in steps[0].outcome["note"]
+    assert "killed by signal 11" in steps[1].outcome["note"]
+    assert "=== passes" in (tmp_path / "log").read_text()
+
+
+def test_gpu_check_keeps_inside_its_budget(tmp_path):
+    py = sys.executable
+    steps = [gpu_check.Step(f"sleeps {i}", 60, [py, "-c", "import time; time.sleep(5)"]) for i in range(3)]
+    with open(tmp_path / "log", "w") as log:
+        # 9 s to spend: the first step leaves less than a step needs to start.
+        gpu_check.run_all(steps, gpu_check.RESERVE_S + gpu_check.MIN_STEP_S + 4, "cpu", log)
+    assert [s.outcome["status"] for s in steps] == ["PASS", "NOT RUN", "NOT RUN"]
+
+
+def test_gpu_check_dry_run_writes_the_plan(tmp_path):
+    assert gpu_check.main(["--out", str(tmp_path), "--dry-run"]) == 0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    names = [step["name"] for step in saved["steps"]]
+    for expected in ("build", "tests (CUDA cases)", "CPU vs CUDA parity", "compute-sanitizer memcheck",
+                     "train step fp32", "train step bf16", "upscale x4 1024->4096 fp16",
+                     "evaluation memory x2 256->512"):
+        assert expected in names
+    assert any(name.startswith("op variant ") for name in names)
+    assert saved["records"] == [] and all("status" not in step for step in saved["steps"])
+    assert "PLANNED" in (tmp_path / "summary.txt").read_text()
+
+
+@pytest.mark.slow
+def test_gpu_check_tiny_cpu_run_records_every_path(tmp_path):
+    """A tiny --device cpu run of an op, a training and an evaluation step (about a minute)."""
+    status = gpu_check.main(["--out", str(tmp_path), "--device", "cpu", "--tiny",
+                             "--only", "op variant|train step fp32|evaluation"])
+    assert status == 0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    records = saved["records"]
+    assert {(r["bench"], r["path"]) for r in records} >= {
+        ("op", "fused"), ("train", "fused"), ("train", "published"), ("upscale", "fused"), ("upscale", "lte-plus")}
+    for r in records:
+        assert r["median_s"] > 0 and r["max_abs_diff"] is not None and r["device"] == "cpu"
+    assert {s["status"] for s in saved["steps"]} == {"PASS", "SKIP"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json", "results.md", "steps.log", "summary.txt"]
+    assert "train B=2 8x8 Q=16 fp32 published" in (tmp_path / "summary.txt").read_text()
+
+
+# ----------------------------------------------------------------------------- published path
+
+
+def test_published_path_computes_the_fused_function_and_gradients():
+    model = tiny_lte().train()
+    published = published_path.PublishedLTE(model).train()
+    data = end_to_end.make_batch(2, 7, 30)
+    want = model(data["inp"], data["coord"], data["cell"])
+    got = published(data["inp"], data["coord"], data["cell"])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    # Same parameters (shared, not copied): the gradients land on the same tensors.
+    assert {id(p) for p in published.parameters()} <= {id(p) for p in model.parameters()}
+    params = [p for p in published.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(got.abs().sum(), params)
+    want_grads = torch.autograd.grad(want.abs().sum(), params)
+    for g, w in zip(grads, want_grads):
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+
+
+def test_published_upscale_matches_lte_upscale_in_chunks_beyond_the_trained_scales():
+    model = tiny_lte()
+    image = torch.rand(1, 3, 6, 5)
+    out_size = (31, 27)  # x5.2 and x5.4: the cell is enlarged on both axes
+    want = super_resolve(model, image, out_size, device="cpu")
+    got = published_path.upscale(published_path.PublishedLTE(model).eval(), image, out_size, chunk=100)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_end_to_end_check_stops_on_a_mismatch(tmp_path):
+    spec = {"bench": "upscale", "precision": "fp32", "path": "published"}
+    torch.save([torch.zeros(3)], tmp_path / "fused.pt")
+    torch.save([torch.full((3,), 1e-3)], tmp_path / "published.pt")
+    with pytest.raises(AssertionError, match="published disagrees with fused"):
+        end_to_end.compare_outputs(str(tmp_path / "published.pt"), str(tmp_path / "fused.pt"), spec)

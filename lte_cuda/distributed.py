@@ -1,0 +1,108 @@
+"""Inference on several processes started by torchrun: which process this is, its share of
+the work, and putting the shares' results back together.
+
+``torchrun --nproc_per_node N --no-python lte-sr upscale IN_DIR OUT_DIR ...`` gives each of N
+processes every N-th file; ``lte-sr test`` under torchrun gives each every N-th image and
+rebuilds the per-image PSNRs on every process, in dataset order, so the mean is the one a
+single process computes, to the bit. Where there are GPUs, process ``LOCAL_RANK`` uses GPU
+``LOCAL_RANK`` (:func:`use_local_gpu`). Outside torchrun (no ``WORLD_SIZE``) everything here
+is the identity: one process does all the work.
+
+Only the results exchange needs a process group; it uses gloo on CPU tensors (a handful of
+float64 numbers), so it works the same with or without GPUs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
+
+
+def world_size() -> int:
+    """How many processes share the work (torchrun's ``WORLD_SIZE``; 1 outside torchrun)."""
+    size = _env_int("WORLD_SIZE", 1)
+    if size < 1:
+        raise ValueError(f"environment variable WORLD_SIZE must be >= 1, got {size}")
+    return size
+
+
+def rank() -> int:
+    """This process's index among them (torchrun's ``RANK``; 0 outside torchrun)."""
+    index = _env_int("RANK", 0)
+    if not 0 <= index < world_size():
+        raise ValueError(f"environment variable RANK must be in [0, WORLD_SIZE={world_size()}), got {index}")
+    return index
+
+
+def is_main() -> bool:
+    """True on the process that reports (rank 0)."""
+    return rank() == 0
+
+
+def use_local_gpu() -> None:
+    """Under torchrun on a machine with GPUs, make GPU ``LOCAL_RANK`` this process's current
+    device, so ``"cuda"`` and ``"auto"`` mean one GPU per process. Otherwise does nothing."""
+    if world_size() == 1 or not torch.cuda.is_available():
+        return
+    local_rank = _env_int("LOCAL_RANK", 0)
+    gpus = torch.cuda.device_count()
+    if local_rank >= gpus:
+        raise ValueError(
+            f"process with LOCAL_RANK={local_rank} has no GPU of its own: this machine has {gpus}; "
+            "start at most that many processes per node (--nproc_per_node)"
+        )
+    torch.cuda.set_device(local_rank)
+
+
+def shard(items: Sequence[T]) -> list[T]:
+    """This process's share of ``items``: every ``world_size()``-th one from ``rank()``, so
+    each item goes to exactly one process and the shares differ in size by at most one."""
+    return list(items[rank()::world_size()])
+
+
+def gather_in_order(values: Sequence[float], indices: Sequence[int], total: int) -> list[float]:
+    """All processes' ``values`` as one list of ``total`` in index order, on every process.
+
+    ``values[k]`` is this process's result for item ``indices[k]`` (its :func:`shard` of
+    ``range(total)``). The exchange is a float64 all-reduce in which every slot holds one
+    process's value and zeros from the rest, so each value arrives exactly; any sum or mean
+    of the list then equals the one-process figure bit for bit.
+    """
+    if len(values) != len(indices):
+        raise ValueError(f"values and indices must have the same length, got {len(values)} and {len(indices)}")
+    slots = torch.zeros(total, dtype=torch.float64)
+    filled = torch.zeros(total, dtype=torch.float64)
+    if len(indices):
+        slots[list(indices)] = torch.tensor(list(values), dtype=torch.float64)
+        filled[list(indices)] = 1.0
+    if world_size() > 1:
+        started_here = not dist.is_initialized()
+        if started_here:
+            dist.init_process_group("gloo")
+        try:
+            both = torch.stack((slots, filled))
+            dist.all_reduce(both)
+            slots, filled = both[0], both[1]
+        finally:
+            if started_here:
+                dist.destroy_process_group()
+    if not torch.equal(filled, torch.ones(total, dtype=torch.float64)):
+        missing = (filled != 1).nonzero().flatten().tolist()[:5]
+        raise ValueError(f"items {missing} were done by no process or by several (world size {world_size()})")
+    return slots.tolist()
