@@ -20,6 +20,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from . import distributed
 from .demo import add_demo_parser
 from .evaluate import add_test_parser
 from .texture_map import add_inspect_parser
@@ -95,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``lte-sr`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     try:
         args = build_parser().parse_args(argv)
+        distributed.use_local_gpu()  # under torchrun: one GPU per process
         return args.func(args)
     except SystemExit as done:  # --help and --version exit through argparse
         return done.code if isinstance(done.code, int) else 0
@@ -116,7 +118,7 @@ def _fail(message: str, status: int) -> int:
 def run_upscale_command(args: argparse.Namespace) -> int:
     """Run ``lte-sr upscale``; returns the exit status."""
     scale, size = _parse_scale(args.scale), _parse_size(args.size)
-    pairs = _plan(Path(args.input), Path(args.output))
+    pairs = distributed.shard(_plan(Path(args.input), Path(args.output)))  # torchrun: this process's files
     model = resolve_model(args.model)
     progress = tqdm(pairs, desc="upscale", unit="image", disable=len(pairs) == 1)
     for source, target in progress:

@@ -18,8 +18,9 @@ from typing import Any
 import torch
 import yaml
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
+from . import distributed
 from .coords import make_coord
 from .data import make_dataset
 from .metrics import parse_eval_type, psnr
@@ -153,8 +154,10 @@ def run_test(
     spec = config["test_dataset"]
     dataset = make_dataset(spec["wrapper"], args={"dataset": make_dataset(spec["dataset"])})
     device = next(model.parameters()).device
+    # Under torchrun each process scores its share; the PSNRs are put back in order below.
+    indices = distributed.shard(range(len(dataset)))
     loader = DataLoader(
-        dataset,
+        Subset(dataset, indices),
         batch_size=spec.get("batch_size", 1),
         shuffle=False,
         num_workers=num_workers,
@@ -165,16 +168,19 @@ def run_test(
     count = len(dataset)
     records: list[dict[str, Any]] = []
 
+    def name_of(i: int) -> str:
+        return names[i % len(names)] if names else str(i)
+
     def on_image(i: int, value: float) -> None:
-        name = names[i % len(names)] if names else str(i)
-        records.append({"name": name, "psnr": value})
+        i = indices[i]
+        records.append({"name": name_of(i), "psnr": value})
         if verbose:
             mean = sum(r["psnr"] for r in records) / len(records)
             width = len(str(count))
-            print(f"[{i + 1:>{width}}/{count}] {name}: {value:.4f} dB (mean {mean:.4f})", flush=True)
+            print(f"[{i + 1:>{width}}/{count}] {name_of(i)}: {value:.4f} dB (mean {mean:.4f})", flush=True)
 
     start = time.perf_counter()
-    values = evaluate(
+    local_values = evaluate(
         loader,
         model,
         data_norm=config.get("data_norm"),
@@ -184,6 +190,8 @@ def run_test(
         scale_max=config.get("scale_max", 4),
         on_image=on_image,
     )
+    values = distributed.gather_in_order(local_values, indices, count)
+    records = [{"name": name_of(i), "psnr": value} for i, value in enumerate(values)]
     mean = sum(values) / len(values) if values else math.nan
     return {
         "eval_type": eval_type,
@@ -229,7 +237,7 @@ def run_test_command(args: argparse.Namespace) -> int:
     )
     print(f"result: {result['mean_psnr']:.4f} dB ({result['eval_type'] or 'rgb'}, "
           f"{len(result['images'])} images, {result['seconds']:.1f} s)")
-    if args.out:
+    if args.out and distributed.is_main():  # under torchrun every process has the result
         result.update(config=os.path.abspath(args.config), model=os.path.abspath(args.model))
         directory = os.path.dirname(os.path.abspath(args.out))
         os.makedirs(directory, exist_ok=True)
