@@ -5,7 +5,7 @@
 
 Steps, each with a time budget (a step that runs past it is stopped and the next one starts;
 the whole run stays inside --budget, 540 s by default, and steps that no longer fit are
-reported as not run):
+reported as not run; on --device cpu each step may take 5 times its budget):
 
 1. wheels: with --wheels, installs the wheels of that folder offline (a GPU machine has no
    internet; make the folder beforehand with ``python3 -m pip download -d .whl
@@ -54,6 +54,8 @@ RESERVE_S = 10
 MIN_STEP_S = 5
 # Fresh processes per path in the end-to-end steps (medians and spreads over them).
 RUNS = 2
+# The step budgets are sized for a GPU machine; on --device cpu they are this many times longer.
+CPU_BUDGET_FACTOR = 5
 
 
 @dataclass
@@ -89,13 +91,13 @@ def build_env() -> dict[str, str]:
     return env
 
 
-def end_to_end(out: Path, name: str, bench_args: list[str], device: str) -> list[str]:
-    return [sys.executable, "-m", "benchmarks.end_to_end", *bench_args, "--device", device,
-            "--runs", str(RUNS), "--json", str(out / f"{name}.json")]
-
-
-def bench_steps(out: Path, device: str, tiny: bool, variants: list[tuple[str, dict]]) -> list[Step]:
+def bench_steps(out: Path, device: str, tiny: bool, variants: list[tuple[str, dict]], runs: int = RUNS) -> list[Step]:
     """Steps 7-10: the op's variants, the training step, upscale and evaluation memory."""
+
+    def end_to_end(name: str, bench_args: list[str]) -> list[str]:
+        return [sys.executable, "-m", "benchmarks.end_to_end", *bench_args, "--device", device,
+                "--runs", str(runs), "--json", str(out / f"{name}.json")]
+
     steps = []
     for variant, env in variants:
         path = out / f"op-{variant}.json"
@@ -106,18 +108,17 @@ def bench_steps(out: Path, device: str, tiny: bool, variants: list[tuple[str, di
     sizes = [("upscale-256", 8), ("upscale-1024", 16)] if tiny else [("upscale-256", 256), ("upscale-1024", 1024)]
     for precision in ("fp32", "bf16"):
         name = f"train-{precision}"
-        steps.append(Step(f"train step {precision}", 60, end_to_end(out, name, [*train, "--precision", precision],
-                          device), records_file=out / f"{name}.json"))
+        steps.append(Step(f"train step {precision}", 60, end_to_end(name, [*train, "--precision", precision]), records_file=out / f"{name}.json"))
     for stem, side in sizes:
         for precision in ("fp32", "fp16"):
             name = f"{stem}-{precision}"
             args = ["upscale", "--input", str(side), "--scale", "4", "--precision", precision,
                     "--paths", "fused", "published", "lte-plus"]
             steps.append(Step(f"upscale x4 {side}->{side * 4} {precision}", 45 if side < 1000 else 90,
-                              end_to_end(out, name, args, device), records_file=out / f"{name}.json"))
+                              end_to_end(name, args), records_file=out / f"{name}.json"))
     side = 8 if tiny else 256
     args = ["upscale", "--input", str(side), "--scale", "2", "--paths", "fused", "lte-plus"]
-    steps.append(Step(f"evaluation memory x2 {side}->{side * 2}", 30, end_to_end(out, "evaluate", args, device),
+    steps.append(Step(f"evaluation memory x2 {side}->{side * 2}", 30, end_to_end("evaluate", args),
                       records_file=out / "evaluate.json"))
     return steps
 
@@ -153,7 +154,7 @@ def probe_variants() -> list[tuple[str, dict]]:
     if done.returncode != 0:
         return [("default", {})]
     names, env = json.loads(done.stdout.strip().splitlines()[-1])
-    return [(name, {env: name} if env and i else {}) for i, name in enumerate(names)]
+    return [(name, {env: name} if env else {}) for name in names]
 
 
 def run_step(step: Step, seconds: float, log) -> None:
@@ -196,7 +197,7 @@ def run_all(steps: list[Step], budget_s: float, device: str, log, only: str | No
         elif left < MIN_STEP_S:
             step.outcome = {"status": "NOT RUN", "seconds": 0.0, "note": "out of time (--budget)"}
         else:
-            run_step(step, min(step.budget_s, left), log)
+            run_step(step, min(step.budget_s * (1 if device == "cuda" else CPU_BUDGET_FACTOR), left), log)
         if step.name == "build" and step.outcome["status"] == "FAIL":
             for later in steps[steps.index(step) + 1:]:
                 later.outcome = {"status": "NOT RUN", "seconds": 0.0, "note": "the build failed"}
@@ -347,6 +348,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget", type=int, default=DEFAULT_BUDGET_S,
                         help="seconds for the whole run (default %(default)s)")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes: a test of the harness")
+    parser.add_argument("--runs", type=int, default=RUNS,
+                        help="fresh processes per path in the end-to-end steps (default %(default)s)")
     parser.add_argument("--all-tests", action="store_true", help="the whole test suite, not only its CUDA cases")
     parser.add_argument("--only", metavar="REGEX", help="run only the steps whose name matches (others: SKIP)")
     parser.add_argument("--case", choices=sorted(CASES), help=argparse.SUPPRESS)
@@ -355,6 +358,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--out DIR is required")
     if args.wheels and not Path(args.wheels).is_dir():
         parser.error(f"--wheels must be a folder of .whl files, got {args.wheels!r}")
+    if args.runs < 1:
+        parser.error(f"--runs must be >= 1, got {args.runs}")
     if args.budget < MIN_STEP_S + RESERVE_S:
         parser.error(f"--budget must be at least {MIN_STEP_S + RESERVE_S} seconds, got {args.budget}")
     return args
@@ -381,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.dry_run:
             run_all(steps, args.budget, args.device, log, args.only)
         # The variants are those of the fresh build.
-        later = bench_steps(out, args.device, args.tiny, probe_variants())
+        later = bench_steps(out, args.device, args.tiny, probe_variants(), args.runs)
         if not args.dry_run:
             run_all(later, args.budget - (time.perf_counter() - started), args.device, log, args.only)
     steps += later

@@ -2,14 +2,15 @@
 
     python -m benchmarks.op_variants [--variant NAME] [--device cuda] [--tiny] [--json FILE]
 
-A variant is chosen the way lte_cuda.ops offers it: ``ops.KERNEL_VARIANTS`` (names, the
-default first) and ``ops.KERNEL_VARIANT_ENV`` (the environment variable that selects one).
-A build without them has one variant, ``default``. This process runs with the variant's
-variable already set (gpu_check.py starts one process per variant), so a selection read at
-load time is honoured.
+A variant is chosen the way lte_cuda.ops offers it: ``ops.KERNEL_VARIANTS`` (their names)
+and ``ops.KERNEL_ENV`` (the environment variable that selects them: ``default`` or
+comma-separated names). A build without them has one variant, ``default``. This process runs
+with the variable already set (gpu_check.py starts one process per variant), so a selection
+read at load time is honoured too.
 
 Per shape: the variant's outputs and gradients against the CPU kernel's (max abs diff, and
-whether bit-identical), then forward and forward+backward times (torch.utils.benchmark,
+whether bit-identical), then forward, forward+backward and forward+backward under bf16
+autocast (where the autocast variants act) times (torch.utils.benchmark,
 median and IQR) and peak memory, and each time over the time a device copy of the same
 bytes takes (inputs read once, outputs written once; the copy's bandwidth measured here).
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.utils.benchmark as benchmark
 
-from benchmarks.bench_basis import Shape, make_inputs, run_once, upstream_gradient
+from benchmarks.bench_basis import Shape, make_inputs, upstream_gradient
 from lte_cuda import ops
 
 SHAPES = {
@@ -33,13 +34,18 @@ SHAPES = {
     "training": Shape("training", 16, 256, 48, 48, 2_304),
 }
 TINY_SHAPES = {"tiny": Shape("tiny", 2, 16, 8, 8, 256)}
-MODES = ("fwd", "fwd+bwd")
+MODES = ("fwd", "fwd+bwd", "fwd+bwd bf16")
+# The autocast dtype of the "bf16" mode (the training step's mixed precision).
+AUTOCAST = torch.bfloat16
 
 
 def available_variants() -> tuple[list[str], str | None]:
-    """The variant names lte_cuda.ops offers (default first) and the variable that selects one."""
-    names = list(getattr(ops, "KERNEL_VARIANTS", None) or ["default"])
-    return names, getattr(ops, "KERNEL_VARIANT_ENV", None)
+    """What to measure: ``default``, each variant lte_cuda.ops offers (``ops.KERNEL_VARIANTS``),
+    and all of them together when there are several; and the environment variable that
+    selects them (``ops.KERNEL_ENV``, which takes ``default`` or comma-separated names)."""
+    offered = list(getattr(ops, "KERNEL_VARIANTS", None) or [])
+    names = ["default", *offered] + ([",".join(offered)] if len(offered) > 1 else [])
+    return names, getattr(ops, "KERNEL_ENV", None)
 
 
 def copy_bandwidth(device: str) -> float:
@@ -50,14 +56,14 @@ def copy_bandwidth(device: str) -> float:
     return 2 * src.numel() * 4 / timer.blocked_autorange(min_run_time=0.2).median
 
 
-def moved_bytes(inputs: list[torch.Tensor], shape: Shape, mode: str) -> int:
-    """Forward: inputs read, x and weights written; backward adds grad_x read, the inputs
-    again and the coef/freq/phase gradients written."""
+def moved_bytes(inputs: list[torch.Tensor], shape: Shape, with_backward: bool) -> int:
+    """Forward: inputs read, x and weights written (float32); the backward adds grad_x read,
+    the inputs again and the coef/freq/phase gradients written."""
     inputs_bytes = sum(t.numel() * t.element_size() for t in inputs)
     x_bytes = shape.batch * shape.queries * 4 * shape.channels * 4
     forward = inputs_bytes + x_bytes + shape.batch * shape.queries * 4 * 4
-    backward = x_bytes + inputs_bytes + sum(t.numel() * t.element_size() for t in inputs[:3])
-    return forward if mode == "fwd" else forward + backward
+    backward_bytes = x_bytes + inputs_bytes + sum(t.numel() * t.element_size() for t in inputs[:3])
+    return forward + backward_bytes if with_backward else forward
 
 
 def check_against_cpu(shape: Shape, device: str) -> tuple[float, bool]:
@@ -78,20 +84,31 @@ def measure_shape(shape: Shape, device: str, variant: str, bandwidth: float) -> 
     diff, identical = check_against_cpu(shape, device) if device != "cpu" else (0.0, True)
     records = []
     for mode in MODES:
-        inputs = make_inputs(shape, device, requires_grad=mode == "fwd+bwd")
-        grad_x = upstream_gradient(shape, device) if mode == "fwd+bwd" else None
-        run_once(ops.lte_basis, inputs, mode, grad_x)  # warm-up
-        timer = benchmark.Timer("run()", globals={"run": lambda: run_once(ops.lte_basis, inputs, mode, grad_x)})
+        backward = mode.startswith("fwd+bwd")
+        inputs = make_inputs(shape, device, requires_grad=backward)
+        grad_x = upstream_gradient(shape, device) if backward else None
+        autocast = torch.autocast(torch.device(device).type, dtype=AUTOCAST, enabled=mode.endswith("bf16"))
+
+        def call():
+            with autocast:
+                x, _ = ops.lte_basis(*inputs)
+            if backward:
+                x.backward(grad_x.to(x.dtype))
+                for t in inputs[:3]:
+                    t.grad = None
+
+        call()  # warm-up
+        timer = benchmark.Timer("run()", globals={"run": call})
         m = timer.blocked_autorange(min_run_time=0.3)
         peak = None
         if device.startswith("cuda"):
             torch.cuda.synchronize()
             base = torch.cuda.memory_allocated()
             torch.cuda.reset_peak_memory_stats()
-            run_once(ops.lte_basis, inputs, mode, grad_x)
+            call()
             torch.cuda.synchronize()
             peak = torch.cuda.max_memory_allocated() - base
-        copy_s = moved_bytes(inputs, shape, mode) / bandwidth
+        copy_s = moved_bytes(inputs, shape, backward) / bandwidth
         records.append({
             "bench": "op", "path": "fused" if variant == available_variants()[0][0] else f"fused:{variant}", "variant": variant,
             "mode": mode, "shape": {"batch": shape.batch, "channels": shape.channels, "lr": shape.height,
