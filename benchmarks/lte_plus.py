@@ -30,7 +30,7 @@ from torch import nn
 from lte_cuda.coords import make_coord
 from lte_cuda.models import LTE
 from lte_cuda.reference import EPS_SHIFT, NEIGHBOUR_OFFSETS
-from lte_cuda.upscale import TRAINED_MAX_SCALE
+from lte_cuda.inference import TRAINED_MAX_SCALE
 
 
 def split_permutation(channels: int) -> torch.Tensor:
@@ -173,7 +173,7 @@ class LTEPlus(nn.Module):
 def super_resolve(model: LTEPlus, rgb: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
     """Upscale ``rgb (B, 3, h, w)`` in [0, 1] to ``out_size = (H, W)`` as the published LTE+
     test does: the whole output grid in one query step. The cell is enlarged beyond the
-    trained scales as :func:`lte_cuda.upscale.super_resolve` enlarges it, so the two agree."""
+    trained scales as :func:`lte_cuda.upscale.upscale` enlarges it, so the two agree."""
     (out_h, out_w), (in_h, in_w), batch = out_size, rgb.shape[-2:], rgb.shape[0]
     coord = make_coord((out_h, out_w), device=rgb.device).unsqueeze(0).expand(batch, -1, -1, -1)
     cell = rgb.new_tensor([

@@ -27,12 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from lte_cuda.coords import make_coord
+from lte_cuda.inference import cell_enlargement
 from lte_cuda.models import LTE
 
 # The published test and demo decode this many queries per model call.
 PUBLISHED_CHUNK = 30000
-# The published models were trained on scales up to 4; above it the cell is enlarged.
-TRAINED_MAX_SCALE = 4.0
 EPS_SHIFT = 1e-6
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -131,8 +130,8 @@ def upscale(model: PublishedLTE, rgb: torch.Tensor, out_size: tuple[int, int], *
     (out_h, out_w), (in_h, in_w) = out_size, rgb.shape[-2:]
     coord = make_coord((out_h, out_w), device=rgb.device, flatten=True).unsqueeze(0)
     cell = torch.ones_like(coord)
-    cell[:, :, 0] *= 2 / out_h * max(out_h / in_h / TRAINED_MAX_SCALE, 1.0)
-    cell[:, :, 1] *= 2 / out_w * max(out_w / in_w / TRAINED_MAX_SCALE, 1.0)
+    cell[:, :, 0] *= 2 / out_h * cell_enlargement(out_h / in_h)
+    cell[:, :, 1] *= 2 / out_w * cell_enlargement(out_w / in_w)
     dtype = PRECISIONS[precision]
     autocast = torch.autocast(rgb.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
     with autocast:

@@ -62,6 +62,7 @@ from benchmarks import bench_basis, lte_plus, plots, published_path
 from benchmarks.end_to_end import make_batch, make_model
 from benchmarks.memory import CHILD_ENV, peak_rss_above_current
 from lte_cuda import ops
+from lte_cuda.inference import available_ram
 from lte_cuda.upscale import upscale
 
 BENCHES = ("op", "upscale", "train")
@@ -360,14 +361,11 @@ def peak_child(spec: str) -> int:
 
 
 def memory_cap(device: str) -> int:
-    """Bytes a case may be predicted to need: half the free RAM, or 80% of free GPU memory.
-
-    The free RAM here is the kernel's free pages (not MemAvailable, which counts reclaimable
-    caches): a second copy of lte_cuda.upscale's rule, to be replaced by the inference
-    module's once it has one public home."""
+    """Bytes a case may be predicted to need: half the available RAM (the inference module's
+    reading of it), or 80% of free GPU memory."""
     if device == "cuda":
         return int(torch.cuda.mem_get_info()[0] * 0.8)
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    return available_ram() // 2
 
 
 def skip_reason(case: Case, records: list[dict], plan: Plan, cap: int) -> str | None:

@@ -13,7 +13,7 @@ from benchmarks import end_to_end, gpu_check, lte_plus, published_path, run
 from lte_cuda import ops
 from lte_cuda.coords import make_coord
 from lte_cuda.models import build_preset
-from lte_cuda.upscale import super_resolve
+from lte_cuda.upscale import upscale
 
 TINY_IMNET = {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [32, 32]}}
 
@@ -79,7 +79,7 @@ def test_lte_plus_upscale_matches_lte_upscale_beyond_the_trained_scales() -> Non
     model = tiny_lte()
     image = torch.rand(1, 3, 6, 5)
     out_size = (31, 27)  # x5.2 and x5.4: the cell is enlarged on both axes
-    want = super_resolve(model, image, out_size, device="cpu")
+    want = upscale(image, size=out_size[::-1], model=model, device="cpu")
     got = lte_plus.super_resolve(lte_plus.LTEPlus.from_lte(model).eval(), image, out_size)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
@@ -228,7 +228,7 @@ def test_published_upscale_matches_lte_upscale_in_chunks_beyond_the_trained_scal
     model = tiny_lte()
     image = torch.rand(1, 3, 6, 5)
     out_size = (31, 27)  # x5.2 and x5.4: the cell is enlarged on both axes
-    want = super_resolve(model, image, out_size, device="cpu")
+    want = upscale(image, size=out_size[::-1], model=model, device="cpu")
     got = published_path.upscale(published_path.PublishedLTE(model).eval(), image, out_size, chunk=100)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
