@@ -22,8 +22,8 @@ reported as not run; on --device cpu each step may take 5 times its budget):
    winner per shape and mode is printed;
 8. train: one training step (EDSR-baseline-LTE, batch 16, 48x48, 2,304 queries, fwd + L1 +
    bwd + Adam) in fp32 and bf16 autocast, fused vs the published path (end_to_end.py);
-9. upscale: x4 256->1024 and 1024->4096 in fp32 and fp16, fused vs published vs LTE+;
-10. evaluation memory of a Set5-sized x2 image (256x256 -> 512x512), fused vs LTE+.
+9. evaluation memory of a Set5-sized x2 image (256x256 -> 512x512), fused vs LTE+;
+10. upscale: x4 256->1024 and 1024->4096 in fp32 and fp16, fused vs published vs LTE+.
 
 DIR receives: results.json (run.py's format: a machine block and the records of steps 7-10,
 plus the steps' outcomes), results.md (run.py's tables, for the README), summary.txt (the
@@ -47,6 +47,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if not __package__:
+    # Run as a file (python benchmarks/gpu_check.py): the package's modules are imported below.
+    sys.path.insert(0, str(ROOT))
 DEFAULT_BUDGET_S = 540
 # Seconds kept back at the end for writing the results.
 RESERVE_S = 10
@@ -92,7 +95,7 @@ def build_env() -> dict[str, str]:
 
 
 def bench_steps(out: Path, device: str, tiny: bool, variants: list[tuple[str, dict]], runs: int = RUNS) -> list[Step]:
-    """Steps 7-10: the op's variants, the training step, upscale and evaluation memory."""
+    """Steps 7-10: the op's variants, the training step, evaluation memory and upscale."""
 
     def end_to_end(name: str, bench_args: list[str]) -> list[str]:
         return [sys.executable, "-m", "benchmarks.end_to_end", *bench_args, "--device", device,
@@ -108,7 +111,12 @@ def bench_steps(out: Path, device: str, tiny: bool, variants: list[tuple[str, di
     sizes = [("upscale-256", 8), ("upscale-1024", 16)] if tiny else [("upscale-256", 256), ("upscale-1024", 1024)]
     for precision in ("fp32", "bf16"):
         name = f"train-{precision}"
-        steps.append(Step(f"train step {precision}", 60, end_to_end(name, [*train, "--precision", precision]), records_file=out / f"{name}.json"))
+        steps.append(Step(f"train step {precision}", 60, end_to_end(name, [*train, "--precision", precision]),
+                          records_file=out / f"{name}.json"))
+    side = 8 if tiny else 256
+    args = ["upscale", "--input", str(side), "--scale", "2", "--paths", "fused", "lte-plus"]
+    steps.append(Step(f"evaluation memory x2 {side}->{side * 2}", 30, end_to_end("evaluate", args),
+                      records_file=out / "evaluate.json"))
     for stem, side in sizes:
         for precision in ("fp32", "fp16"):
             name = f"{stem}-{precision}"
@@ -116,10 +124,6 @@ def bench_steps(out: Path, device: str, tiny: bool, variants: list[tuple[str, di
                     "--paths", "fused", "published", "lte-plus"]
             steps.append(Step(f"upscale x4 {side}->{side * 4} {precision}", 45 if side < 1000 else 90,
                               end_to_end(name, args), records_file=out / f"{name}.json"))
-    side = 8 if tiny else 256
-    args = ["upscale", "--input", str(side), "--scale", "2", "--paths", "fused", "lte-plus"]
-    steps.append(Step(f"evaluation memory x2 {side}->{side * 2}", 30, end_to_end("evaluate", args),
-                      records_file=out / "evaluate.json"))
     return steps
 
 
