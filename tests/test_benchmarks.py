@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import end_to_end, gpu_check, lte_plus, published_path, run
+from benchmarks import end_to_end, gpu_check, lte_plus, op_variants, published_path, run
 from lte_cuda import ops
 from lte_cuda.coords import make_coord
 from lte_cuda.models import build_preset
@@ -239,3 +239,12 @@ def test_end_to_end_check_stops_on_a_mismatch(tmp_path):
     torch.save([torch.full((3,), 1e-3)], tmp_path / "published.pt")
     with pytest.raises(AssertionError, match="published disagrees with fused"):
         end_to_end.compare_outputs(str(tmp_path / "published.pt"), str(tmp_path / "fused.pt"), spec)
+
+
+def test_op_variants_are_read_from_lte_cuda_ops(monkeypatch):
+    monkeypatch.delattr(ops, "KERNEL_VARIANTS", raising=False)
+    monkeypatch.delattr(ops, "KERNEL_ENV", raising=False)
+    assert op_variants.available_variants() == (["default"], None)
+    monkeypatch.setattr(ops, "KERNEL_VARIANTS", {"a": "one", "b": "two"}, raising=False)
+    monkeypatch.setattr(ops, "KERNEL_ENV", "LTE_CUDA_KERNEL", raising=False)
+    assert op_variants.available_variants() == (["default", "a", "b", "a,b"], "LTE_CUDA_KERNEL")
