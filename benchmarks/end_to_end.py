@@ -84,8 +84,9 @@ def _autocast(device: str, precision: str):
     return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
 
 
-def setup_upscale(spec: dict, device: str) -> Callable[[], list[torch.Tensor]]:
-    """One upscale of a seeded ``input``-square image by ``scale`` on ``spec['path']``."""
+def setup_upscale(spec: dict, device: str) -> Callable[..., list[torch.Tensor]]:
+    """One upscale of a seeded ``input``-square image by ``scale`` on ``spec['path']``
+    (``run(check=...)``: the output either way)."""
     from lte_cuda.upscale import upscale
 
     model = make_model(device).eval()
@@ -94,46 +95,50 @@ def setup_upscale(spec: dict, device: str) -> Callable[[], list[torch.Tensor]]:
     rgb = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0)).to(device)
     precision = spec["precision"]
     if spec["path"] == "fused":
-        return lambda: [upscale(rgb, size=out_size[::-1], model=model, device=device, precision=precision)]
+        return lambda check=False: [upscale(rgb, size=out_size[::-1], model=model, device=device,
+                                            precision=precision)]
     if spec["path"] == "published":
         published = published_path.PublishedLTE(model).eval()
-        return lambda: [published_path.upscale(published, rgb, out_size, precision=precision)]
+        return lambda check=False: [published_path.upscale(published, rgb, out_size, precision=precision)]
     plus = lte_plus.LTEPlus.from_lte(model).eval()
 
-    def run() -> list[torch.Tensor]:
+    def run(check: bool = False) -> list[torch.Tensor]:
         with _autocast(device, precision):
             return [lte_plus.super_resolve(plus, rgb, out_size).float()]
 
     return run
 
 
-def setup_train(spec: dict, device: str) -> Callable[[], list[torch.Tensor]]:
+def setup_train(spec: dict, device: str) -> Callable[..., list[torch.Tensor]]:
     """One training step (forward, L1, backward, Adam) at ``spec``'s shape on its path;
-    returns the prediction and the encoder's gradients (for the check)."""
+    ``run(check=True)`` returns the prediction and the encoder's gradients, else nothing."""
     model = make_model(device).train()
     data = {k: v.to(device) for k, v in make_batch(spec["batch"], spec["lr"], spec["queries"]).items()}
-    if spec["path"] == "fused":
-        net = model
-        predict = lambda: net(data["inp"], data["coord"], data["cell"])  # noqa: E731
-    elif spec["path"] == "published":
-        net = published_path.PublishedLTE(model).train()
-        predict = lambda: net(data["inp"], data["coord"], data["cell"])  # noqa: E731
-    else:
+    if spec["path"] == "lte-plus":
         net = lte_plus.LTEPlus.from_lte(model).train()
         grid, grid_cell = data["coord"].unsqueeze(2), data["cell"][:, 0]
-        predict = lambda: net(data["inp"], grid, grid_cell)[..., 0].permute(0, 2, 1)  # noqa: E731
+
+        def predict() -> torch.Tensor:
+            return net(data["inp"], grid, grid_cell)[..., 0].permute(0, 2, 1)  # (B, Q, 3)
+    else:
+        net = model if spec["path"] == "fused" else published_path.PublishedLTE(model).train()
+
+        def predict() -> torch.Tensor:
+            return net(data["inp"], data["coord"], data["cell"])
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
 
-    def step() -> list[torch.Tensor]:
+    def step(check: bool = False) -> list[torch.Tensor]:
         optimizer.zero_grad(set_to_none=True)
         with _autocast(device, spec["precision"]):
             pred = predict()
             loss = F.l1_loss(pred.float(), data["gt"])
         loss.backward()
-        grads = [p.grad.detach().clone() for name, p in net.named_parameters()
-                 if name.startswith("encoder.") and p.grad is not None]
+        kept = []
+        if check:
+            kept = [pred.detach().float()] + [p.grad.detach().clone() for name, p in net.named_parameters()
+                                              if name.startswith("encoder.") and p.grad is not None]
         optimizer.step()
-        return [pred.detach().float(), *grads]
+        return kept
 
     return step
 
@@ -146,7 +151,7 @@ def measure_child(spec: dict, save: str | None) -> dict:
     device = spec["device"]
     cuda = device.startswith("cuda")
     run = SETUPS[spec["bench"]](spec, device)
-    result = run()  # warm-up; also the output checked against the fused path's
+    result = run(check=True)  # warm-up; also the output checked against the fused path's
     if save:
         torch.save([t.cpu() for t in result], save)
     del result
