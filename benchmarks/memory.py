@@ -1,14 +1,15 @@
 """Peak CPU memory of one call, as the benchmarks measure it (Linux).
 
 The call runs in a process of its own (the caller spawns it); this module is what that
-process uses. It reads the kernel's resident-memory high-water mark (VmHWM) after resetting
-it just before the call (writing 5 to /proc/self/clear_refs), and reports the peak above the
-resident memory before the call. ru_maxrss cannot be used: a spawned process's ru_maxrss starts
+process uses. It returns malloc's free memory to the kernel (malloc_trim), resets the
+kernel's resident-memory high-water mark (VmHWM) just before the call (writing 5 to
+/proc/self/clear_refs), and reports the peak above the resident memory before the call. ru_maxrss cannot be used: a spawned process's ru_maxrss starts
 at its parent's resident size, which hides any peak below the parent's.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 from collections.abc import Callable
 
@@ -27,8 +28,19 @@ def status_bytes(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
+def release_free_memory() -> None:
+    """Returns the memory malloc holds free to the kernel (glibc's malloc_trim), so that a
+    call reusing it touches its pages again and they count in its peak; no-op elsewhere."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def reset_peak() -> int:
-    """Resets the high-water mark to the current resident bytes, and returns those."""
+    """Returns free malloc memory to the kernel, resets the high-water mark to the current
+    resident bytes, and returns those."""
+    release_free_memory()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     return status_bytes("VmRSS")
