@@ -1,5 +1,6 @@
 # make test  - a virtual environment with torch, the project built, and the whole test suite
 # make demo  - the project's main job: upscale a bundled photo with the bundled model
+# make lint  - ruff (format + lint) on the Python, clang-format on csrc/
 # make bench - the benchmarks (CPU); python benchmarks/gpu_check.py does the GPU checks
 #
 # TORCH picks the torch release installed into a new environment (2.13.0: the small CPU build;
@@ -11,7 +12,7 @@ TORCH ?= 2.13.0
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install test demo bench clean
+.PHONY: install test lint demo bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +28,11 @@ install: $(PY)
 test: install
 	@$(PY) -m pytest -q -ra tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; exit 1; fi; exit $$rc
+
+lint: install
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/clang-format --dry-run --Werror $$(git ls-files 'csrc/*.h' 'csrc/*.cpp' 'csrc/*.cu')
 
 demo: install
 	$(PY) -m lte_cuda demo
