@@ -373,18 +373,6 @@ def _swinir_window(model: LTE) -> int:
     return model.encoder.window_size if _encoder_name(model) == "swinir" else 0
 
 
-def read_image(path: str | os.PathLike) -> Image.Image:
-    """Open and decode the image at ``path``; ``ValueError`` naming it if missing or unreadable."""
-    try:
-        image = Image.open(path)
-        image.load()  # decode now, so a truncated file fails here with its name
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such file") from None
-    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
-        raise ValueError(f"{path}: not a readable image ({err})") from None
-    return image
-
-
 def reflect_pad_to_window(inp: torch.Tensor, window: int) -> torch.Tensor:
     """Pad bottom/right by mirroring to ``(h // window + 1) * window`` rows (and columns), as
     the published SwinIR test does; images smaller than half a window are mirrored again."""
