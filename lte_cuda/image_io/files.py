@@ -46,7 +46,9 @@ ANIMATION_FORMATS = ("GIF", "WEBP", "PNG")
 DEEP_FORMATS = ("PNG", "TIFF")
 
 ORIENTATION_TAG = 0x0112
-EXIF_IFD_TAG = 0x8769
+EXIF_IFD_TAG, GPS_IFD_TAG = 0x8769, 0x8825
+# ImageDescription, Make, Model, Software, DateTime, Artist, Copyright.
+TIFF_DESCRIPTIVE_TAGS = (0x010E, 0x010F, 0x0110, 0x0131, 0x0132, 0x013B, 0x8298)
 PIXEL_X_DIMENSION, PIXEL_Y_DIMENSION = 0xA002, 0xA003
 # Orientations 5-8 swap rows and columns.
 TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
@@ -189,16 +191,17 @@ def _with_rawmode(tile, rawmode: str):
 def _read_frames(image: Image.Image) -> tuple[tuple[Image.Image, ...], tuple[int, ...] | None]:
     """Every frame of an animation, composited (Pillow does that while seeking), upright, in
     one mode (RGBA if any frame is transparent, else RGB); and the frame durations in ms."""
-    frames, durations = [], []
+    frames, durations, timed = [], [], False
     for index in range(image.n_frames):
         image.seek(index)
         transparent = "A" in image.getbands() or "transparency" in image.info
         frames.append(ImageOps.exif_transpose(image.convert("RGBA" if transparent else "RGB")))
         durations.append(int(image.info.get("duration", 0)))
+        timed = timed or "duration" in image.info
     image.seek(0)
     if any(frame.mode == "RGBA" for frame in frames):
         frames = [frame.convert("RGBA") for frame in frames]
-    return tuple(frames), tuple(durations) if "duration" in image.info else None
+    return tuple(frames), tuple(durations) if timed else None
 
 
 def _orientation(image: Image.Image) -> int:
@@ -207,12 +210,21 @@ def _orientation(image: Image.Image) -> int:
 
 def _upright_exif(image: Image.Image) -> bytes | None:
     """The file's EXIF block with orientation 1 (the pixels are made upright on reading).
-    TIFF files have no separate EXIF block (their tags describe the TIFF itself): None."""
-    raw = image.info.get("exif")
-    if not raw:
-        return None
+    A TIFF keeps EXIF in its own tags, most of which describe the TIFF's layout: only the
+    descriptive ones and the EXIF/GPS sub-directories are taken."""
     exif = Image.Exif()
-    exif.load(raw)
+    if image.info.get("exif"):
+        exif.load(image.info["exif"])
+    elif image.format == "TIFF":
+        own = image.getexif()
+        for tag in TIFF_DESCRIPTIVE_TAGS:
+            if tag in own:
+                exif[tag] = own[tag]
+        for tag in (EXIF_IFD_TAG, GPS_IFD_TAG):
+            if own.get_ifd(tag):
+                exif[tag] = dict(own.get_ifd(tag))
+    if not len(exif):
+        return None
     if ORIENTATION_TAG in exif:
         exif[ORIENTATION_TAG] = 1
     return exif.tobytes()
