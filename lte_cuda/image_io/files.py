@@ -174,7 +174,9 @@ def _read_16bit_colour(path: str | os.PathLike, high: Image.Image, low_rawmodes:
     modes gives the low bytes. Works for every decoder Pillow uses (PNG zip, TIFF raw and
     libtiff), compressed or not."""
     with Image.open(path) as image:
-        image.tile = [tile._replace(args=_with_rawmode(tile, raw)) for tile, raw in zip(image.tile, low_rawmodes)]
+        image.tile = [
+            tile._replace(args=_with_rawmode(tile, raw)) for tile, raw in zip(image.tile, low_rawmodes)
+        ]
         low = ImageOps.exif_transpose(image)
     return (np.asarray(high).astype(np.uint16) << 8) | np.asarray(low)
 
@@ -292,8 +294,8 @@ def write_image_file(image: ImageFile, path: str | os.PathLike, *, quality: int 
     first = image.frames[0]
     if isinstance(first, np.ndarray) and fmt in DEEP_FORMATS and len(image.frames) == 1:
         encode = _png16_bytes if fmt == "PNG" else _tiff16_bytes
-        data = encode(_checked_16bit(first), image.icc_profile if _icc_fits(image.icc_profile, first) else None,
-                      image.dpi, image.exif)
+        icc = image.icc_profile if _icc_fits(image.icc_profile, first) else None
+        data = encode(_checked_16bit(first), icc, image.dpi, image.exif)
         with atomic_output(path) as stream:
             stream.write(data)
         return
@@ -354,8 +356,11 @@ def _for_format(frame: Pixels, fmt: str) -> Image.Image:
 
 
 def _checked_16bit(pixels: np.ndarray) -> np.ndarray:
+    """``pixels`` as ``(H, W, C)``, checked to be a uint16 image."""
     if pixels.dtype != np.uint16 or not (pixels.ndim == 2 or (pixels.ndim == 3 and 1 <= pixels.shape[2] <= 4)):
-        raise TypeError(f"image arrays to write must be uint16 (H, W) or (H, W, C), got {pixels.dtype} {pixels.shape}")
+        raise TypeError(
+            f"image arrays to write must be uint16 (H, W) or (H, W, C), got {pixels.dtype} {pixels.shape}"
+        )
     return pixels if pixels.ndim == 3 else pixels[:, :, None]
 
 
@@ -374,7 +379,8 @@ def _png16_bytes(pixels: np.ndarray, icc: bytes | None, dpi, exif: bytes | None)
         chunks.append((b"eXIf", exif[6:] if exif.startswith(b"Exif\0\0") else exif))
     chunks += [(b"IDAT", zlib.compress(rows.tobytes(), 6)), (b"IEND", b"")]
     body = b"".join(
-        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data)) for kind, data in chunks
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        for kind, data in chunks
     )
     return b"\x89PNG\r\n\x1a\n" + body
 
