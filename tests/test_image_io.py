@@ -122,6 +122,18 @@ def test_16bit_written_as_8bit_where_the_format_has_no_16bit(tmp_path: Path) -> 
         assert out.mode == "L"
 
 
+def test_tiff_pages_are_frames(tmp_path: Path) -> None:
+    pages = [Image.new("RGB", (5, 4), colour) for colour in ("red", "blue")]
+    pages[0].save(tmp_path / "pages.tif", save_all=True, append_images=pages[1:])
+    image = read_image_file(tmp_path / "pages.tif")
+    assert len(image.frames) == 2 and image.durations is None
+    write_image_file(image.with_frames([page.resize((10, 8)) for page in image.frames]), tmp_path / "out.tif")
+    with Image.open(tmp_path / "out.tif") as out:
+        assert out.n_frames == 2 and out.size == (10, 8)
+        out.seek(1)
+        assert out.convert("RGB").getpixel((0, 0)) == (0, 0, 255)
+
+
 @pytest.mark.parametrize("suffix", [".gif", ".webp", ".png"])
 def test_animation_keeps_every_frame_and_its_duration(tmp_path: Path, suffix: str) -> None:
     colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]

@@ -42,7 +42,8 @@ QUALITY_FORMATS = ("JPEG", "WEBP")
 EXIF_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF")
 ICC_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF")
 DPI_FORMATS = ("JPEG", "PNG", "TIFF", "BMP")
-ANIMATION_FORMATS = ("GIF", "WEBP", "PNG")
+# Formats that hold several frames (TIFF as pages, without durations).
+MULTI_FRAME_FORMATS = ("GIF", "WEBP", "PNG", "TIFF")
 DEEP_FORMATS = ("PNG", "TIFF")
 
 ORIENTATION_TAG = 0x0112
@@ -258,10 +259,10 @@ def check_output(path: str | os.PathLike, frame_count: int = 1) -> str:
     fmt = Image.registered_extensions().get(suffix.lower())
     if fmt is None or fmt not in Image.SAVE:
         raise ValueError(f"{path}: cannot tell the image format to write from the extension {suffix!r}")
-    if frame_count > 1 and fmt not in ANIMATION_FORMATS:
+    if frame_count > 1 and fmt not in MULTI_FRAME_FORMATS:
         raise ValueError(
             f"{path}: {fmt} cannot hold the {frame_count} frames of an animation; "
-            f"write {', '.join('.' + f.lower() for f in ANIMATION_FORMATS)}"
+            f"write {', '.join('.' + f.lower() for f in MULTI_FRAME_FORMATS)}"
         )
     return fmt
 
@@ -283,7 +284,7 @@ def write_image_file(image: ImageFile, path: str | os.PathLike, *, quality: int 
 
     EXIF, ICC profile and DPI go where the format holds them; ``quality`` (1..100) applies to
     JPEG and WebP. ``uint16`` frames become 16-bit PNG/TIFF, 8-bit elsewhere. Animations need
-    a GIF, WebP or PNG (APNG) output.
+    a GIF, WebP, PNG (APNG) or TIFF (pages) output.
 
     Raises:
         ValueError: an unknown extension, a bad ``quality``, or an animation for a format
@@ -450,7 +451,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[BinaryIO]:
     with _termination_raises():
         partial, fd = _create_partial(path)
         try:
-            with os.fdopen(fd, "wb") as stream:
+            with os.fdopen(fd, "w+b") as stream:  # TIFF pages are appended by reading back
                 yield stream
             os.replace(partial, path)
         except BaseException:
@@ -459,7 +460,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[BinaryIO]:
 
 
 def _create_partial(path: Path) -> tuple[Path, int]:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     while True:
         # Names stay under the usual 255-byte limit whatever the target's name.
         partial = path.with_name(f".{path.name[:200]}{PARTIAL_TAG}{secrets.token_hex(4)}")
