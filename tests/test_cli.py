@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image, ImageCms
 
-from lte_cuda import save_model
+from lte_cuda import save_model, upscale
 from lte_cuda.cli import main
 from lte_cuda.image_io import files
 from lte_cuda.models import build_preset
@@ -248,6 +248,20 @@ def test_16bit_in_16bit_out(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPa
     out = files.read_image(tmp_path / f"out-{name}")
     assert out.dtype == np.uint16
     np.testing.assert_array_equal(out, nearest_x2(pixels))
+
+
+@pytest.mark.parametrize("name, shape", [("gray16.png", (7, 5)), ("rgb16.tif", (7, 5, 3))])
+def test_16bit_through_the_model(tmp_path: Path, checkpoint: Path, capsys, name: str, shape: tuple) -> None:
+    # Smooth content, so that the model's output is not clipped to 0 or 65535.
+    ramp = np.linspace(10000, 50000, num=int(np.prod(shape))).reshape(shape).astype(np.uint16)
+    files.write_image(ramp, tmp_path / name)
+    status, err = run(capsys, "upscale", tmp_path / name, tmp_path / f"out-{name}", "--scale", "2",
+                      "--model", checkpoint, "--device", "cpu")
+    assert status == 0, err
+    out = files.read_image(tmp_path / f"out-{name}")
+    assert out.dtype == np.uint16 and out.shape[:2] == (14, 10)
+    np.testing.assert_array_equal(out, upscale(ramp, scale=2, model=str(checkpoint), device="cpu"))
+    assert np.any(out % 257 != 0)  # not 8-bit values widened
 
 
 def quantization(path: Path) -> dict:
