@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tqdm import tqdm
@@ -170,7 +170,7 @@ def run_upscale_command(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _run_folder(pairs: list[tuple[Path, Path]], upscale_one) -> int:
+def _run_folder(pairs: list[tuple[Path, Path]], upscale_one: Callable[[Path, Path], None]) -> int:
     """Run ``upscale_one`` on every pair; a file that fails is reported in one line and the
     run goes on. Returns the number of failures."""
     failed = 0

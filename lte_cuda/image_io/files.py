@@ -369,8 +369,12 @@ def _png16_bytes(pixels: np.ndarray, icc: bytes | None, dpi, exif: bytes | None)
     """A 16-bit PNG of ``pixels (H, W, C)`` (Pillow writes 16-bit gray only)."""
     height, width, channels = pixels.shape
     colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
-    rows = np.zeros((height, 1 + width * channels * 2), np.uint8)  # filter byte 0: none
-    rows[:, 1:] = pixels.astype(">u2").reshape(height, -1).view(np.uint8)
+    samples = pixels.astype(">u2").reshape(height, -1).view(np.uint8)
+    # Every row with PNG's "Up" filter (2): its bytes minus the row above's, modulo 256; it
+    # shrinks smooth 16-bit images many times over at no cost to photos.
+    rows = np.full((height, 1 + samples.shape[1]), 2, np.uint8)
+    rows[0, 1:] = samples[0]
+    rows[1:, 1:] = samples[1:] - samples[:-1]
     chunks = [(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0))]
     if icc:
         chunks.append((b"iCCP", b"ICC profile\0\0" + zlib.compress(icc)))
