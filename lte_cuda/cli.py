@@ -29,6 +29,7 @@ from .image_io.files import (
     same_file,
     write_image_file,
 )
+from .inference import NonFiniteOutputError, resolve_device
 from .texture_map import add_inspect_parser
 from .train import add_train_parser
 from .upscale import PRECISIONS, resolve_model, upscale
@@ -149,17 +150,21 @@ def run_upscale_command(args: argparse.Namespace) -> int:
         print(f"{PROG}: {skipped} skipped (outputs exist)", file=sys.stderr)
         return 0
     model = resolve_model(args.model)
+    resolve_device(args.device)  # a device error concerns every file: stop before the first
 
     def upscale_one(src: Path, dst: Path) -> None:
         image = read_image_file(src)
         check_output(dst, len(image.frames))
-        frames = [
-            upscale(
-                frame, scale=scale, size=size, model=model, device=args.device, precision=args.precision,
-                chunk_size=args.chunk, tile_size=args.tile, self_ensemble=args.self_ensemble,
-            )
-            for frame in image.frames
-        ]
+        try:
+            frames = [
+                upscale(
+                    frame, scale=scale, size=size, model=model, device=args.device, precision=args.precision,
+                    chunk_size=args.chunk, tile_size=args.tile, self_ensemble=args.self_ensemble,
+                )
+                for frame in image.frames
+            ]
+        except NonFiniteOutputError as err:  # name the file the model came from
+            raise NonFiniteOutputError(f"{args.model or 'the bundled default model'}: {err}") from None
         write_image_file(image.with_frames(frames), dst, quality=args.quality)
 
     if not source.is_dir():
@@ -177,6 +182,8 @@ def _run_folder(pairs: list[tuple[Path, Path]], upscale_one: Callable[[Path, Pat
     for src, dst in tqdm(pairs, desc="upscale", unit="image"):
         try:
             upscale_one(src, dst)
+        except NonFiniteOutputError:
+            raise  # the model is broken: every file would fail the same way
         except (ValueError, TypeError, OSError) as err:
             failed += 1
             message = " ".join(str(err).split())

@@ -334,6 +334,26 @@ def test_folder_run_skips_a_corrupt_file_and_fails_at_the_end(tmp_path: Path, ch
     assert "Traceback" not in err
 
 
+def test_folder_run_stops_on_errors_that_concern_every_file(tmp_path: Path, checkpoint: Path, capsys) -> None:
+    folder_of_images(tmp_path / "in", 2)
+    model = build_preset(
+        "edsr-baseline-lte",
+        {"n_resblocks": 1, "n_feats": 8},
+        hidden_dim=16,
+        imnet_spec={"name": "mlp", "args": {"out_dim": 3, "hidden_list": [16]}},
+    )
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.fill_(float("nan"))
+    save_model(model, tmp_path / "nan.pth")
+    cases = [(["--model", tmp_path / "nan.pth"], "nan.pth"), (["--model", checkpoint, "--device", "tpu"], "tpu")]
+    for argv, match in cases:
+        status, err = run(capsys, "upscale", tmp_path / "in", tmp_path / "out", "--scale", "2", *argv)
+        assert status == 1
+        assert_one_line_error("\n".join(line for line in err.splitlines() if "lte-sr" in line), match)
+        assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_skip_existing_continues_a_stopped_run(tmp_path: Path, checkpoint: Path, capsys) -> None:
     names = folder_of_images(tmp_path / "in", 3)
     argv = ["upscale", tmp_path / "in", tmp_path / "out", "--scale", "2", "--model", checkpoint]
