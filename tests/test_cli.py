@@ -423,8 +423,10 @@ def test_inspect_refuses_to_write_over_its_input(tmp_path: Path, checkpoint: Pat
 
 def test_inspect_writes_atomically(tmp_path: Path, checkpoint: Path, capsys) -> None:
     pytest.importorskip("matplotlib")
-    source = write_image(tmp_path / "in.png")
-    assert run(capsys, "inspect", source, tmp_path / "textures.png", "--model", checkpoint, "--device", "cpu")[0] == 0
+    source = tmp_path / "in.png"
+    files.write_image(np.random.default_rng(0).integers(0, 65536, (13, 17, 3), dtype=np.uint16), source)  # 16-bit
+    status, err = run(capsys, "inspect", source, tmp_path / "textures.png", "--model", checkpoint, "--device", "cpu")
+    assert status == 0, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "textures.png"]
     with Image.open(tmp_path / "textures.png") as figure:
         assert figure.size == (1200, 800)
