@@ -232,3 +232,13 @@ def test_unreadable_files_name_the_path(tmp_path: Path) -> None:
     Image.fromarray(np.ones((2, 2), np.float32)).save(tmp_path / "float.tif")
     with pytest.raises(ValueError, match="float.tif: 32-bit float images are not supported"):
         read_image(tmp_path / "float.tif")
+
+
+def test_a_profile_for_other_colours_is_not_written(tmp_path: Path) -> None:
+    cmyk_profile = ICC_RGB[:16] + b"CMYK" + ICC_RGB[20:]  # only the header's colour space is read
+    Image.new("CMYK", (6, 4), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg", icc_profile=cmyk_profile)
+    image = read_image_file(tmp_path / "cmyk.jpg")
+    assert image.icc_profile == cmyk_profile
+    write_image_file(image.with_frames([image.frames[0].convert("RGB")]), tmp_path / "rgb.png")
+    with Image.open(tmp_path / "rgb.png") as out:
+        assert "icc_profile" not in out.info

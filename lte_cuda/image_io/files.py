@@ -311,10 +311,11 @@ def _save_options(image: ImageFile, fmt: str, frames: list[Image.Image], quality
     options: dict = {}
     if fmt in QUALITY_FORMATS:
         options["quality"] = quality
-    if fmt in EXIF_FORMATS and image.exif:
-        options["exif"] = image.exif
-    if fmt in ICC_FORMATS and _icc_fits(image.icc_profile, frames[0]):
-        options["icc_profile"] = image.icc_profile
+    # Given even when empty: Pillow would otherwise take them from the frame's own ``info``.
+    if fmt in EXIF_FORMATS:
+        options["exif"] = image.exif or b""
+    if fmt in ICC_FORMATS:
+        options["icc_profile"] = image.icc_profile if _icc_fits(image.icc_profile, frames[0]) else None
     if fmt in DPI_FORMATS and image.dpi:
         options["dpi"] = image.dpi
     if len(frames) > 1:
