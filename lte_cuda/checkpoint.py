@@ -139,16 +139,20 @@ def load_model(
     source: str | os.PathLike | Mapping,
     map_location: str | torch.device | None = None,
     backend: str = "fused",
+    *,
+    name: str | None = None,
 ) -> LTE:
     """Build the LTE model a checkpoint describes and load its weights, strictly.
 
     ``source`` is a file path or an already loaded checkpoint dict. ``map_location`` is the
     device of the returned model (default CPU). fp16 weights (``save_model(half=True)``)
-    are upcast to the model's float32. The model is returned in eval mode.
+    are upcast to the model's float32. The model is returned in eval mode. ``name`` is what
+    messages call the checkpoint (default: the path, or ``<checkpoint dict>``).
 
     Raises :class:`CheckpointError` (a ``ValueError``) naming the file and the problem.
     """
-    ckpt, name = read_checkpoint(source)
+    ckpt, read_name = read_checkpoint(source)
+    name = name or read_name
     spec, sd = _model_entry(ckpt, name)
     try:
         # make_model checks the args against sane bounds before allocating anything.

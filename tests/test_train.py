@@ -18,7 +18,7 @@ from lte_cuda.checkpoint import load_model, save_model
 from lte_cuda.cli import main
 from lte_cuda.data import DATASETS
 from lte_cuda.models import make_model
-from lte_cuda.train import GlobalBatchSampler, _Dist, _make_loader, train, warmup_cosine
+from lte_cuda.train import DistEnv, GlobalBatchSampler, make_loader, train, warmup_cosine
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
@@ -54,7 +54,7 @@ def test_validation_patches_do_not_depend_on_the_run_seed(config: dict):
     # Runs with different seeds are compared on the same validation patches.
     first_batches = []
     for seed in (0, 5):
-        _, _, loader, _ = _make_loader(config["val_dataset"], seed, _Dist("cpu"), train=False, num_workers=0)
+        _, _, loader, _ = make_loader(config["val_dataset"], seed, DistEnv("cpu"), train=False, num_workers=0)
         first_batches.append(next(iter(loader)))
     assert first_batches[0].keys() == first_batches[1].keys()
     for key, value in first_batches[0].items():
