@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -240,3 +241,73 @@ def test_bundled_test_configs_follow_the_protocol():
         paired = spec["wrapper"]["name"] == "sr-implicit-paired"
         assert paired == (scale <= 4)
         assert kind == ("div2k" if "div2k" in path.stem else "benchmark")
+
+
+# ----------------------------------------------------------------------------- command-line errors
+
+
+def run_test_cli(capsys, *argv: str) -> tuple[int, list[str]]:
+    status = main(["test", *argv])
+    return status, capsys.readouterr().err.strip().splitlines()
+
+
+def assert_one_line(status: int, lines: list[str], pattern: str) -> None:
+    assert status == 1 and len(lines) == 1, lines
+    assert re.match(rf"lte-sr: error: .*{pattern}", lines[0]), lines[0]
+
+
+@pytest.fixture
+def test_files(div2k, tmp_path) -> tuple[Path, Path]:
+    ckpt = tmp_path / "tiny.pth"
+    save_model(tiny_lte(), ckpt)
+    config = tmp_path / "test.yaml"
+    config.write_text(yaml.safe_dump(paired_config(div2k, 2, "benchmark-2")))
+    return config, ckpt
+
+
+@pytest.mark.parametrize(
+    "content, pattern",
+    [
+        (b"", r"bad\.pth: cannot be read as a weights-only PyTorch checkpoint"),
+        (bytes(range(256)) * 8, r"bad\.pth: cannot be read as a weights-only PyTorch checkpoint"),
+        ("truncated", r"bad\.pth: cannot be read as a weights-only PyTorch checkpoint"),
+        ("crafted", r"bad\.pth: model args cannot build an LTE: .*n_resblocks must be .* got 200000"),
+    ],
+    ids=["empty", "random", "truncated", "crafted"],
+)
+def test_a_bad_model_file_is_one_line(test_files, tmp_path, capsys, content, pattern):
+    config, ckpt = test_files
+    bad = tmp_path / "bad.pth"
+    if content == "truncated":
+        content = ckpt.read_bytes()[: ckpt.stat().st_size // 2]
+    elif content == "crafted":
+        raw = torch.load(ckpt, weights_only=True)
+        raw["model"]["args"]["encoder_spec"]["args"]["n_resblocks"] = 200000
+        torch.save(raw, bad)
+        content = bad.read_bytes()
+    bad.write_bytes(content)
+    assert_one_line(*run_test_cli(capsys, "--config", str(config), "--model", str(bad)), pattern)
+
+
+def test_a_bad_config_is_one_line(test_files, tmp_path, capsys):
+    _, ckpt = test_files
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("test_dataset: {dataset: [1,\n")
+    assert_one_line(*run_test_cli(capsys, "--config", str(broken), "--model", str(ckpt)),
+                    r"broken\.yaml: not valid YAML at line \d+, column \d+")
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("eval_type: div2k-4\n")
+    assert_one_line(*run_test_cli(capsys, "--config", str(empty), "--model", str(ckpt)),
+                    r"empty\.yaml: missing key 'test_dataset'")
+    empty.write_text(yaml.safe_dump({**yaml.safe_load(test_files[0].read_text()), "eval_type": "set5-4"}))
+    assert_one_line(*run_test_cli(capsys, "--config", str(empty), "--model", str(ckpt)),
+                    r"empty\.yaml: eval_type must be 'div2k-N' or 'benchmark-N', got 'set5-4'")
+
+
+def test_a_bad_device_is_one_line(test_files, capsys):
+    config, ckpt = test_files
+    assert_one_line(*run_test_cli(capsys, "--config", str(config), "--model", str(ckpt), "--device", "bogus"),
+                    r"device must be .* got 'bogus'")
+    if not torch.cuda.is_available():
+        assert_one_line(*run_test_cli(capsys, "--config", str(config), "--model", str(ckpt), "--device", "cuda"),
+                        r"device='cuda' was asked for but CUDA is not available")
