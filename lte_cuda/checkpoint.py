@@ -108,12 +108,10 @@ def _check_state_dict(sd: Mapping, expected: Mapping[str, torch.Tensor], name: s
     """Strictly compare ``sd`` with the model's ``expected`` state_dict; returns it as a dict."""
     bad_values = [str(k) for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     if bad_values:
-        raise CheckpointError(
-            f"{name}: state_dict entries that are not tensors: {_listing(bad_values)}"
-        )
+        raise CheckpointError(f"{name}: state_dict entries that are not tensors: {_listing(bad_values)}")
     # DataParallel-saved state dicts prefix every key; that prefix is unambiguous to strip.
     if sd and all(str(k).startswith("module.") for k in sd):
-        sd = {str(k)[len("module."):]: v for k, v in sd.items()}
+        sd = {str(k)[len("module.") :]: v for k, v in sd.items()}
     missing = [k for k in expected if k not in sd]
     unexpected = [str(k) for k in sd if k not in expected]
     problems = []
@@ -129,9 +127,7 @@ def _check_state_dict(sd: Mapping, expected: Mapping[str, torch.Tensor], name: s
     if shapes:
         problems.append(f"wrong shapes: {_listing(shapes)}")
     if problems:
-        raise CheckpointError(
-            f"{name}: state_dict does not match its model args: " + "; ".join(problems)
-        )
+        raise CheckpointError(f"{name}: state_dict does not match its model args: " + "; ".join(problems))
     return dict(sd)
 
 

@@ -76,6 +76,8 @@ def check_dataset_spec(config: Mapping, key: str, where: str, batch_size: bool =
     for part in ("dataset", "wrapper"):
         name = require(require_mapping(spec, part, f"{where}: {key}"), "name", f"{where}: {key}.{part}")
         if name not in DATASETS:
-            raise ConfigError(f"{where}: {key}.{part}.name: unknown dataset {name!r}; known: {sorted(DATASETS)}")
+            raise ConfigError(
+                f"{where}: {key}.{part}.name: unknown dataset {name!r}; known: {sorted(DATASETS)}"
+            )
     if batch_size:
         positive_int(require(spec, "batch_size", f"{where}: {key}"), f"{key}.batch_size", where)

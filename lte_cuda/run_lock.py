@@ -36,9 +36,7 @@ class RunLock:
         self.acquire()
         return self
 
-    def __exit__(
-        self, kind: type | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
+    def __exit__(self, kind: type | None, error: BaseException | None, trace: TracebackType | None) -> None:
         self.release()
 
     def acquire(self) -> None:

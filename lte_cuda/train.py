@@ -163,7 +163,9 @@ def check_optimizer_spec(spec: Any, where: str) -> None:
     if not isinstance(spec, Mapping):
         raise ConfigError(f"{where} must be a mapping with 'name' and 'args', got {spec!r}")
     if spec.get("name") not in OPTIMIZERS:
-        raise ConfigError(f"{where}.name: unknown optimizer {spec.get('name')!r}; known: {sorted(OPTIMIZERS)}")
+        raise ConfigError(
+            f"{where}.name: unknown optimizer {spec.get('name')!r}; known: {sorted(OPTIMIZERS)}"
+        )
     lr = require_mapping(spec, "args", where).get("lr")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 <= lr < math.inf:
         raise ConfigError(f"{where}.args.lr must be a number >= 0, got {lr!r}")
@@ -251,8 +253,13 @@ def make_loader(
         # run's seed, so that runs with different seeds compare on one set.
         dataset.set_seed(seed if train else VALIDATION_SEED)
     sampler = GlobalBatchSampler(
-        len(dataset), spec["batch_size"], env.rank, env.world_size,
-        shuffle=train, drop_last=train, seed=seed,
+        len(dataset),
+        spec["batch_size"],
+        env.rank,
+        env.world_size,
+        shuffle=train,
+        drop_last=train,
+        seed=seed,
     )
     generator = torch.Generator()  # reseeded every epoch; gives the workers' base seeds
     loader = DataLoader(
@@ -294,7 +301,9 @@ def make_train_data(config: dict[str, Any], seed: int, env: DistEnv) -> TrainDat
         )
     val_loader = None
     if config.get("val_dataset") is not None and config.get("epoch_val") is not None:
-        _, _, val_loader, _ = make_loader(config["val_dataset"], seed, env, train=False, num_workers=num_workers)
+        _, _, val_loader, _ = make_loader(
+            config["val_dataset"], seed, env, train=False, num_workers=num_workers
+        )
     return TrainData(train_set, sampler, loader, generator, val_loader)
 
 
@@ -367,7 +376,9 @@ def read_resume_checkpoint(path: str) -> dict[str, Any]:
     checked when the model is loaded from it."""
     ckpt, name = read_checkpoint(path)
     if not isinstance(ckpt, Mapping):
-        raise CheckpointError(f"{name}: cannot resume from it: not a checkpoint dict but {type(ckpt).__name__}")
+        raise CheckpointError(
+            f"{name}: cannot resume from it: not a checkpoint dict but {type(ckpt).__name__}"
+        )
     optimizer = ckpt.get("optimizer")
     if not isinstance(optimizer, Mapping) or not isinstance(optimizer.get("sd"), Mapping):
         raise CheckpointError(
@@ -377,7 +388,9 @@ def read_resume_checkpoint(path: str) -> dict[str, Any]:
     check_optimizer_spec(optimizer, f"{name}: optimizer")
     epoch = ckpt.get("epoch")
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-        raise CheckpointError(f"{name}: cannot resume from it: 'epoch' must be the epochs done, got {epoch!r}")
+        raise CheckpointError(
+            f"{name}: cannot resume from it: 'epoch' must be the epochs done, got {epoch!r}"
+        )
     return dict(ckpt)
 
 
@@ -416,8 +429,13 @@ class Trainer:
     (:meth:`restore`, :meth:`run_epoch`, :meth:`end_epoch`), each usable alone."""
 
     def __init__(
-        self, config: dict[str, Any], env: DistEnv, model: nn.Module, optimizer_spec: Mapping,
-        steps_per_epoch: int, save_path: str,
+        self,
+        config: dict[str, Any],
+        env: DistEnv,
+        model: nn.Module,
+        optimizer_spec: Mapping,
+        steps_per_epoch: int,
+        save_path: str,
     ) -> None:
         self.config, self.env, self.save_path = config, env, save_path
         self.steps_per_epoch = steps_per_epoch
@@ -459,13 +477,18 @@ class Trainer:
                 f"({type(err).__name__}: {err})"
             ) from err
         steps = self.progress.epoch_step
-        self.log(f"resumed from {name}: epoch {self.progress.epoch} done" + (f" + {steps} steps" if steps else ""))
+        self.log(
+            f"resumed from {name}: epoch {self.progress.epoch} done" + (f" + {steps} steps" if steps else "")
+        )
 
     def _restore_state(self, state: Mapping[str, Any]) -> None:
         self.progress.epoch_step = int(state["epoch_step"])
         self.progress.global_step = int(state["global_step"])
         self.progress.best_val = float(state["best_val"])
-        for scheduler, key in ((self.epoch_scheduler, "epoch_scheduler"), (self.step_scheduler, "step_scheduler")):
+        for scheduler, key in (
+            (self.epoch_scheduler, "epoch_scheduler"),
+            (self.step_scheduler, "step_scheduler"),
+        ):
             if scheduler is not None and state.get(key) is not None:
                 scheduler.load_state_dict(state[key])
         if self.scaler is not None and state.get("scaler") is not None:
@@ -496,8 +519,13 @@ class Trainer:
         data.sampler.set_epoch(epoch, start=self.progress.epoch_step)
         data.generator.manual_seed(_mix(self.seed, epoch))
         loss_sum, loss_count = torch.zeros((), device=self.env.device), 0
-        bar = tqdm(data.loader, desc=f"epoch {epoch}/{self.config['epoch_max']}", leave=False,
-                   disable=not self.env.main, dynamic_ncols=True)
+        bar = tqdm(
+            data.loader,
+            desc=f"epoch {epoch}/{self.config['epoch_max']}",
+            leave=False,
+            disable=not self.env.main,
+            dynamic_ncols=True,
+        )
         stopped = False
         for batch in bar:
             loss_sum += self.step(batch, epoch)
@@ -521,7 +549,9 @@ class Trainer:
             pred = self.forward((batch["inp"] - inp_sub) / inp_div, batch["coord"], batch["cell"])
         loss = F.l1_loss(pred.float(), (batch["gt"] - gt_sub) / gt_div)
         if self.env.any(not bool(torch.isfinite(loss))):  # every rank stops on any rank's loss
-            self._diverged(f"the loss is {loss.item()} at epoch {epoch}, step {self.progress.global_step + 1}")
+            self._diverged(
+                f"the loss is {loss.item()} at epoch {epoch}, step {self.progress.global_step + 1}"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -547,7 +577,9 @@ class Trainer:
         # fp16's scaler skips steps with non-finite gradients by design; elsewhere they would
         # turn the weights into NaN. Gradients are all-reduced: every rank sees the same norm.
         if self.scaler is None and not torch.isfinite(norm):
-            self._diverged(f"the gradient norm is {norm.item()} at epoch {epoch}, step {self.progress.global_step + 1}")
+            self._diverged(
+                f"the gradient norm is {norm.item()} at epoch {epoch}, step {self.progress.global_step + 1}"
+            )
 
     def _should_stop(self, start_time: float) -> bool:
         budget, max_steps = self.config.get("time_budget"), self.config.get("max_steps")
@@ -590,8 +622,13 @@ class Trainer:
 
     def validate(self, loader: DataLoader) -> float:
         """Mean PSNR over the validation set, all ranks together."""
-        values = evaluate(loader, self.model, data_norm=self.config.get("data_norm"),
-                          eval_type=self.config.get("eval_type"), eval_bsize=self.config.get("eval_bsize"))
+        values = evaluate(
+            loader,
+            self.model,
+            data_norm=self.config.get("data_norm"),
+            eval_type=self.config.get("eval_type"),
+            eval_bsize=self.config.get("eval_bsize"),
+        )
         psnr_sum, psnr_count = self.env.sum(sum(values), len(values))
         return psnr_sum / psnr_count
 
@@ -615,8 +652,13 @@ class Trainer:
         }
         optimizer_entry = {**self.optimizer_spec, "sd": self.optimizer.state_dict()}
         for name in names:
-            save_model(self.model, os.path.join(self.save_path, name), optimizer=optimizer_entry,
-                       epoch=epoch, extra={STATE_KEY: state})
+            save_model(
+                self.model,
+                os.path.join(self.save_path, name),
+                optimizer=optimizer_entry,
+                epoch=epoch,
+                extra={STATE_KEY: state},
+            )
 
 
 def train(config: dict[str, Any], save_path: str, resume: str | None = None) -> dict[str, Any]:
@@ -667,8 +709,10 @@ def _run(config: dict[str, Any], save_path: str, resume: str | None, env: DistEn
         trainer.restore(ckpt, resume)
         del ckpt
     n_params = sum(p.numel() for p in model.parameters())
-    trainer.log(f"model: {n_params:,} parameters, backend {model.backend}; {env.world_size} process(es) "
-                f"on {env.device}; {len(data.train_set)} samples, {data.steps_per_epoch} steps per epoch")
+    trainer.log(
+        f"model: {n_params:,} parameters, backend {model.backend}; {env.world_size} process(es) "
+        f"on {env.device}; {len(data.train_set)} samples, {data.steps_per_epoch} steps per epoch"
+    )
     result = _fit(trainer, data, start_time)
     if env.enabled:
         dist.barrier()  # no rank leaves while rank 0 still writes
@@ -702,9 +746,11 @@ def _fit(trainer: Trainer, data: TrainData, start_time: float) -> dict[str, Any]
             # Stopped mid-epoch: record the epochs done and the steps into this one.
             trainer.save([LAST], epoch - 1, progress.epoch_step)
             lr = trainer.optimizer.param_groups[0]["lr"]
-            trainer.log(f"epoch {epoch}/{config['epoch_max']}: stopped after {progress.epoch_step}/"
-                        f"{trainer.steps_per_epoch} steps (step {progress.global_step}), "
-                        f"train loss {train_loss:.4f}, lr {lr:.3g}")
+            trainer.log(
+                f"epoch {epoch}/{config['epoch_max']}: stopped after {progress.epoch_step}/"
+                f"{trainer.steps_per_epoch} steps (step {progress.global_step}), "
+                f"train loss {train_loss:.4f}, lr {lr:.3g}"
+            )
             break
         val = trainer.end_epoch(data, epoch, train_loss, start_time)
         val_psnr = val if val is not None else val_psnr
@@ -747,9 +793,13 @@ def run_train_command(args: argparse.Namespace) -> int:
     """Run ``lte-sr train``; returns the exit status."""
     config = load_config(args.config)
     overrides = {
-        "device": args.device, "backend": args.backend, "amp": args.amp,
-        "max_steps": args.max_steps, "time_budget": args.time_budget,
-        "num_workers": args.num_workers, "seed": args.seed,
+        "device": args.device,
+        "backend": args.backend,
+        "amp": args.amp,
+        "max_steps": args.max_steps,
+        "time_budget": args.time_budget,
+        "num_workers": args.num_workers,
+        "seed": args.seed,
     }
     config.update({k: v for k, v in overrides.items() if v is not None})
     if args.compile:
@@ -760,8 +810,11 @@ def run_train_command(args: argparse.Namespace) -> int:
     result = train(copy.deepcopy(config), save_path, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
         best = result["best_val_psnr"]
-        print(f"{'stopped' if result['stopped_early'] else 'done'}: {result['epoch']} epochs "
-              f"and step {result['global_step']}"
-              + (f", best val PSNR {best:.4f} dB" if best is not None else "")
-              + f"; checkpoints in {save_path}", file=sys.stderr)
+        print(
+            f"{'stopped' if result['stopped_early'] else 'done'}: {result['epoch']} epochs "
+            f"and step {result['global_step']}"
+            + (f", best val PSNR {best:.4f} dB" if best is not None else "")
+            + f"; checkpoints in {save_path}",
+            file=sys.stderr,
+        )
     return 0

@@ -89,9 +89,7 @@ def write(path: Path, ckpt: object) -> Path:
 # ----------------------------------------------------------------------------- independent forward
 
 
-def published_forward(
-    sd: dict, inp: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor
-) -> torch.Tensor:
+def published_forward(sd: dict, inp: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
     """EDSR-baseline-LTE written from the spec: a plain loop over the four neighbours with
     grid_sample, as the published code does (with the feature grid from the feature size)."""
 
@@ -193,17 +191,13 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     assert loaded.spec == model.spec
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
-    assert [p.requires_grad for p in loaded.parameters()] == [
-        p.requires_grad for p in model.parameters()
-    ]
+    assert [p.requires_grad for p in loaded.parameters()] == [p.requires_grad for p in model.parameters()]
     assert not list(tmp_path.glob(".*tmp"))  # no temporary file left behind
 
 
 def test_save_half_stores_fp16_and_loads_fp32(tmp_path: Path) -> None:
     encoder_args = {"img_size": 16, "embed_dim": 8, "depths": [2], "num_heads": [2]}
-    model = build_preset(
-        "swinir-lte", encoder_args, hidden_dim=HIDDEN, imnet_spec=TINY_ARGS["imnet_spec"]
-    )
+    model = build_preset("swinir-lte", encoder_args, hidden_dim=HIDDEN, imnet_spec=TINY_ARGS["imnet_spec"])
     path = tmp_path / "half.pth"
     save_model(model, path, half=True)
     raw = torch.load(path, weights_only=True)["model"]["sd"]
@@ -351,7 +345,9 @@ def test_refusal_names_no_unsafe_workaround(tmp_path: Path) -> None:
     assert "posix" in message or "_record" in message  # what was refused
 
 
-@pytest.mark.parametrize("content", [b"", b"\x80\x04K\x01.", bytes(range(256)) * 8], ids=["empty", "pickle", "random"])
+@pytest.mark.parametrize(
+    "content", [b"", b"\x80\x04K\x01.", bytes(range(256)) * 8], ids=["empty", "pickle", "random"]
+)
 def test_unreadable_files_give_one_line(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "bad.pth"
     path.write_bytes(content)
@@ -371,32 +367,86 @@ ENC = r"model\.args\.encoder_spec\.args\."
 @pytest.mark.parametrize(
     "ckpt, message",
     [
-        (with_encoder_args(n_resblocks=200000), ENC + r"n_resblocks must be an integer in \[0, 1024\], got 200000"),
+        (
+            with_encoder_args(n_resblocks=200000),
+            ENC + r"n_resblocks must be an integer in \[0, 1024\], got 200000",
+        ),
         (with_encoder_args(n_feats=-5), ENC + r"n_feats must be an integer .* got -5"),
         (with_encoder_args(n_feats="64"), ENC + r"n_feats must be an integer .* got '64'"),
         (with_encoder_args(n_feats=True), ENC + r"n_feats must be an integer .* got True"),
         (with_encoder_args(res_scale=math.nan), ENC + r"res_scale must be a number .* got nan"),
         (with_encoder_args(depth=3), ENC + r"depth: unknown argument of edsr-baseline"),
-        (published_checkpoint(args={**TINY_ARGS, "hidden_dim": 1e12}),
-         r"model\.args\.hidden_dim must be an integer .* got 1000000000000\.0"),
-        (published_checkpoint(args={**TINY_ARGS, "hidden_dim": 15}), r"model\.args\.hidden_dim must be even .* got 15"),
-        (published_checkpoint(args={**TINY_ARGS, "imnet_spec": {"name": "mlp", "args": {
-            "out_dim": 3, "hidden_list": [16] * 65}}}), r"model\.args\.imnet_spec\.args\.hidden_list must be a list of 0 to 64"),
-        (published_checkpoint(args={**TINY_ARGS, "imnet_spec": {"name": "mlp", "args": {
-            "out_dim": 3, "hidden_list": [16, -1]}}}), r"model\.args\.imnet_spec\.args\.hidden_list\[1\] must be an integer"),
-        (published_checkpoint(args={**TINY_ARGS, "encoder_spec": {"name": "rdn", "args": {"RDNkSize": 4}}}),
-         ENC + r"RDNkSize must be odd"),
-        (published_checkpoint(args={**TINY_ARGS, "encoder_spec": {"name": "rdn", "args": {"G0": 10**6}}}),
-         ENC + r"G0 must be an integer in \[1, 4096\], got 1000000"),
-        (published_checkpoint(args={**TINY_ARGS, "encoder_spec": {"name": "swinir", "args": {
-            "depths": [2, 2], "num_heads": [2]}}}), ENC + r"depths \[2, 2\] and .*num_heads \[2\] differ"),
-        (published_checkpoint(args={**TINY_ARGS, "encoder_spec": {"name": "swinir", "args": {
-            "embed_dim": 10, "depths": [2], "num_heads": [4]}}}), ENC + r"num_heads\[0\] = 4 does not divide"),
-        (published_checkpoint(args={**TINY_ARGS, "encoder_spec": {"name": "swinir", "args": {
-            "img_size": 20, "window_size": 8}}}), ENC + r"img_size must be a multiple of window_size \(8\)"),
+        (
+            published_checkpoint(args={**TINY_ARGS, "hidden_dim": 1e12}),
+            r"model\.args\.hidden_dim must be an integer .* got 1000000000000\.0",
+        ),
+        (
+            published_checkpoint(args={**TINY_ARGS, "hidden_dim": 15}),
+            r"model\.args\.hidden_dim must be even .* got 15",
+        ),
+        (
+            published_checkpoint(
+                args={
+                    **TINY_ARGS,
+                    "imnet_spec": {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [16] * 65}},
+                }
+            ),
+            r"model\.args\.imnet_spec\.args\.hidden_list must be a list of 0 to 64",
+        ),
+        (
+            published_checkpoint(
+                args={
+                    **TINY_ARGS,
+                    "imnet_spec": {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [16, -1]}},
+                }
+            ),
+            r"model\.args\.imnet_spec\.args\.hidden_list\[1\] must be an integer",
+        ),
+        (
+            published_checkpoint(
+                args={**TINY_ARGS, "encoder_spec": {"name": "rdn", "args": {"RDNkSize": 4}}}
+            ),
+            ENC + r"RDNkSize must be odd",
+        ),
+        (
+            published_checkpoint(args={**TINY_ARGS, "encoder_spec": {"name": "rdn", "args": {"G0": 10**6}}}),
+            ENC + r"G0 must be an integer in \[1, 4096\], got 1000000",
+        ),
+        (
+            published_checkpoint(
+                args={
+                    **TINY_ARGS,
+                    "encoder_spec": {"name": "swinir", "args": {"depths": [2, 2], "num_heads": [2]}},
+                }
+            ),
+            ENC + r"depths \[2, 2\] and .*num_heads \[2\] differ",
+        ),
+        (
+            published_checkpoint(
+                args={
+                    **TINY_ARGS,
+                    "encoder_spec": {
+                        "name": "swinir",
+                        "args": {"embed_dim": 10, "depths": [2], "num_heads": [4]},
+                    },
+                }
+            ),
+            ENC + r"num_heads\[0\] = 4 does not divide",
+        ),
+        (
+            published_checkpoint(
+                args={
+                    **TINY_ARGS,
+                    "encoder_spec": {"name": "swinir", "args": {"img_size": 20, "window_size": 8}},
+                }
+            ),
+            ENC + r"img_size must be a multiple of window_size \(8\)",
+        ),
         # Every argument within its range, but far too large together.
-        (with_encoder_args(n_resblocks=1024, n_feats=4096),
-         r"model describes a model of 309,\d{3},\d{3},\d{3} numbers .* more than the limit of 1,000,000,000"),
+        (
+            with_encoder_args(n_resblocks=1024, n_feats=4096),
+            r"model describes a model of 309,\d{3},\d{3},\d{3} numbers .* more than the limit of 1,000,000,"
+        ),
     ],
 )
 def test_model_args_are_bounded_before_anything_is_built(
@@ -412,7 +462,9 @@ def test_model_args_are_bounded_before_anything_is_built(
 
 
 def test_the_crafted_checkpoint_is_small_and_refused_in_a_fresh_process(tmp_path: Path) -> None:
-    path = write(tmp_path / "crafted.pth", with_encoder_args(n_resblocks=200000, n_feats=64) | {"epoch": None})
+    path = write(
+        tmp_path / "crafted.pth", with_encoder_args(n_resblocks=200000, n_feats=64) | {"epoch": None}
+    )
     ckpt = torch.load(path, weights_only=True)
     ckpt["model"]["sd"] = {}
     write(path, ckpt)
@@ -424,22 +476,38 @@ def test_the_crafted_checkpoint_is_small_and_refused_in_a_fresh_process(tmp_path
         "try:\n    load_model(sys.argv[1])\nexcept CheckpointError as e:\n    print(e)\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
     )
-    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True
+    )
     message, grown_kib = done.stdout.splitlines()
     assert "n_resblocks must be an integer in [0, 1024], got 200000" in message
     assert int(grown_kib) < 50 * 1024  # the published loader grew past 11 GB here
 
 
 def published_spec_variants() -> list[dict]:
-    swinir = {"img_size": 16, "embed_dim": 12, "depths": [2, 3], "num_heads": [2, 3], "window_size": 4,
-              "qkv_bias": False, "mlp_ratio": 1.5}
+    swinir = {
+        "img_size": 16,
+        "embed_dim": 12,
+        "depths": [2, 3],
+        "num_heads": [2, 3],
+        "window_size": 4,
+        "qkv_bias": False,
+        "mlp_ratio": 1.5,
+    }
     return [
         {"name": "lte", "args": PRESETS["edsr-baseline-lte"]},
         {"name": "lte", "args": {**TINY_ARGS, "encoder_spec": {"name": "swinir", "args": swinir}}},
-        {"name": "lte", "args": {**TINY_ARGS, "encoder_spec": {"name": "rdn", "args": {
-            "G0": 8, "RDNkSize": 5, "D": 2, "C": 3, "G": 4}}}},
-        {"name": "swinir", "args": {"img_size": 12, "embed_dim": 8, "depths": [1], "num_heads": [1],
-                                    "window_size": 1}},
+        {
+            "name": "lte",
+            "args": {
+                **TINY_ARGS,
+                "encoder_spec": {"name": "rdn", "args": {"G0": 8, "RDNkSize": 5, "D": 2, "C": 3, "G": 4}},
+            },
+        },
+        {
+            "name": "swinir",
+            "args": {"img_size": 12, "embed_dim": 8, "depths": [1], "num_heads": [1], "window_size": 1},
+        },
         {"name": "edsr-baseline", "args": {"n_resblocks": 0, "n_feats": 5}},
         {"name": "mlp", "args": {"in_dim": 4, "out_dim": 3, "hidden_list": []}},
     ]

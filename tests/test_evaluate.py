@@ -99,8 +99,10 @@ def hr_images(root) -> list[np.ndarray]:
 def paired_config(root, scale: int, eval_type: str, eval_bsize: int | None = 1000) -> dict:
     return {
         "test_dataset": {
-            "dataset": {"name": "paired-image-folders",
-                        "args": {"root_path_1": str(root / f"X{scale}"), "root_path_2": str(root / "HR")}},
+            "dataset": {
+                "name": "paired-image-folders",
+                "args": {"root_path_1": str(root / f"X{scale}"), "root_path_2": str(root / "HR")},
+            },
             "wrapper": {"name": "sr-implicit-paired", "args": {}},
             "batch_size": 1,
         },
@@ -196,21 +198,28 @@ def test_swinir_padding_content(div2k):
 
 def tiny_lte() -> nn.Module:
     torch.manual_seed(0)
-    return make_model({"name": "lte", "args": {
-        "encoder_spec": {
-            "name": "edsr-baseline", "args": {"n_resblocks": 1, "n_feats": 8, "no_upsampling": True}
-        },
-        "imnet_spec": {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [16]}},
-        "hidden_dim": 16,
-    }})
+    return make_model(
+        {
+            "name": "lte",
+            "args": {
+                "encoder_spec": {
+                    "name": "edsr-baseline",
+                    "args": {"n_resblocks": 1, "n_feats": 8, "no_upsampling": True},
+                },
+                "imnet_spec": {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [16]}},
+                "hidden_dim": 16,
+            },
+        }
+    )
 
 
 def test_real_model_chunked_equals_whole(div2k):
     model = tiny_lte()
     whole = run_test(paired_config(div2k, 3, "div2k-3", eval_bsize=None), model, verbose=False)
     chunked = run_test(paired_config(div2k, 3, "div2k-3", eval_bsize=777), model, verbose=False)
-    np.testing.assert_allclose([r["psnr"] for r in whole["images"]],
-                               [r["psnr"] for r in chunked["images"]], atol=1e-5)
+    np.testing.assert_allclose(
+        [r["psnr"] for r in whole["images"]], [r["psnr"] for r in chunked["images"]], atol=1e-5
+    )
 
 
 def test_cli_writes_json(div2k, tmp_path, capsys):
@@ -293,21 +302,31 @@ def test_a_bad_config_is_one_line(test_files, tmp_path, capsys):
     _, ckpt = test_files
     broken = tmp_path / "broken.yaml"
     broken.write_text("test_dataset: {dataset: [1,\n")
-    assert_one_line(*run_test_cli(capsys, "--config", str(broken), "--model", str(ckpt)),
-                    r"broken\.yaml: not valid YAML at line \d+, column \d+")
+    assert_one_line(
+        *run_test_cli(capsys, "--config", str(broken), "--model", str(ckpt)),
+        r"broken\.yaml: not valid YAML at line \d+, column \d+",
+    )
     empty = tmp_path / "empty.yaml"
     empty.write_text("eval_type: div2k-4\n")
-    assert_one_line(*run_test_cli(capsys, "--config", str(empty), "--model", str(ckpt)),
-                    r"empty\.yaml: missing key 'test_dataset'")
+    assert_one_line(
+        *run_test_cli(capsys, "--config", str(empty), "--model", str(ckpt)),
+        r"empty\.yaml: missing key 'test_dataset'",
+    )
     empty.write_text(yaml.safe_dump({**yaml.safe_load(test_files[0].read_text()), "eval_type": "set5-4"}))
-    assert_one_line(*run_test_cli(capsys, "--config", str(empty), "--model", str(ckpt)),
-                    r"empty\.yaml: eval_type must be 'div2k-N' or 'benchmark-N', got 'set5-4'")
+    assert_one_line(
+        *run_test_cli(capsys, "--config", str(empty), "--model", str(ckpt)),
+        r"empty\.yaml: eval_type must be 'div2k-N' or 'benchmark-N', got 'set5-4'",
+    )
 
 
 def test_a_bad_device_is_one_line(test_files, capsys):
     config, ckpt = test_files
-    assert_one_line(*run_test_cli(capsys, "--config", str(config), "--model", str(ckpt), "--device", "bogus"),
-                    r"device must be .* got 'bogus'")
+    assert_one_line(
+        *run_test_cli(capsys, "--config", str(config), "--model", str(ckpt), "--device", "bogus"),
+        r"device must be .* got 'bogus'",
+    )
     if not torch.cuda.is_available():
-        assert_one_line(*run_test_cli(capsys, "--config", str(config), "--model", str(ckpt), "--device", "cuda"),
-                        r"device='cuda' was asked for but CUDA is not available")
+        assert_one_line(
+            *run_test_cli(capsys, "--config", str(config), "--model", str(ckpt), "--device", "cuda"),
+            r"device='cuda' was asked for but CUDA is not available",
+        )

@@ -100,7 +100,12 @@ def test_cli_trains_and_writes_published_checkpoints(config, tmp_path):
     assert main(["train", "--config", str(path), "--save-dir", str(tmp_path / "save")]) == 0
     run = tmp_path / "save" / "_tiny"
     assert {p.name for p in run.iterdir()} == {
-        "config.yaml", "log.txt", "epoch-1.pth", "epoch-2.pth", "epoch-last.pth", "epoch-best.pth"
+        "config.yaml",
+        "log.txt",
+        "epoch-1.pth",
+        "epoch-2.pth",
+        "epoch-last.pth",
+        "epoch-best.pth",
     }
     ckpt = _state(run / "epoch-last.pth")
     assert ckpt["epoch"] == 2
@@ -168,8 +173,12 @@ def test_init_weights_starts_a_new_run_from_a_checkpoint(config, tmp_path):
     first = train({**config, "max_steps": 2}, str(tmp_path / "first"))["model"]
     start = tmp_path / "first" / "epoch-last.pth"
     # With a zero learning rate the second run keeps exactly the weights it started from.
-    frozen = {**config, "init_weights": str(start), "max_steps": 1,
-              "optimizer": {"name": "adam", "args": {"lr": 0.0}}}
+    frozen = {
+        **config,
+        "init_weights": str(start),
+        "max_steps": 1,
+        "optimizer": {"name": "adam", "args": {"lr": 0.0}},
+    }
     second = train(frozen, str(tmp_path / "second"))
     assert second["global_step"] == 1  # a new run: its own step count, not the first run's
     _assert_same_weights(second["model"].state_dict(), first.state_dict())
@@ -206,10 +215,22 @@ def test_two_processes_match_one_with_the_same_global_batch(config, tmp_path):
         "json.dump({'val': result['val_psnr'], 'loss': result['train_loss']},"
         " open(os.path.join(out, f'rank{rank}.json'), 'w'))\n"
     )
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(script), str(config_path), str(tmp_path)]
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        str(config_path),
+        str(tmp_path),
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -289,7 +310,9 @@ def test_a_train_state_that_does_not_fit_is_one_clear_error(config, tmp_path):
     trainer.save(["epoch-last.pth"], 1, 0)
     ckpt = torch.load(tmp_path / "epoch-last.pth", weights_only=True)
     del ckpt["train_state"]["rng"]
-    with pytest.raises(CheckpointError, match=r"x\.pth: cannot resume from it: its training state does not fit .*'rng'"):
+    with pytest.raises(
+        CheckpointError, match=r"x\.pth: cannot resume from it: its training state does not fit .*'rng'"
+    ):
         make_trainer(config, tmp_path / "b").restore(ckpt, "x.pth")
 
 
@@ -299,7 +322,9 @@ def test_non_finite_weights_are_never_saved(config, tmp_path):
     good = (tmp_path / "epoch-last.pth").read_bytes()
     with torch.no_grad():
         trainer.model.coef.weight[0, 0, 0, 0] = math.inf
-    with pytest.raises(TrainingDiverged, match=r"weights are not finite .*epoch-last\.pth keeps the last saved state"):
+    with pytest.raises(
+        TrainingDiverged, match=r"weights are not finite .*epoch-last\.pth keeps the last saved state"
+    ):
         trainer.save(["epoch-last.pth", "epoch-best.pth"], 2, 0)
     assert (tmp_path / "epoch-last.pth").read_bytes() == good
     assert not (tmp_path / "epoch-best.pth").exists()
@@ -307,11 +332,13 @@ def test_non_finite_weights_are_never_saved(config, tmp_path):
 
 def test_clip_grad_norm_bounds_each_update(config, tmp_path):
     sgd = {**config, "optimizer": {"name": "sgd", "args": {"lr": 1.0}}, "max_steps": 1, "epoch_val": None}
-    start = train({**sgd, "optimizer": {"name": "sgd", "args": {"lr": 0.0}}}, str(tmp_path / "start"))["model"]
+    start = train({**sgd, "optimizer": {"name": "sgd", "args": {"lr": 0.0}}}, str(tmp_path / "start"))[
+        "model"
+    ]
 
     def update_norm(run_config: dict, name: str) -> float:
         model = train(run_config, str(tmp_path / name))["model"]
-        deltas = [(a - b).flatten() for a, b in zip(model.parameters(), start.parameters())]
+        deltas = [(a - b).flatten() for a, b in zip(model.parameters(), start.parameters(), strict=True)]
         return torch.cat(deltas).norm().item()
 
     assert update_norm(sgd, "free") > 1e-2
@@ -367,15 +394,24 @@ def test_resume_from_a_bad_file_is_one_line(config, config_file, tmp_path, capsy
         save_model(model, bad, optimizer=torch.optim.Adam(model.parameters()))
         content = bad.read_bytes()
     bad.write_bytes(content)
-    status, lines = run_cli(capsys, "train", "--config", str(config_file), "--save-dir", str(tmp_path / "s"),
-                            "--resume", str(bad))
+    status, lines = run_cli(
+        capsys, "train", "--config", str(config_file), "--save-dir", str(tmp_path / "s"), "--resume", str(bad)
+    )
     assert_one_line(status, lines, pattern)
 
 
 def test_resume_from_the_bundled_weights_says_to_use_init_weights(config_file, tmp_path, capsys):
     bundled = REPO / "lte_cuda" / "weights" / "default.pth"
-    status, lines = run_cli(capsys, "train", "--config", str(config_file), "--save-dir", str(tmp_path / "s"),
-                            "--resume", str(bundled))
+    status, lines = run_cli(
+        capsys,
+        "train",
+        "--config",
+        str(config_file),
+        "--save-dir",
+        str(tmp_path / "s"),
+        "--resume",
+        str(bundled),
+    )
     assert_one_line(status, lines, r"default\.pth: cannot resume from it: it holds no optimizer state")
 
 
@@ -385,15 +421,27 @@ def test_resume_from_the_bundled_weights_says_to_use_init_weights(config_file, t
         (lambda c: c.pop("model"), r"tiny\.yaml: missing key 'model'"),
         (lambda c: c.pop("optimizer"), r"tiny\.yaml: missing key 'optimizer'"),
         (lambda c: c.pop("epoch_max"), r"tiny\.yaml: missing key 'epoch_max'"),
-        (lambda c: c["train_dataset"].pop("batch_size"), r"tiny\.yaml: train_dataset: missing key 'batch_size'"),
+        (
+            lambda c: c["train_dataset"].pop("batch_size"),
+            r"tiny\.yaml: train_dataset: missing key 'batch_size'",
+        ),
         (lambda c: c.update(epoch_max="two"), r"epoch_max must be a positive integer, got 'two'"),
         (lambda c: c.update(clip_grad_norm=-1), r"clip_grad_norm must be a positive number, got -1"),
         (lambda c: c["optimizer"].update(name="lion"), r"optimizer\.name: unknown optimizer 'lion'"),
         (lambda c: c["train_dataset"]["dataset"].update(name="nope"), r"unknown dataset 'nope'"),
         (lambda c: c["model"]["args"].update(hidden_dim=-4), r"model\.args\.hidden_dim must be an integer"),
     ],
-    ids=["model", "optimizer", "epoch_max", "batch_size", "epoch_max-type", "clip", "optimizer-name",
-         "dataset-name", "model-args"],
+    ids=[
+        "model",
+        "optimizer",
+        "epoch_max",
+        "batch_size",
+        "epoch_max-type",
+        "clip",
+        "optimizer-name",
+        "dataset-name",
+        "model-args",
+    ],
 )
 def test_a_config_without_what_training_needs_is_one_line(config, tmp_path, capsys, edit, pattern):
     edit(config)
@@ -413,15 +461,17 @@ def test_a_yaml_syntax_error_is_one_line(tmp_path, capsys):
 
 
 def test_a_bad_device_is_one_line(config_file, tmp_path, capsys):
-    status, lines = run_cli(capsys, "train", "--config", str(config_file), "--save-dir", str(tmp_path / "s"),
-                            "--device", "bogus")
+    status, lines = run_cli(
+        capsys, "train", "--config", str(config_file), "--save-dir", str(tmp_path / "s"), "--device", "bogus"
+    )
     assert_one_line(status, lines, r"device must be .* got 'bogus'")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_a_gpu_is_one_line(config_file, tmp_path, capsys):
-    status, lines = run_cli(capsys, "train", "--config", str(config_file), "--save-dir", str(tmp_path / "s"),
-                            "--device", "cuda")
+    status, lines = run_cli(
+        capsys, "train", "--config", str(config_file), "--save-dir", str(tmp_path / "s"), "--device", "cuda"
+    )
     assert_one_line(status, lines, r"device='cuda' was asked for but CUDA is not available")
 
 
@@ -429,9 +479,22 @@ def test_the_real_entry_point_prints_no_traceback(config_file, tmp_path):
     empty = tmp_path / "empty.pth"
     empty.write_bytes(b"")
     done = subprocess.run(
-        [sys.executable, "-m", "lte_cuda", "train", "--config", str(config_file), "--save-dir",
-         str(tmp_path / "s"), "--resume", str(empty)],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "lte_cuda",
+            "train",
+            "--config",
+            str(config_file),
+            "--save-dir",
+            str(tmp_path / "s"),
+            "--resume",
+            str(empty),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
     )
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == [done.stderr.strip()]
@@ -445,13 +508,21 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_checkpoint(config, config_
     good = last.read_bytes()
     capsys.readouterr()
     poisoned = tmp_path / "poisoned.yaml"  # inputs divided by zero: the loss is NaN
-    poisoned.write_text(yaml.safe_dump({**config, "data_norm": {"inp": {"sub": [0.5], "div": [0]},
-                                                              "gt": {"sub": [0.5], "div": [0.5]}}}))
-    status = main(["train", "--config", str(poisoned), "--save-dir", save, "--name", "_tiny", "--resume", str(last)])
+    poisoned.write_text(
+        yaml.safe_dump(
+            {**config, "data_norm": {"inp": {"sub": [0.5], "div": [0]}, "gt": {"sub": [0.5], "div": [0.5]}}}
+        )
+    )
+    status = main(
+        ["train", "--config", str(poisoned), "--save-dir", save, "--name", "_tiny", "--resume", str(last)]
+    )
     lines = capsys.readouterr().err.strip().splitlines()
     assert status == 1 and "Traceback" not in "".join(lines)
-    assert re.match(r"lte-sr: error: training stopped: the loss is nan at epoch 2, step 3; .*"
-                    r"epoch-last\.pth keeps the last saved state", lines[-1]), lines[-1]
+    assert re.match(
+        r"lte-sr: error: training stopped: the loss is nan at epoch 2, step 3; .*"
+        r"epoch-last\.pth keeps the last saved state",
+        lines[-1],
+    ), lines[-1]
     assert last.read_bytes() == good
     assert not (last.parent / "train.lock").exists()  # released on the way out
 
@@ -464,7 +535,9 @@ def test_a_second_trainer_is_refused_while_the_first_holds_the_folder(config_fil
     with RunLock(run):
         holder = (run / "train.lock").read_text()
         assert holder.startswith(f"pid {os.getpid()} on ")
-        status, lines = run_cli(capsys, "train", "--config", str(config_file), "--save-dir", str(tmp_path / "s"))
+        status, lines = run_cli(
+            capsys, "train", "--config", str(config_file), "--save-dir", str(tmp_path / "s")
+        )
         assert_one_line(status, lines, rf"_tiny is in use by a running trainer \({holder.strip()}")
     assert not (run / "train.lock").exists()
     assert not (run / "epoch-last.pth").exists()
@@ -473,9 +546,14 @@ def test_a_second_trainer_is_refused_while_the_first_holds_the_folder(config_fil
 def test_a_stale_lock_of_a_dead_process_is_taken_over(config_file, tmp_path):
     run = tmp_path / "s" / "_tiny"
     run.mkdir(parents=True)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     (run / "train.lock").write_text(f"pid {dead.stdout.strip()} on {socket.gethostname()}\n")
-    assert main(["train", "--config", str(config_file), "--save-dir", str(tmp_path / "s"), "--max-steps", "1"]) == 0
+    assert (
+        main(["train", "--config", str(config_file), "--save-dir", str(tmp_path / "s"), "--max-steps", "1"])
+        == 0
+    )
     assert (run / "epoch-last.pth").exists() and not (run / "train.lock").exists()
 
 

@@ -60,6 +60,13 @@ def build_preset(name: str, encoder_args: dict | None = None, **overrides: Any) 
 
 
 __all__ = [
-    "BACKENDS", "LTE", "MAX_MODEL_NUMBERS", "MLP", "MODELS", "PRESETS", "build_preset",
-    "check_model_spec", "make_model",
+    "BACKENDS",
+    "LTE",
+    "MAX_MODEL_NUMBERS",
+    "MLP",
+    "MODELS",
+    "PRESETS",
+    "build_preset",
+    "check_model_spec",
+    "make_model",
 ]

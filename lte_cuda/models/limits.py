@@ -80,29 +80,55 @@ SCALE = _int(1, 64)  # the unused upsampling tail's scale, accepted as published
 
 ARG_BOUNDS: dict[str, dict[str, Bound]] = {
     "edsr-baseline": {
-        "n_resblocks": _int(0, 1024), "n_feats": _int(1, 4096), "res_scale": _real(0, 100),
-        "scale": SCALE, "no_upsampling": BOOL, "rgb_range": _real(1e-6, 1e6),
+        "n_resblocks": _int(0, 1024),
+        "n_feats": _int(1, 4096),
+        "res_scale": _real(0, 100),
+        "scale": SCALE,
+        "no_upsampling": BOOL,
+        "rgb_range": _real(1e-6, 1e6),
     },
     "rdn": {
-        "G0": _int(1, 4096), "RDNkSize": _int(1, 15), "RDNconfig": Bound("choice", choices=tuple(RDN_CONFIGS)),
-        "scale": SCALE, "no_upsampling": BOOL, "D": _int(1, 1024, True), "C": _int(1, 1024, True),
+        "G0": _int(1, 4096),
+        "RDNkSize": _int(1, 15),
+        "RDNconfig": Bound("choice", choices=tuple(RDN_CONFIGS)),
+        "scale": SCALE,
+        "no_upsampling": BOOL,
+        "D": _int(1, 1024, True),
+        "C": _int(1, 1024, True),
         "G": _int(1, 4096, True),
     },
     "swinir": {
-        "no_upsampling": BOOL, "img_size": _int(2, 1024), "embed_dim": _int(1, 4096),
-        "depths": Bound("int-list", 1, 256), "num_heads": Bound("int-list", 1, 256),
-        "window_size": _int(1, 64), "mlp_ratio": _real(1e-3, 64), "qkv_bias": BOOL,
-        "qk_scale": _real(0, 1e6, True), "drop_path_rate": _real(0, 1),
+        "no_upsampling": BOOL,
+        "img_size": _int(2, 1024),
+        "embed_dim": _int(1, 4096),
+        "depths": Bound("int-list", 1, 256),
+        "num_heads": Bound("int-list", 1, 256),
+        "window_size": _int(1, 64),
+        "mlp_ratio": _real(1e-3, 64),
+        "qkv_bias": BOOL,
+        "qk_scale": _real(0, 1e6, True),
+        "drop_path_rate": _real(0, 1),
     },
-    "mlp": {"in_dim": _int(1, 8192), "out_dim": _int(1, 8192), "hidden_list": Bound("int-list", 1, 8192, min_items=0)},
+    "mlp": {
+        "in_dim": _int(1, 8192),
+        "out_dim": _int(1, 8192),
+        "hidden_list": Bound("int-list", 1, 8192, min_items=0),
+    },
     "lte": {"hidden_dim": _int(2, 8192), "backend": Bound("choice", choices=BACKENDS)},
 }
 # Published defaults of the arguments the counts below read (the constructors' defaults).
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "edsr-baseline": {"n_resblocks": 16, "n_feats": 64},
     "rdn": {"G0": 64, "RDNkSize": 3, "RDNconfig": "B", "D": None, "C": None, "G": None},
-    "swinir": {"img_size": 48, "embed_dim": 180, "depths": [6] * 6, "num_heads": [6] * 6,
-               "window_size": 8, "mlp_ratio": 2.0, "qkv_bias": True},
+    "swinir": {
+        "img_size": 48,
+        "embed_dim": 180,
+        "depths": [6] * 6,
+        "num_heads": [6] * 6,
+        "window_size": 8,
+        "mlp_ratio": 2.0,
+        "qkv_bias": True,
+    },
     "mlp": {},
     "lte": {"hidden_dim": 256},
 }
@@ -183,8 +209,11 @@ def _count_edsr(a: dict, where: str) -> int:
 
 def _rdn_shape(a: dict) -> tuple[int, int, int]:
     blocks, convs, growth = RDN_CONFIGS[a["RDNconfig"]]
-    return (blocks if a["D"] is None else a["D"], convs if a["C"] is None else a["C"],
-            growth if a["G"] is None else a["G"])
+    return (
+        blocks if a["D"] is None else a["D"],
+        convs if a["C"] is None else a["C"],
+        growth if a["G"] is None else a["G"],
+    )
 
 
 def _count_rdn(a: dict, where: str) -> int:
@@ -202,13 +231,15 @@ def _count_swinir(a: dict, where: str) -> int:
     if len(depths) != len(heads):
         raise ValueError(f"{where}.depths {depths} and {where}.num_heads {heads} differ in length")
     if size <= window or size % window:
-        raise ValueError(f"{where}.img_size must be a multiple of window_size ({window}) above it, got {size}")
+        raise ValueError(
+            f"{where}.img_size must be a multiple of window_size ({window}) above it, got {size}"
+        )
     for i, h in enumerate(heads):
         if dim % h:
             raise ValueError(f"{where}.num_heads[{i}] = {h} does not divide embed_dim {dim}")
     hidden = int(dim * a["mlp_ratio"])
     total = _conv(3, dim) + 2 * dim  # conv_first, patch_embed norm
-    for depth, h in zip(depths, heads):
+    for depth, h in zip(depths, heads, strict=True):
         for i in range(depth):
             attention = (2 * window - 1) ** 2 * h + window**4 + 3 * dim * dim + dim * dim + dim
             attention += 3 * dim if a["qkv_bias"] else 0
@@ -225,7 +256,7 @@ def _count_mlp(a: dict, where: str) -> int:
     if missing:
         raise ValueError(f"{where} lacks {missing}")
     dims = [a["in_dim"], *a["hidden_list"], a["out_dim"]]
-    return sum(d_in * d_out + d_out for d_in, d_out in zip(dims, dims[1:]))
+    return sum(d_in * d_out + d_out for d_in, d_out in zip(dims[:-1], dims[1:], strict=True))
 
 
 _SWINIR_OUT_DIM = 64  # SwinIR.out_dim: its last convolution's fixed width
@@ -238,5 +269,8 @@ def _encoder_out_dim(name: str, args: dict) -> int:
 
 
 _COUNTERS: dict[str, Callable[[dict, str], int]] = {
-    "edsr-baseline": _count_edsr, "rdn": _count_rdn, "swinir": _count_swinir, "mlp": _count_mlp,
+    "edsr-baseline": _count_edsr,
+    "rdn": _count_rdn,
+    "swinir": _count_swinir,
+    "mlp": _count_mlp,
 }
