@@ -349,7 +349,7 @@ def _make_schedulers(
             warmup_cosine,
             warmup_steps=spec.get("warmup_steps", 0),
             total_steps=spec.get("total_steps") or default_total,
-            min_ratio=spec.get("min_lr", 0.0) / lr,
+            min_ratio=spec.get("min_lr", 0.0) / lr if lr else 0.0,  # lr 0: every factor gives 0
         )
         return None, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     return None, None
@@ -548,10 +548,10 @@ class Trainer:
         with self.autocast:
             pred = self.forward((batch["inp"] - inp_sub) / inp_div, batch["coord"], batch["cell"])
         loss = F.l1_loss(pred.float(), (batch["gt"] - gt_sub) / gt_div)
-        if self.env.any(not bool(torch.isfinite(loss))):  # every rank stops on any rank's loss
-            self._diverged(
-                f"the loss is {loss.item()} at epoch {epoch}, step {self.progress.global_step + 1}"
-            )
+        finite = bool(torch.isfinite(loss))  # one scalar sync per step: the price of stopping in time
+        if self.env.any(not finite):  # every rank stops on any rank's loss
+            what = f"the loss is {loss.item()}" if not finite else "another process's loss is not finite"
+            self._diverged(f"{what} at epoch {epoch}, step {self.progress.global_step + 1}")
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
