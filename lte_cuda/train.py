@@ -61,9 +61,9 @@ from .config import (
 )
 from .data import make_dataset, seed_worker
 from .evaluate import evaluate, norm_tensors
+from .inference import resolve_device
 from .models import BACKENDS, make_model
 from .run_lock import RunLock, RunLockedError
-from .upscale import resolve_device
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
