@@ -343,6 +343,9 @@ def test_clip_grad_norm_bounds_each_update(config, tmp_path):
 
     assert update_norm(sgd, "free") > 1e-2
     assert update_norm({**sgd, "clip_grad_norm": 1e-3}, "clipped") == pytest.approx(1e-3, rel=1e-3)
+    # Under fp16 the gradients are unscaled before clipping, so the bound is the same.
+    fp16 = {**sgd, "clip_grad_norm": 1e-3, "amp": "fp16"}
+    assert update_norm(fp16, "clipped-fp16") == pytest.approx(1e-3, rel=1e-3)
 
 
 # ----------------------------------------------------------------------------- the command line
