@@ -9,12 +9,13 @@ refused in microseconds instead of growing the process by gigabytes. Errors are
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .lte import BACKENDS
+from .lte import BACKENDS, ENCODERS, IMNETS, LTE
 from .rdn import RDN_CONFIGS
 
 # 1e9 float32 numbers are 4 GB: about 45 times the largest published LTE (RDN-LTE, 22M).
@@ -116,22 +117,7 @@ ARG_BOUNDS: dict[str, dict[str, Bound]] = {
     },
     "lte": {"hidden_dim": _int(2, 8192), "backend": Bound("choice", choices=BACKENDS)},
 }
-# Published defaults of the arguments the counts below read (the constructors' defaults).
-_DEFAULTS: dict[str, dict[str, Any]] = {
-    "edsr-baseline": {"n_resblocks": 16, "n_feats": 64},
-    "rdn": {"G0": 64, "RDNkSize": 3, "RDNconfig": "B", "D": None, "C": None, "G": None},
-    "swinir": {
-        "img_size": 48,
-        "embed_dim": 180,
-        "depths": [6] * 6,
-        "num_heads": [6] * 6,
-        "window_size": 8,
-        "mlp_ratio": 2.0,
-        "qkv_bias": True,
-    },
-    "mlp": {},
-    "lte": {"hidden_dim": 256},
-}
+_CONSTRUCTORS: dict[str, Callable[..., Any]] = {**ENCODERS, **IMNETS, "lte": LTE}
 _SUB_SPECS = {"lte": ("encoder_spec", "imnet_spec")}
 _PARTS = {"encoder_spec": ("edsr-baseline", "rdn", "swinir"), "imnet_spec": ("mlp",)}
 
@@ -167,7 +153,13 @@ def _name_and_args(spec: Any, where: str, known: tuple[str, ...]) -> tuple[str, 
             raise ValueError(f"{where}.args.{key}: unknown argument of {name}; known: {sorted(allowed)}")
         if key in bounds:
             bounds[key].check(value, f"{where}.args.{key}")
-    return name, {**_DEFAULTS[name], **args}
+    return name, {**_defaults(name), **args}
+
+
+def _defaults(name: str) -> dict[str, Any]:
+    """The constructor's defaults: what an argument absent from a spec becomes."""
+    parameters = inspect.signature(_CONSTRUCTORS[name]).parameters.values()
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
 
 
 def _count(name: str, args: dict, where: str) -> int:
