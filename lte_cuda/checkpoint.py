@@ -75,7 +75,9 @@ def _unpickling_reason(exc: pickle.UnpicklingError) -> str:
         return found.group(1)
     for line in text.splitlines():
         line = line.strip()
-        if line and not re.search(r"weights.only|torch\.load|trust|safe_globals|documentation", line, re.I):
+        if line and not re.search(
+            r"weights.only|torch\.load|trust|safe_globals|documentation", line, re.I
+        ):
             return line
     return "unsupported content"
 
@@ -108,7 +110,9 @@ def _check_state_dict(sd: Mapping, expected: Mapping[str, torch.Tensor], name: s
     """Strictly compare ``sd`` with the model's ``expected`` state_dict; returns it as a dict."""
     bad_values = [str(k) for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     if bad_values:
-        raise CheckpointError(f"{name}: state_dict entries that are not tensors: {_listing(bad_values)}")
+        raise CheckpointError(
+            f"{name}: state_dict entries that are not tensors: {_listing(bad_values)}"
+        )
     # DataParallel-saved state dicts prefix every key; that prefix is unambiguous to strip.
     if sd and all(str(k).startswith("module.") for k in sd):
         sd = {str(k)[len("module.") :]: v for k, v in sd.items()}
@@ -127,7 +131,9 @@ def _check_state_dict(sd: Mapping, expected: Mapping[str, torch.Tensor], name: s
     if shapes:
         problems.append(f"wrong shapes: {_listing(shapes)}")
     if problems:
-        raise CheckpointError(f"{name}: state_dict does not match its model args: " + "; ".join(problems))
+        raise CheckpointError(
+            f"{name}: state_dict does not match its model args: " + "; ".join(problems)
+        )
     return dict(sd)
 
 

@@ -33,7 +33,9 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
     if not isinstance(config, dict):
-        raise ConfigError(f"{path}: a config must be a YAML mapping of keys, got {type(config).__name__}")
+        raise ConfigError(
+            f"{path}: a config must be a YAML mapping of keys, got {type(config).__name__}"
+        )
     return config
 
 
@@ -74,7 +76,9 @@ def check_dataset_spec(config: Mapping, key: str, where: str, batch_size: bool =
     ``batch_size``, a positive ``batch_size``."""
     spec = require_mapping(config, key, where)
     for part in ("dataset", "wrapper"):
-        name = require(require_mapping(spec, part, f"{where}: {key}"), "name", f"{where}: {key}.{part}")
+        name = require(
+            require_mapping(spec, part, f"{where}: {key}"), "name", f"{where}: {key}.{part}"
+        )
         if name not in DATASETS:
             raise ConfigError(
                 f"{where}: {key}.{part}.name: unknown dataset {name!r}; known: {sorted(DATASETS)}"

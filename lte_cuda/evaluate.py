@@ -22,7 +22,13 @@ from torch.utils.data import DataLoader, Dataset
 from .config import ConfigError, check_dataset_spec, load_config
 from .coords import make_cell, make_coord
 from .data import make_dataset
-from .inference import batched_predict, cell_enlargement, reflect_pad_to_window, resolve_device, window_size
+from .inference import (
+    batched_predict,
+    cell_enlargement,
+    reflect_pad_to_window,
+    resolve_device,
+    window_size,
+)
 from .metrics import parse_eval_type, psnr
 from .models import BACKENDS
 
@@ -191,7 +197,9 @@ def add_test_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     parser.add_argument("--out", help="write the results (mean and per-image PSNR) as JSON here")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--backend", choices=BACKENDS, default="fused", help="query implementation")
-    parser.add_argument("--eval-bsize", type=int, help="queries decoded per chunk (overrides the config)")
+    parser.add_argument(
+        "--eval-bsize", type=int, help="queries decoded per chunk (overrides the config)"
+    )
     parser.add_argument("--num-workers", type=int, default=0, help="data loader workers")
     parser.add_argument("--quiet", action="store_true", help="print only the mean PSNR")
     parser.set_defaults(func=run_test_command)
@@ -207,7 +215,11 @@ def run_test_command(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = load_model(args.model, map_location=device, backend=args.backend).to(device)
     result = run_test(
-        config, model, eval_bsize=args.eval_bsize, num_workers=args.num_workers, verbose=not args.quiet
+        config,
+        model,
+        eval_bsize=args.eval_bsize,
+        num_workers=args.num_workers,
+        verbose=not args.quiet,
     )
     print(f"result: {result['mean_psnr']:.4f} dB ({result['eval_type'] or 'rgb'}, "
           f"{len(result['images'])} images, {result['seconds']:.1f} s)")

@@ -36,7 +36,9 @@ class RunLock:
         self.acquire()
         return self
 
-    def __exit__(self, kind: type | None, error: BaseException | None, trace: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
         self.release()
 
     def acquire(self) -> None:
@@ -53,7 +55,8 @@ class RunLock:
                 holder = handle.read().strip() or "another process"
                 handle.close()
                 raise RunLockedError(
-                    f"{self.path.parent} is in use by a running trainer ({holder}, see {self.path}); "
+                    f"{self.path.parent} is in use by a running trainer ({holder}, "
+                    f"see {self.path}); "
                     "wait for it to finish or pick another --name / --save-dir"
                 ) from None
             # The holder may have released and deleted the file between our open and flock:

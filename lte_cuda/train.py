@@ -100,7 +100,9 @@ class GlobalBatchSampler(Sampler[list[int]]):
         seed: int = 0,
     ) -> None:
         if global_batch % world_size:
-            raise ValueError(f"batch_size {global_batch} is not divisible by {world_size} processes")
+            raise ValueError(
+                f"batch_size {global_batch} is not divisible by {world_size} processes"
+            )
         self.size = size
         self.global_batch = global_batch
         self.rank = rank
@@ -153,9 +155,13 @@ def check_train_config(config: Mapping[str, Any], source: str = "config") -> Non
         if config.get(key) is not None:
             positive_number(config[key], key, source)
     if config.get("amp") not in (None, *AMP_DTYPES):
-        raise ConfigError(f"{source}: amp must be one of {sorted(AMP_DTYPES)} or null, got {config['amp']!r}")
+        raise ConfigError(
+            f"{source}: amp must be one of {sorted(AMP_DTYPES)} or null, got {config['amp']!r}"
+        )
     if config.get("backend", "fused") not in BACKENDS:
-        raise ConfigError(f"{source}: backend must be one of {list(BACKENDS)}, got {config['backend']!r}")
+        raise ConfigError(
+            f"{source}: backend must be one of {list(BACKENDS)}, got {config['backend']!r}"
+        )
 
 
 def check_optimizer_spec(spec: Any, where: str) -> None:
@@ -450,7 +456,9 @@ class Trainer:
         )
         amp = config.get("amp")
         self.scaler = torch.amp.GradScaler(env.device.type) if amp == "fp16" else None
-        self.autocast = torch.autocast(env.device.type, dtype=AMP_DTYPES[amp]) if amp else nullcontext()
+        self.autocast = (
+            torch.autocast(env.device.type, dtype=AMP_DTYPES[amp]) if amp else nullcontext()
+        )
         self.clip_grad_norm = config.get("clip_grad_norm")
         self.progress = Progress()
         self.ddp_model = DistributedDataParallel(self.model) if env.enabled else self.model
@@ -478,7 +486,8 @@ class Trainer:
             ) from err
         steps = self.progress.epoch_step
         self.log(
-            f"resumed from {name}: epoch {self.progress.epoch} done" + (f" + {steps} steps" if steps else "")
+            f"resumed from {name}: epoch {self.progress.epoch} done"
+            + (f" + {steps} steps" if steps else "")
         )
 
     def _restore_state(self, state: Mapping[str, Any]) -> None:
@@ -548,9 +557,15 @@ class Trainer:
         with self.autocast:
             pred = self.forward((batch["inp"] - inp_sub) / inp_div, batch["coord"], batch["cell"])
         loss = F.l1_loss(pred.float(), (batch["gt"] - gt_sub) / gt_div)
-        finite = bool(torch.isfinite(loss))  # one scalar sync per step: the price of stopping in time
+        finite = bool(
+            torch.isfinite(loss)
+        )  # one scalar sync per step: the price of stopping in time
         if self.env.any(not finite):  # every rank stops on any rank's loss
-            what = f"the loss is {loss.item()}" if not finite else "another process's loss is not finite"
+            what = (
+                f"the loss is {loss.item()}"
+                if not finite
+                else "another process's loss is not finite"
+            )
             self._diverged(f"{what} at epoch {epoch}, step {self.progress.global_step + 1}")
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
@@ -578,7 +593,8 @@ class Trainer:
         # turn the weights into NaN. Gradients are all-reduced: every rank sees the same norm.
         if self.scaler is None and not torch.isfinite(norm):
             self._diverged(
-                f"the gradient norm is {norm.item()} at epoch {epoch}, step {self.progress.global_step + 1}"
+                f"the gradient norm is {norm.item()} at epoch {epoch}, "
+                f"step {self.progress.global_step + 1}"
             )
 
     def _should_stop(self, start_time: float) -> bool:
@@ -596,7 +612,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ validate and save
 
-    def end_epoch(self, data: TrainData, epoch: int, train_loss: float, start_time: float) -> float | None:
+    def end_epoch(
+        self, data: TrainData, epoch: int, train_loss: float, start_time: float
+    ) -> float | None:
         """After a whole epoch: step the epoch schedule, validate when due, write
         ``epoch-last`` (and ``epoch-N`` / ``epoch-best`` when due), log; returns the
         validation PSNR or None."""
@@ -604,7 +622,11 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         if self.epoch_scheduler is not None:
             self.epoch_scheduler.step()
-        info = [f"epoch {epoch}/{self.config['epoch_max']}", f"train: loss={train_loss:.4f}", f"lr={lr:.3g}"]
+        info = [
+            f"epoch {epoch}/{self.config['epoch_max']}",
+            f"train: loss={train_loss:.4f}",
+            f"lr={lr:.3g}",
+        ]
         val_psnr = None
         if data.val_loader is not None and epoch % self.config["epoch_val"] == 0:
             val_psnr = self.validate(data.val_loader)
@@ -637,7 +659,9 @@ class Trainer:
         on every rank, and nothing written, if a weight is not finite."""
         floats = [t for t in self.model.state_dict().values() if t.is_floating_point()]
         if not bool(torch.stack([torch.isfinite(t).all() for t in floats]).all()):
-            self._diverged(f"the weights are not finite at epoch {epoch} (not saving {', '.join(names)})")
+            self._diverged(
+                f"the weights are not finite at epoch {epoch} (not saving {', '.join(names)})"
+            )
         if not self.env.main:
             return
         state = {
@@ -696,7 +720,9 @@ def _lock_on_rank_zero(lock: RunLock, env: DistEnv) -> None:
         raise refused or RunLockedError(f"rank 0 could not lock {lock.path.parent}")
 
 
-def _run(config: dict[str, Any], save_path: str, resume: str | None, env: DistEnv) -> dict[str, Any]:
+def _run(
+    config: dict[str, Any], save_path: str, resume: str | None, env: DistEnv
+) -> dict[str, Any]:
     start_time = time.monotonic()
     _prepare_folder(config, save_path, resume, env)
     seed = int(config.get("seed", 0))
@@ -719,7 +745,9 @@ def _run(config: dict[str, Any], save_path: str, resume: str | None, env: DistEn
     return result
 
 
-def _prepare_folder(config: dict[str, Any], save_path: str, resume: str | None, env: DistEnv) -> None:
+def _prepare_folder(
+    config: dict[str, Any], save_path: str, resume: str | None, env: DistEnv
+) -> None:
     last = os.path.join(save_path, LAST)
     if resume is None and os.path.exists(last):  # checked on every rank: all stop together
         raise FileExistsError(
@@ -776,7 +804,9 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument("--config", required=True, help="training config (YAML)")
     parser.add_argument("--name", help="run name (default: _<config file name>)")
     parser.add_argument("--save-dir", default="save", help="parent folder of runs (default: save)")
-    parser.add_argument("--resume", help="checkpoint to continue from (e.g. save/NAME/epoch-last.pth)")
+    parser.add_argument(
+        "--resume", help="checkpoint to continue from (e.g. save/NAME/epoch-last.pth)"
+    )
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--backend", choices=BACKENDS, help="query implementation")
     parser.add_argument("--amp", choices=sorted(AMP_DTYPES), help="mixed precision (default: fp32)")

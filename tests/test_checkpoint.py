@@ -78,7 +78,11 @@ def random_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
 def published_checkpoint(sd: dict[str, torch.Tensor] | None = None, **model_fields) -> dict:
     model = {"name": "lte", "args": TINY_ARGS, "sd": random_state_dict() if sd is None else sd}
     model.update(model_fields)
-    return {"model": model, "optimizer": {"name": "adam", "args": {"lr": 1e-4}, "sd": None}, "epoch": 7}
+    return {
+        "model": model,
+        "optimizer": {"name": "adam", "args": {"lr": 1e-4}, "sd": None},
+        "epoch": 7,
+    }
 
 
 def write(path: Path, ckpt: object) -> Path:
@@ -89,7 +93,9 @@ def write(path: Path, ckpt: object) -> Path:
 # ----------------------------------------------------------------------------- independent forward
 
 
-def published_forward(sd: dict, inp: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+def published_forward(
+    sd: dict, inp: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor
+) -> torch.Tensor:
     """EDSR-baseline-LTE written from the spec: a plain loop over the four neighbours with
     grid_sample, as the published code does (with the feature grid from the feature size)."""
 
@@ -103,7 +109,9 @@ def published_forward(sd: dict, inp: torch.Tensor, coord: torch.Tensor, cell: to
     feat = conv(res, f"encoder.body.{N_BLOCKS}") + x
     coef, freq = conv(feat, "coef"), conv(feat, "freq")
 
-    def sample(maps: torch.Tensor, at: torch.Tensor, mode: str, padding: str = "zeros") -> torch.Tensor:
+    def sample(
+        maps: torch.Tensor, at: torch.Tensor, mode: str, padding: str = "zeros"
+    ) -> torch.Tensor:
         grid = at.flip(-1).unsqueeze(1)
         out = F.grid_sample(maps, grid, mode=mode, padding_mode=padding, align_corners=False)
         return out[:, :, 0].permute(0, 2, 1)
@@ -118,7 +126,9 @@ def published_forward(sd: dict, inp: torch.Tensor, coord: torch.Tensor, cell: to
 
     b, _, h, w = coef.shape
     centres = [(-1 + 1 / n) + (2 / n) * torch.arange(n, dtype=torch.float32) for n in (h, w)]
-    feat_coord = torch.stack(torch.meshgrid(*centres, indexing="ij")).unsqueeze(0).expand(b, 2, h, w)
+    feat_coord = (
+        torch.stack(torch.meshgrid(*centres, indexing="ij")).unsqueeze(0).expand(b, 2, h, w)
+    )
     rel_cell = cell * torch.tensor([h, w])
     preds, areas = [], []
     for v_row in (-1, 1):
@@ -141,7 +151,9 @@ def published_forward(sd: dict, inp: torch.Tensor, coord: torch.Tensor, cell: to
 
 
 @pytest.mark.parametrize("backend", ["fused", "reference"])
-def test_loaded_published_checkpoint_matches_independent_forward(tmp_path: Path, backend: str) -> None:
+def test_loaded_published_checkpoint_matches_independent_forward(
+    tmp_path: Path, backend: str
+) -> None:
     sd = random_state_dict()
     path = write(tmp_path / "epoch-best.pth", published_checkpoint(sd))
     model = load_model(path, backend=backend)
@@ -191,13 +203,17 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     assert loaded.spec == model.spec
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
-    assert [p.requires_grad for p in loaded.parameters()] == [p.requires_grad for p in model.parameters()]
+    assert [p.requires_grad for p in loaded.parameters()] == [
+        p.requires_grad for p in model.parameters()
+    ]
     assert not list(tmp_path.glob(".*tmp"))  # no temporary file left behind
 
 
 def test_save_half_stores_fp16_and_loads_fp32(tmp_path: Path) -> None:
     encoder_args = {"img_size": 16, "embed_dim": 8, "depths": [2], "num_heads": [2]}
-    model = build_preset("swinir-lte", encoder_args, hidden_dim=HIDDEN, imnet_spec=TINY_ARGS["imnet_spec"])
+    model = build_preset(
+        "swinir-lte", encoder_args, hidden_dim=HIDDEN, imnet_spec=TINY_ARGS["imnet_spec"]
+    )
     path = tmp_path / "half.pth"
     save_model(model, path, half=True)
     raw = torch.load(path, weights_only=True)["model"]["sd"]
@@ -357,7 +373,10 @@ def test_unreadable_files_give_one_line(tmp_path: Path, content: bytes) -> None:
 
 
 def with_encoder_args(**encoder_args) -> dict:
-    encoder = {**TINY_ARGS["encoder_spec"], "args": {**TINY_ARGS["encoder_spec"]["args"], **encoder_args}}
+    encoder = {
+        **TINY_ARGS["encoder_spec"],
+        "args": {**TINY_ARGS["encoder_spec"]["args"], **encoder_args},
+    }
     return published_checkpoint(args={**TINY_ARGS, "encoder_spec": encoder})
 
 
@@ -409,14 +428,19 @@ ENC = r"model\.args\.encoder_spec\.args\."
             ENC + r"RDNkSize must be odd",
         ),
         (
-            published_checkpoint(args={**TINY_ARGS, "encoder_spec": {"name": "rdn", "args": {"G0": 10**6}}}),
+            published_checkpoint(
+                args={**TINY_ARGS, "encoder_spec": {"name": "rdn", "args": {"G0": 10**6}}}
+            ),
             ENC + r"G0 must be an integer in \[1, 4096\], got 1000000",
         ),
         (
             published_checkpoint(
                 args={
                     **TINY_ARGS,
-                    "encoder_spec": {"name": "swinir", "args": {"depths": [2, 2], "num_heads": [2]}},
+                    "encoder_spec": {
+                        "name": "swinir",
+                        "args": {"depths": [2, 2], "num_heads": [2]},
+                    },
                 }
             ),
             ENC + r"depths \[2, 2\] and .*num_heads \[2\] differ",
@@ -445,7 +469,8 @@ ENC = r"model\.args\.encoder_spec\.args\."
         # Every argument within its range, but far too large together.
         (
             with_encoder_args(n_resblocks=1024, n_feats=4096),
-            r"model describes a model of 309,\d{3},\d{3},\d{3} numbers .* more than the limit of 1,000,000,"
+            r"model describes a model of 309,\d{3},\d{3},\d{3} numbers .* more than the limit of "
+            r"1,000,000,000",
         ),
     ],
 )
@@ -457,13 +482,16 @@ def test_model_args_are_bounded_before_anything_is_built(
 
     monkeypatch.setattr("lte_cuda.models.make_part", no_building)
     path = write(tmp_path / "crafted.pth", ckpt)
-    with pytest.raises(CheckpointError, match=rf"crafted\.pth: model args cannot build an LTE: {message}"):
+    with pytest.raises(
+        CheckpointError, match=rf"crafted\.pth: model args cannot build an LTE: {message}"
+    ):
         load_model(path)
 
 
 def test_the_crafted_checkpoint_is_small_and_refused_in_a_fresh_process(tmp_path: Path) -> None:
     path = write(
-        tmp_path / "crafted.pth", with_encoder_args(n_resblocks=200000, n_feats=64) | {"epoch": None}
+        tmp_path / "crafted.pth",
+        with_encoder_args(n_resblocks=200000, n_feats=64) | {"epoch": None},
     )
     ckpt = torch.load(path, weights_only=True)
     ckpt["model"]["sd"] = {}
@@ -501,12 +529,21 @@ def published_spec_variants() -> list[dict]:
             "name": "lte",
             "args": {
                 **TINY_ARGS,
-                "encoder_spec": {"name": "rdn", "args": {"G0": 8, "RDNkSize": 5, "D": 2, "C": 3, "G": 4}},
+                "encoder_spec": {
+                    "name": "rdn",
+                    "args": {"G0": 8, "RDNkSize": 5, "D": 2, "C": 3, "G": 4},
+                },
             },
         },
         {
             "name": "swinir",
-            "args": {"img_size": 12, "embed_dim": 8, "depths": [1], "num_heads": [1], "window_size": 1},
+            "args": {
+                "img_size": 12,
+                "embed_dim": 8,
+                "depths": [1],
+                "num_heads": [1],
+                "window_size": 1,
+            },
         },
         {"name": "edsr-baseline", "args": {"n_resblocks": 0, "n_feats": 5}},
         {"name": "mlp", "args": {"in_dim": 4, "out_dim": 3, "hidden_list": []}},
@@ -520,8 +557,14 @@ def test_the_count_from_the_spec_is_what_the_model_holds(spec: dict) -> None:
 
 
 def test_published_presets_are_within_bounds() -> None:
-    counts = {name: check_model_spec({"name": "lte", "args": args}) for name, args in PRESETS.items()}
-    assert counts == {"edsr-baseline-lte": 1_714_267, "rdn-lte": 22_467_779, "swinir-lte": 14_898_535}
+    counts = {
+        name: check_model_spec({"name": "lte", "args": args}) for name, args in PRESETS.items()
+    }
+    assert counts == {
+        "edsr-baseline-lte": 1_714_267,
+        "rdn-lte": 22_467_779,
+        "swinir-lte": 14_898_535,
+    }
 
 
 @pytest.mark.parametrize("name", ["edsr-baseline", "rdn", "swinir", "mlp", "lte"])

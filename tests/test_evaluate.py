@@ -118,8 +118,15 @@ def test_psnr_matches_numpy_on_a_photo():
     sr = np.clip(hr + np.random.default_rng(0).normal(0, 0.05, hr.shape), 0, 1)
     to_t = lambda a: torch.from_numpy(a).permute(2, 0, 1)[None].float()  # noqa: E731
     hr32, sr32 = to_t(hr), to_t(sr)
-    hr64, sr64 = hr32[0].permute(1, 2, 0).double().numpy(), sr32[0].permute(1, 2, 0).double().numpy()
-    for eval_type, kind, scale in ((None, None, 0), ("div2k-4", "div2k", 4), ("benchmark-3", "benchmark", 3)):
+    hr64, sr64 = (
+        hr32[0].permute(1, 2, 0).double().numpy(),
+        sr32[0].permute(1, 2, 0).double().numpy(),
+    )
+    for eval_type, kind, scale in (
+        (None, None, 0),
+        ("div2k-4", "div2k", 4),
+        ("benchmark-3", "benchmark", 3),
+    ):
         got = psnr(sr32, hr32, eval_type)
         assert got.shape == (1,)
         assert got.item() == pytest.approx(np_psnr(sr64, hr64, kind, scale), abs=1e-9)
@@ -154,8 +161,14 @@ def test_paired_protocol_rebuilds_images_in_chunks(div2k, eval_type):
 
 def test_large_scale_downsamples_and_enlarges_the_cell(div2k):
     config = paired_config(div2k, 2, "div2k-6")
-    config["test_dataset"]["dataset"] = {"name": "image-folder", "args": {"root_path": str(div2k / "HR")}}
-    config["test_dataset"]["wrapper"] = {"name": "sr-implicit-downsampled", "args": {"scale_min": 6}}
+    config["test_dataset"]["dataset"] = {
+        "name": "image-folder",
+        "args": {"root_path": str(div2k / "HR")},
+    }
+    config["test_dataset"]["wrapper"] = {
+        "name": "sr-implicit-downsampled",
+        "args": {"scale_min": 6},
+    }
     model = CoordModel()
     result = run_test(config, model, verbose=False)
     expected = []
@@ -281,7 +294,10 @@ def test_files(div2k, tmp_path) -> tuple[Path, Path]:
         (b"", r"bad\.pth: cannot be read as a weights-only PyTorch checkpoint"),
         (bytes(range(256)) * 8, r"bad\.pth: cannot be read as a weights-only PyTorch checkpoint"),
         ("truncated", r"bad\.pth: cannot be read as a weights-only PyTorch checkpoint"),
-        ("crafted", r"bad\.pth: model args cannot build an LTE: .*n_resblocks must be .* got 200000"),
+        (
+            "crafted",
+            r"bad\.pth: model args cannot build an LTE: .*n_resblocks must be .* got 200000",
+        ),
     ],
     ids=["empty", "random", "truncated", "crafted"],
 )
@@ -313,7 +329,9 @@ def test_a_bad_config_is_one_line(test_files, tmp_path, capsys):
         *run_test_cli(capsys, "--config", str(empty), "--model", str(ckpt)),
         r"empty\.yaml: missing key 'test_dataset'",
     )
-    empty.write_text(yaml.safe_dump({**yaml.safe_load(test_files[0].read_text()), "eval_type": "set5-4"}))
+    empty.write_text(
+        yaml.safe_dump({**yaml.safe_load(test_files[0].read_text()), "eval_type": "set5-4"})
+    )
     assert_one_line(
         *run_test_cli(capsys, "--config", str(empty), "--model", str(ckpt)),
         r"empty\.yaml: eval_type must be 'div2k-N' or 'benchmark-N', got 'set5-4'",
@@ -328,6 +346,8 @@ def test_a_bad_device_is_one_line(test_files, capsys):
     )
     if not torch.cuda.is_available():
         assert_one_line(
-            *run_test_cli(capsys, "--config", str(config), "--model", str(ckpt), "--device", "cuda"),
+            *run_test_cli(
+                capsys, "--config", str(config), "--model", str(ckpt), "--device", "cuda"
+            ),
             r"device='cuda' was asked for but CUDA is not available",
         )

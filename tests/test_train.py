@@ -69,7 +69,9 @@ def test_validation_patches_do_not_depend_on_the_run_seed(config: dict):
     # Runs with different seeds are compared on the same validation patches.
     first_batches = []
     for seed in (0, 5):
-        _, _, loader, _ = make_loader(config["val_dataset"], seed, DistEnv("cpu"), train=False, num_workers=0)
+        _, _, loader, _ = make_loader(
+            config["val_dataset"], seed, DistEnv("cpu"), train=False, num_workers=0
+        )
         first_batches.append(next(iter(loader)))
     assert first_batches[0].keys() == first_batches[1].keys()
     for key, value in first_batches[0].items():
@@ -139,9 +141,14 @@ def test_resume_ends_where_an_uninterrupted_run_ends(config, tmp_path, schedule,
     _assert_same_weights(whole["model"].state_dict(), resumed["model"].state_dict())
     a, b = _state(tmp_path / "whole" / "epoch-last.pth"), _state(last)
     _assert_same_weights(a["model"]["sd"], b["model"]["sd"])
-    for pa, pb in zip(a["optimizer"]["sd"]["state"].values(), b["optimizer"]["sd"]["state"].values()):
+    for pa, pb in zip(
+        a["optimizer"]["sd"]["state"].values(), b["optimizer"]["sd"]["state"].values()
+    ):
         _assert_same_weights(pa, pb)
-    assert a["optimizer"]["sd"]["param_groups"][0]["lr"] == b["optimizer"]["sd"]["param_groups"][0]["lr"]
+    assert (
+        a["optimizer"]["sd"]["param_groups"][0]["lr"]
+        == b["optimizer"]["sd"]["param_groups"][0]["lr"]
+    )
     assert resumed["best_val_psnr"] == pytest.approx(whole["best_val_psnr"], abs=1e-9)
     log = (tmp_path / "parts" / "log.txt").read_text()
     assert "resumed from" in log and "epoch 2/2, train" in log
@@ -182,7 +189,10 @@ def test_init_weights_starts_a_new_run_from_a_checkpoint(config, tmp_path):
     second = train(frozen, str(tmp_path / "second"))
     assert second["global_step"] == 1  # a new run: its own step count, not the first run's
     _assert_same_weights(second["model"].state_dict(), first.state_dict())
-    wider = {**frozen, "model": {**config["model"], "args": {**config["model"]["args"], "hidden_dim": 32}}}
+    wider = {
+        **frozen,
+        "model": {**config["model"], "args": {**config["model"]["args"], "hidden_dim": 32}},
+    }
     with pytest.raises(ValueError, match="init_weights .* does not fit the config's model"):
         train(wider, str(tmp_path / "third"))
 
@@ -311,7 +321,8 @@ def test_a_train_state_that_does_not_fit_is_one_clear_error(config, tmp_path):
     ckpt = torch.load(tmp_path / "epoch-last.pth", weights_only=True)
     del ckpt["train_state"]["rng"]
     with pytest.raises(
-        CheckpointError, match=r"x\.pth: cannot resume from it: its training state does not fit .*'rng'"
+        CheckpointError,
+        match=r"x\.pth: cannot resume from it: its training state does not fit .*'rng'",
     ):
         make_trainer(config, tmp_path / "b").restore(ckpt, "x.pth")
 
@@ -323,7 +334,8 @@ def test_non_finite_weights_are_never_saved(config, tmp_path):
     with torch.no_grad():
         trainer.model.coef.weight[0, 0, 0, 0] = math.inf
     with pytest.raises(
-        TrainingDiverged, match=r"weights are not finite .*epoch-last\.pth keeps the last saved state"
+        TrainingDiverged,
+        match=r"weights are not finite .*epoch-last\.pth keeps the last saved state",
     ):
         trainer.save(["epoch-last.pth", "epoch-best.pth"], 2, 0)
     assert (tmp_path / "epoch-last.pth").read_bytes() == good
@@ -331,14 +343,21 @@ def test_non_finite_weights_are_never_saved(config, tmp_path):
 
 
 def test_clip_grad_norm_bounds_each_update(config, tmp_path):
-    sgd = {**config, "optimizer": {"name": "sgd", "args": {"lr": 1.0}}, "max_steps": 1, "epoch_val": None}
-    start = train({**sgd, "optimizer": {"name": "sgd", "args": {"lr": 0.0}}}, str(tmp_path / "start"))[
-        "model"
-    ]
+    sgd = {
+        **config,
+        "optimizer": {"name": "sgd", "args": {"lr": 1.0}},
+        "max_steps": 1,
+        "epoch_val": None,
+    }
+    start = train(
+        {**sgd, "optimizer": {"name": "sgd", "args": {"lr": 0.0}}}, str(tmp_path / "start")
+    )["model"]
 
     def update_norm(run_config: dict, name: str) -> float:
         model = train(run_config, str(tmp_path / name))["model"]
-        deltas = [(a - b).flatten() for a, b in zip(model.parameters(), start.parameters(), strict=True)]
+        deltas = [
+            (a - b).flatten() for a, b in zip(model.parameters(), start.parameters(), strict=True)
+        ]
         return torch.cat(deltas).norm().item()
 
     assert update_norm(sgd, "free") > 1e-2
@@ -379,12 +398,20 @@ def truncated(path: Path) -> bytes:
         (b"", r"bad\.pth: cannot be read as a weights-only PyTorch checkpoint \(EOFError"),
         (bytes(range(256)) * 8, r"bad\.pth: cannot be read as a weights-only PyTorch checkpoint"),
         ("truncated", r"bad\.pth: cannot be read as a weights-only PyTorch checkpoint"),
-        ("no optimizer", r"bad\.pth: cannot resume from it: it holds no optimizer state .*init_weights"),
-        ("epoch None", r"bad\.pth: cannot resume from it: 'epoch' must be the epochs done, got None"),
+        (
+            "no optimizer",
+            r"bad\.pth: cannot resume from it: it holds no optimizer state .*init_weights",
+        ),
+        (
+            "epoch None",
+            r"bad\.pth: cannot resume from it: 'epoch' must be the epochs done, got None",
+        ),
     ],
     ids=["empty", "random", "truncated", "no-optimizer", "no-epoch"],
 )
-def test_resume_from_a_bad_file_is_one_line(config, config_file, tmp_path, capsys, content, pattern):
+def test_resume_from_a_bad_file_is_one_line(
+    config, config_file, tmp_path, capsys, content, pattern
+):
     bad = tmp_path / "bad.pth"
     model = make_model(config["model"])
     if content == "truncated":
@@ -398,7 +425,14 @@ def test_resume_from_a_bad_file_is_one_line(config, config_file, tmp_path, capsy
         content = bad.read_bytes()
     bad.write_bytes(content)
     status, lines = run_cli(
-        capsys, "train", "--config", str(config_file), "--save-dir", str(tmp_path / "s"), "--resume", str(bad)
+        capsys,
+        "train",
+        "--config",
+        str(config_file),
+        "--save-dir",
+        str(tmp_path / "s"),
+        "--resume",
+        str(bad),
     )
     assert_one_line(status, lines, pattern)
 
@@ -415,7 +449,9 @@ def test_resume_from_the_bundled_weights_says_to_use_init_weights(config_file, t
         "--resume",
         str(bundled),
     )
-    assert_one_line(status, lines, r"default\.pth: cannot resume from it: it holds no optimizer state")
+    assert_one_line(
+        status, lines, r"default\.pth: cannot resume from it: it holds no optimizer state"
+    )
 
 
 @pytest.mark.parametrize(
@@ -429,10 +465,19 @@ def test_resume_from_the_bundled_weights_says_to_use_init_weights(config_file, t
             r"tiny\.yaml: train_dataset: missing key 'batch_size'",
         ),
         (lambda c: c.update(epoch_max="two"), r"epoch_max must be a positive integer, got 'two'"),
-        (lambda c: c.update(clip_grad_norm=-1), r"clip_grad_norm must be a positive number, got -1"),
-        (lambda c: c["optimizer"].update(name="lion"), r"optimizer\.name: unknown optimizer 'lion'"),
+        (
+            lambda c: c.update(clip_grad_norm=-1),
+            r"clip_grad_norm must be a positive number, got -1",
+        ),
+        (
+            lambda c: c["optimizer"].update(name="lion"),
+            r"optimizer\.name: unknown optimizer 'lion'",
+        ),
         (lambda c: c["train_dataset"]["dataset"].update(name="nope"), r"unknown dataset 'nope'"),
-        (lambda c: c["model"]["args"].update(hidden_dim=-4), r"model\.args\.hidden_dim must be an integer"),
+        (
+            lambda c: c["model"]["args"].update(hidden_dim=-4),
+            r"model\.args\.hidden_dim must be an integer",
+        ),
     ],
     ids=[
         "model",
@@ -450,14 +495,18 @@ def test_a_config_without_what_training_needs_is_one_line(config, tmp_path, caps
     edit(config)
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
-    status, lines = run_cli(capsys, "train", "--config", str(path), "--save-dir", str(tmp_path / "s"))
+    status, lines = run_cli(
+        capsys, "train", "--config", str(path), "--save-dir", str(tmp_path / "s")
+    )
     assert_one_line(status, lines, pattern)
 
 
 def test_a_yaml_syntax_error_is_one_line(tmp_path, capsys):
     path = tmp_path / "broken.yaml"
     path.write_text("model:\n  name: lte\n args: [1, 2\n")
-    status, lines = run_cli(capsys, "train", "--config", str(path), "--save-dir", str(tmp_path / "s"))
+    status, lines = run_cli(
+        capsys, "train", "--config", str(path), "--save-dir", str(tmp_path / "s")
+    )
     assert_one_line(status, lines, r"broken\.yaml: not valid YAML at line \d+, column \d+")
     status, lines = run_cli(capsys, "train", "--config", str(tmp_path / "absent.yaml"))
     assert_one_line(status, lines, r"absent\.yaml: no such config file")
@@ -465,7 +514,14 @@ def test_a_yaml_syntax_error_is_one_line(tmp_path, capsys):
 
 def test_a_bad_device_is_one_line(config_file, tmp_path, capsys):
     status, lines = run_cli(
-        capsys, "train", "--config", str(config_file), "--save-dir", str(tmp_path / "s"), "--device", "bogus"
+        capsys,
+        "train",
+        "--config",
+        str(config_file),
+        "--save-dir",
+        str(tmp_path / "s"),
+        "--device",
+        "bogus",
     )
     assert_one_line(status, lines, r"device must be .* got 'bogus'")
 
@@ -473,7 +529,14 @@ def test_a_bad_device_is_one_line(config_file, tmp_path, capsys):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_a_gpu_is_one_line(config_file, tmp_path, capsys):
     status, lines = run_cli(
-        capsys, "train", "--config", str(config_file), "--save-dir", str(tmp_path / "s"), "--device", "cuda"
+        capsys,
+        "train",
+        "--config",
+        str(config_file),
+        "--save-dir",
+        str(tmp_path / "s"),
+        "--device",
+        "cuda",
     )
     assert_one_line(status, lines, r"device='cuda' was asked for but CUDA is not available")
 
@@ -504,20 +567,40 @@ def test_the_real_entry_point_prints_no_traceback(config_file, tmp_path):
     assert "empty.pth: cannot be read" in done.stderr
 
 
-def test_a_nan_loss_stops_training_and_keeps_the_last_checkpoint(config, config_file, tmp_path, capsys):
+def test_a_nan_loss_stops_training_and_keeps_the_last_checkpoint(
+    config, config_file, tmp_path, capsys
+):
     save = str(tmp_path / "save")
-    assert main(["train", "--config", str(config_file), "--save-dir", save, "--max-steps", "2"]) == 0
+    assert (
+        main(["train", "--config", str(config_file), "--save-dir", save, "--max-steps", "2"]) == 0
+    )
     last = tmp_path / "save" / "_tiny" / "epoch-last.pth"
     good = last.read_bytes()
     capsys.readouterr()
     poisoned = tmp_path / "poisoned.yaml"  # inputs divided by zero: the loss is NaN
     poisoned.write_text(
         yaml.safe_dump(
-            {**config, "data_norm": {"inp": {"sub": [0.5], "div": [0]}, "gt": {"sub": [0.5], "div": [0.5]}}}
+            {
+                **config,
+                "data_norm": {
+                    "inp": {"sub": [0.5], "div": [0]},
+                    "gt": {"sub": [0.5], "div": [0.5]},
+                },
+            }
         )
     )
     status = main(
-        ["train", "--config", str(poisoned), "--save-dir", save, "--name", "_tiny", "--resume", str(last)]
+        [
+            "train",
+            "--config",
+            str(poisoned),
+            "--save-dir",
+            save,
+            "--name",
+            "_tiny",
+            "--resume",
+            str(last),
+        ]
     )
     lines = capsys.readouterr().err.strip().splitlines()
     assert status == 1 and "Traceback" not in "".join(lines)
@@ -533,7 +616,9 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_checkpoint(config, config_
 # ----------------------------------------------------------------------------- the run-folder lock
 
 
-def test_a_second_trainer_is_refused_while_the_first_holds_the_folder(config_file, tmp_path, capsys):
+def test_a_second_trainer_is_refused_while_the_first_holds_the_folder(
+    config_file, tmp_path, capsys
+):
     run = tmp_path / "s" / "_tiny"
     with RunLock(run):
         holder = (run / "train.lock").read_text()
@@ -554,7 +639,17 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(config_file, tmp_path):
     )
     (run / "train.lock").write_text(f"pid {dead.stdout.strip()} on {socket.gethostname()}\n")
     assert (
-        main(["train", "--config", str(config_file), "--save-dir", str(tmp_path / "s"), "--max-steps", "1"])
+        main(
+            [
+                "train",
+                "--config",
+                str(config_file),
+                "--save-dir",
+                str(tmp_path / "s"),
+                "--max-steps",
+                "1",
+            ]
+        )
         == 0
     )
     assert (run / "epoch-last.pth").exists() and not (run / "train.lock").exists()

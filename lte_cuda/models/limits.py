@@ -45,9 +45,13 @@ class Bound:
             if not isinstance(value, bool):
                 raise ValueError(f"{where} must be true or false, got {value!r}")
         elif self.kind == "int-list":
-            if not isinstance(value, (list, tuple)) or not self.min_items <= len(value) <= _MAX_LIST:
+            if (
+                not isinstance(value, (list, tuple))
+                or not self.min_items <= len(value) <= _MAX_LIST
+            ):
                 raise ValueError(
-                    f"{where} must be a list of {self.min_items} to {_MAX_LIST} integers, got {_short(value)}"
+                    f"{where} must be a list of {self.min_items} to {_MAX_LIST} integers, "
+                    f"got {_short(value)}"
                 )
             for i, item in enumerate(value):
                 _check_number(item, f"{where}[{i}]", True, self.low, self.high)
@@ -150,7 +154,9 @@ def _name_and_args(spec: Any, where: str, known: tuple[str, ...]) -> tuple[str, 
     allowed = set(bounds) | set(_SUB_SPECS.get(name, ()))
     for key, value in args.items():
         if key not in allowed:
-            raise ValueError(f"{where}.args.{key}: unknown argument of {name}; known: {sorted(allowed)}")
+            raise ValueError(
+                f"{where}.args.{key}: unknown argument of {name}; known: {sorted(allowed)}"
+            )
         if key in bounds:
             bounds[key].check(value, f"{where}.args.{key}")
     return name, {**_defaults(name), **args}
@@ -213,8 +219,16 @@ def _count_rdn(a: dict, where: str) -> int:
     if k % 2 == 0:
         raise ValueError(f"{where}.RDNkSize must be odd (same-size convolutions), got {k}")
     blocks, convs, growth = _rdn_shape(a)
-    block = sum(_conv(g0 + c * growth, growth, k) for c in range(convs)) + _conv(g0 + convs * growth, g0, 1)
-    return _conv(3, g0, k) + _conv(g0, g0, k) + blocks * block + _conv(blocks * g0, g0, 1) + _conv(g0, g0, k)
+    block = sum(_conv(g0 + c * growth, growth, k) for c in range(convs)) + _conv(
+        g0 + convs * growth, g0, 1
+    )
+    return (
+        _conv(3, g0, k)
+        + _conv(g0, g0, k)
+        + blocks * block
+        + _conv(blocks * g0, g0, 1)
+        + _conv(g0, g0, k)
+    )
 
 
 def _count_swinir(a: dict, where: str) -> int:
