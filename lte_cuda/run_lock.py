@@ -26,7 +26,11 @@ class RunLockedError(OSError):
 
 
 class RunLock:
-    """``with RunLock(folder):`` holds ``folder/train.lock`` (the folder is created)."""
+    """``with RunLock(folder):`` holds ``folder/train.lock`` (the folder is created).
+
+    The lock lives as long as the object holds its open file: keep a reference while it
+    must be held (a discarded object's file is closed by the garbage collector).
+    """
 
     def __init__(self, folder: str | os.PathLike) -> None:
         self.path = Path(folder) / LOCK_NAME

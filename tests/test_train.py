@@ -21,7 +21,7 @@ from lte_cuda.checkpoint import CheckpointError, load_model, save_model
 from lte_cuda.cli import main
 from lte_cuda.data import DATASETS
 from lte_cuda.models import make_model
-from lte_cuda.run_lock import RunLock
+from lte_cuda.run_lock import RunLock, RunLockedError
 from lte_cuda.train import (
     DistEnv,
     GlobalBatchSampler,
@@ -660,3 +660,32 @@ def test_the_lock_is_released_when_training_fails(config, tmp_path):
         train({**config, "init_weights": str(tmp_path / "absent.pth")}, str(tmp_path / "run"))
     with RunLock(tmp_path / "run"):  # free again
         pass
+
+
+def test_a_lock_held_by_a_killed_process_is_taken_over(tmp_path):
+    # The holder is another process, killed with SIGKILL: nothing of it runs to clean up.
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; sys.path.insert(0, sys.argv[1]); import run_lock\n"
+            "lock = run_lock.RunLock(sys.argv[2])\nlock.acquire()\n"
+            "print('locked', flush=True)\ntime.sleep(600)",
+            str(REPO / "lte_cuda"),
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(
+            RunLockedError, match=rf"in use by a running trainer \(pid {holder.pid} on "
+        ):
+            RunLock(tmp_path).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (tmp_path / "train.lock").exists()  # left behind by the killed holder
+    with RunLock(tmp_path):
+        assert (tmp_path / "train.lock").read_text().startswith(f"pid {os.getpid()} on ")
