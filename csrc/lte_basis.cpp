@@ -12,8 +12,6 @@ bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
 }
 
-}  // namespace
-
 void check_basis_inputs(const at::Tensor& coef, const at::Tensor& freq,
                         const at::Tensor& phase_weight, const at::Tensor& coord,
                         const at::Tensor& cell) {
@@ -80,6 +78,23 @@ void check_grad_x(const at::Tensor& grad_x, const at::Tensor& coef, const at::Te
   TORCH_CHECK(grad_x.device() == coef.device(),
               "lte_basis_backward: grad_x must be on the device of coef (", coef.device(),
               "), got ", grad_x.device());
+}
+
+}  // namespace
+
+BasisShape checked_shape(const at::Tensor& coef, const at::Tensor& freq,
+                         const at::Tensor& phase_weight, const at::Tensor& coord,
+                         const at::Tensor& cell) {
+  check_basis_inputs(coef, freq, phase_weight, coord, cell);
+  return {coef.size(0), coef.size(1), coef.size(2), coef.size(3), coord.size(1)};
+}
+
+BasisShape checked_backward_shape(const at::Tensor& grad_x, const at::Tensor& coef,
+                                  const at::Tensor& freq, const at::Tensor& phase_weight,
+                                  const at::Tensor& coord, const at::Tensor& cell) {
+  const BasisShape shape = checked_shape(coef, freq, phase_weight, coord, cell);
+  check_grad_x(grad_x, coef, coord);
+  return shape;
 }
 
 at::ScalarType compute_type(const at::Tensor& coef) {

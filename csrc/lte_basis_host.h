@@ -4,15 +4,29 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cstdint>
+
 namespace lte {
 
-// Validates the forward arguments; errors name the argument and what it received.
-void check_basis_inputs(const at::Tensor& coef, const at::Tensor& freq,
-                        const at::Tensor& phase_weight, const at::Tensor& coord,
-                        const at::Tensor& cell);
+// The sizes of one call: features (B, C, h, w), queries (B, Q, 2).
+struct BasisShape {
+  int64_t batch, channels, height, width, queries;
 
-// Validates grad_x against the forward arguments (already checked).
-void check_grad_x(const at::Tensor& grad_x, const at::Tensor& coef, const at::Tensor& coord);
+  int64_t pairs() const { return channels / 2; }  // frequency pairs, C/2
+  int64_t pixels() const { return height * width; }
+  int64_t batch_queries() const { return batch * queries; }
+};
+
+// Validates the forward arguments (errors name the argument and what it received) and returns
+// their sizes.
+BasisShape checked_shape(const at::Tensor& coef, const at::Tensor& freq,
+                         const at::Tensor& phase_weight, const at::Tensor& coord,
+                         const at::Tensor& cell);
+
+// checked_shape, plus grad_x validated against the forward arguments.
+BasisShape checked_backward_shape(const at::Tensor& grad_x, const at::Tensor& coef,
+                                  const at::Tensor& freq, const at::Tensor& phase_weight,
+                                  const at::Tensor& coord, const at::Tensor& cell);
 
 // The type the kernels compute in: float for float16/bfloat16/float32, double for float64.
 at::ScalarType compute_type(const at::Tensor& coef);

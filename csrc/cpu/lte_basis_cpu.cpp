@@ -20,7 +20,11 @@
 namespace lte {
 namespace {
 
-// Pixels per backward task; each task also keeps one partial sum of the phase-weight gradient.
+// Grain sizes of the parallel loops. Forward: queries per chunk (4 entries of C values each).
+// Grouping: queries per chunk whose entries are located. Backward: pixels per task; each task
+// also keeps one partial sum of the phase-weight gradient.
+constexpr int64_t kQueriesPerChunk = 64;
+constexpr int64_t kLocateQueriesPerChunk = 256;
 constexpr int64_t kPixelsPerTask = 16;
 
 // The channel loops are compiled for AVX-512, for AVX2 with FMA and for baseline x86-64; the
@@ -65,14 +69,14 @@ LTE_CPU_MULTIVERSION void forward_channels(const T* __restrict__ coef,
                                            const T* __restrict__ freq,
                                            const T* __restrict__ phase_w, T rel_row, T rel_col,
                                            T rel_cell_row, T rel_cell_col,
-                                           out_t* __restrict__ x, int64_t half) {
-  for (int64_t k = 0; k < half; ++k) {
-    const T phase = phase_value(phase_w[k], phase_w[half + k], rel_cell_row, rel_cell_col);
+                                           out_t* __restrict__ x, int64_t pairs) {
+  for (int64_t k = 0; k < pairs; ++k) {
+    const T phase = phase_value(phase_w[k], phase_w[pairs + k], rel_cell_row, rel_cell_col);
     T x_cos, x_sin;
-    basis_forward(coef[k], coef[half + k], freq[2 * k], freq[2 * k + 1], rel_row, rel_col, phase,
+    basis_forward(coef[k], coef[pairs + k], freq[2 * k], freq[2 * k + 1], rel_row, rel_col, phase,
                   x_cos, x_sin);
     x[k] = static_cast<out_t>(x_cos);
-    x[half + k] = static_cast<out_t>(x_sin);
+    x[pairs + k] = static_cast<out_t>(x_sin);
   }
 }
 
@@ -83,14 +87,14 @@ LTE_CPU_MULTIVERSION void backward_channels(
     const T* __restrict__ coef, const T* __restrict__ freq, const T* __restrict__ phase_w,
     T rel_row, T rel_col, T rel_cell_row, T rel_cell_col, const grad_t* __restrict__ grad_x,
     T* __restrict__ grad_coef, T* __restrict__ grad_freq, T* __restrict__ grad_phase_w,
-    int64_t half) {
-  for (int64_t k = 0; k < half; ++k) {
-    const T phase = phase_value(phase_w[k], phase_w[half + k], rel_cell_row, rel_cell_col);
+    int64_t pairs) {
+  for (int64_t k = 0; k < pairs; ++k) {
+    const T phase = phase_value(phase_w[k], phase_w[pairs + k], rel_cell_row, rel_cell_col);
     const T grad_phase = basis_vjp(
-        coef[k], coef[half + k], freq[2 * k], freq[2 * k + 1], rel_row, rel_col, phase,
-        static_cast<T>(grad_x[k]), static_cast<T>(grad_x[half + k]), grad_coef[k],
-        grad_coef[half + k], grad_freq[2 * k], grad_freq[2 * k + 1]);
-    phase_vjp(grad_phase, rel_cell_row, rel_cell_col, grad_phase_w[k], grad_phase_w[half + k]);
+        coef[k], coef[pairs + k], freq[2 * k], freq[2 * k + 1], rel_row, rel_col, phase,
+        static_cast<T>(grad_x[k]), static_cast<T>(grad_x[pairs + k]), grad_coef[k],
+        grad_coef[pairs + k], grad_freq[2 * k], grad_freq[2 * k + 1]);
+    phase_vjp(grad_phase, rel_cell_row, rel_cell_col, grad_phase_w[k], grad_phase_w[pairs + k]);
   }
 }
 
@@ -98,12 +102,10 @@ std::tuple<at::Tensor, at::Tensor> lte_basis_cpu(const at::Tensor& coef, const a
                                                  const at::Tensor& phase_weight,
                                                  const at::Tensor& coord,
                                                  const at::Tensor& cell) {
-  check_basis_inputs(coef, freq, phase_weight, coord, cell);
-  const int64_t batch = coef.size(0), channels = coef.size(1);
-  const int64_t height = coef.size(2), width = coef.size(3), queries = coord.size(1);
-  const int64_t half = channels / 2, pixels = height * width;
-  at::Tensor x = at::empty({batch, queries, kNeighbours, channels}, coef.options());
-  at::Tensor weights = at::empty({batch, queries, kNeighbours}, coef.options());
+  const BasisShape shape = checked_shape(coef, freq, phase_weight, coord, cell);
+  const int64_t channels = shape.channels, queries = shape.queries, pixels = shape.pixels();
+  at::Tensor x = at::empty({shape.batch, queries, kNeighbours, channels}, coef.options());
+  at::Tensor weights = at::empty({shape.batch, queries, kNeighbours}, coef.options());
   if (x.numel() == 0) return {x, weights};
   advise_huge_pages(x.data_ptr(), x.nbytes());
 
@@ -112,7 +114,7 @@ std::tuple<at::Tensor, at::Tensor> lte_basis_cpu(const at::Tensor& coef, const a
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, coef.scalar_type(), "lte_basis_cpu",
                                   [&] {
     using T = at::opmath_type<scalar_t>;
-    const Grid<T> grid = make_grid<T>(height, width);
+    const Grid<T> grid = make_grid<T>(shape.height, shape.width);
     const T* coef_p = in.coef.const_data_ptr<T>();
     const T* freq_p = in.freq.const_data_ptr<T>();
     const T* phase_w_p = in.phase_w.const_data_ptr<T>();
@@ -121,19 +123,19 @@ std::tuple<at::Tensor, at::Tensor> lte_basis_cpu(const at::Tensor& coef, const a
     scalar_t* x_p = x.mutable_data_ptr<scalar_t>();
     scalar_t* weights_p = weights.mutable_data_ptr<scalar_t>();
 
-    at::parallel_for(0, batch * queries, 64, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, shape.batch_queries(), kQueriesPerChunk, [&](int64_t begin, int64_t end) {
       for (int64_t bq = begin; bq < end; ++bq) {
         const int64_t b = bq / queries;
         const T coord_row = coord_p[2 * bq], coord_col = coord_p[2 * bq + 1];
-        const T rel_cell_row = cell_p[2 * bq] * grid.row.size_t;
-        const T rel_cell_col = cell_p[2 * bq + 1] * grid.col.size_t;
+        const T rel_cell_row = cell_p[2 * bq] * grid.row.extent;
+        const T rel_cell_col = cell_p[2 * bq + 1] * grid.col.extent;
         Neighbour<T> nb[kNeighbours];
         for (int n = 0; n < kNeighbours; ++n) {
           nb[n] = locate_neighbour(coord_row, coord_col, n, grid);
           const int64_t pixel = (b * pixels + nb[n].pixel) * channels;
           forward_channels(coef_p + pixel, freq_p + pixel, phase_w_p, nb[n].rel_row,
                            nb[n].rel_col, rel_cell_row, rel_cell_col,
-                           x_p + (bq * kNeighbours + n) * channels, half);
+                           x_p + (bq * kNeighbours + n) * channels, shape.pairs());
         }
         T w[kNeighbours];
         area_weights(nb, w);
@@ -154,7 +156,7 @@ void group_entries_by_pixel(const T* coord, int64_t batch, int64_t queries, int6
                             std::vector<int64_t>& order) {
   const int64_t entries = batch * queries * kNeighbours;
   std::vector<int64_t> key(entries);
-  at::parallel_for(0, batch * queries, 256, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, batch * queries, kLocateQueriesPerChunk, [&](int64_t begin, int64_t end) {
     for (int64_t bq = begin; bq < end; ++bq) {
       for (int n = 0; n < kNeighbours; ++n) {
         const Neighbour<T> nb = locate_neighbour(coord[2 * bq], coord[2 * bq + 1], n, grid);
@@ -177,11 +179,9 @@ void group_entries_by_pixel(const T* coord, int64_t batch, int64_t queries, int6
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lte_basis_backward_cpu(
     const at::Tensor& grad_x, const at::Tensor& coef, const at::Tensor& freq,
     const at::Tensor& phase_weight, const at::Tensor& coord, const at::Tensor& cell) {
-  check_basis_inputs(coef, freq, phase_weight, coord, cell);
-  check_grad_x(grad_x, coef, coord);
-  const int64_t batch = coef.size(0), channels = coef.size(1);
-  const int64_t height = coef.size(2), width = coef.size(3), queries = coord.size(1);
-  const int64_t half = channels / 2, pixels = height * width;
+  const BasisShape shape = checked_backward_shape(grad_x, coef, freq, phase_weight, coord, cell);
+  const int64_t batch = shape.batch, channels = shape.channels, pixels = shape.pixels();
+  const int64_t height = shape.height, width = shape.width, pairs = shape.pairs();
   const auto compute_options = coef.options().dtype(compute_type(coef));
   // Not zero-filled here: every task zeroes the pixels it owns just before summing into them,
   // while they are in its cache, instead of one more pass over both gradients.
@@ -192,7 +192,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lte_basis_backward_cpu(
   const at::Tensor grad_x_c = grad_x.contiguous();
   const KernelInputs in = kernel_inputs(coef, freq, phase_weight, coord, cell);
   const int64_t tasks = (batch * pixels + kPixelsPerTask - 1) / kPixelsPerTask;
-  at::Tensor grad_phase_partial = at::empty({tasks, 2, half}, compute_options);
+  at::Tensor grad_phase_partial = at::empty({tasks, 2, pairs}, compute_options);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, coef.scalar_type(),
                                   "lte_basis_backward_cpu", [&] {
@@ -208,7 +208,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lte_basis_backward_cpu(
     T* grad_freq_p = grad_freq_cl.mutable_data_ptr<T>();
     T* grad_phase_partial_p = grad_phase_partial.mutable_data_ptr<T>();
     std::vector<int64_t> start, order;
-    group_entries_by_pixel(coord_p, batch, queries, pixels, grid, start, order);
+    group_entries_by_pixel(coord_p, batch, shape.queries, pixels, grid, start, order);
     const int64_t entries = static_cast<int64_t>(order.size());
 
     at::parallel_for(0, tasks, 1, [&](int64_t task_begin, int64_t task_end) {
@@ -229,10 +229,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lte_basis_backward_cpu(
             const Neighbour<T> nb = locate_neighbour(coord_p[2 * bq], coord_p[2 * bq + 1], n,
                                                      grid);
             backward_channels(coef_p + p * channels, freq_p + p * channels, phase_w_p,
-                              nb.rel_row, nb.rel_col, cell_p[2 * bq] * grid.row.size_t,
-                              cell_p[2 * bq + 1] * grid.col.size_t,
+                              nb.rel_row, nb.rel_col, cell_p[2 * bq] * grid.row.extent,
+                              cell_p[2 * bq + 1] * grid.col.extent,
                               grad_x_p + entry * channels, grad_coef_p + p * channels,
-                              grad_freq_p + p * channels, grad_phase_task, half);
+                              grad_freq_p + p * channels, grad_phase_task, pairs);
           }
         }
       }
