@@ -15,21 +15,19 @@ bool is_supported_float(at::ScalarType t) {
 void check_basis_inputs(const at::Tensor& coef, const at::Tensor& freq,
                         const at::Tensor& phase_weight, const at::Tensor& coord,
                         const at::Tensor& cell) {
-  TORCH_CHECK(coef.dim() == 4, "lte_basis: coef must have shape (B, C, h, w), got ",
-              coef.sizes());
+  TORCH_CHECK(coef.dim() == 4, "lte_basis: coef must have shape (B, C, h, w), got ", coef.sizes());
   TORCH_CHECK(freq.sizes() == coef.sizes(),
-              "lte_basis: freq must have the shape of coef (B, C, h, w) = ", coef.sizes(),
-              ", got ", freq.sizes());
+              "lte_basis: freq must have the shape of coef (B, C, h, w) = ", coef.sizes(), ", got ",
+              freq.sizes());
   const int64_t batch = coef.size(0), channels = coef.size(1);
   TORCH_CHECK(channels > 0 && channels % 2 == 0,
-              "lte_basis: the channel count C of coef must be even and positive, got C=",
-              channels);
+              "lte_basis: the channel count C of coef must be even and positive, got C=", channels);
   TORCH_CHECK(coef.size(2) >= 1 && coef.size(3) >= 1,
               "lte_basis: coef must have h >= 1 and w >= 1, got ", coef.sizes());
-  TORCH_CHECK(phase_weight.dim() == 2 && phase_weight.size(0) == channels / 2 &&
-                  phase_weight.size(1) == 2,
-              "lte_basis: phase_weight must have shape (C/2, 2) = (", channels / 2,
-              ", 2), got ", phase_weight.sizes());
+  TORCH_CHECK(
+      phase_weight.dim() == 2 && phase_weight.size(0) == channels / 2 && phase_weight.size(1) == 2,
+      "lte_basis: phase_weight must have shape (C/2, 2) = (", channels / 2, ", 2), got ",
+      phase_weight.sizes());
   TORCH_CHECK(coord.dim() == 3 && coord.size(2) == 2,
               "lte_basis: coord must have shape (B, Q, 2), got ", coord.sizes());
   TORCH_CHECK(cell.sizes() == coord.sizes(), "lte_basis: cell must have the shape of coord ",
@@ -40,18 +38,16 @@ void check_basis_inputs(const at::Tensor& coef, const at::Tensor& freq,
   TORCH_CHECK(is_supported_float(coef.scalar_type()),
               "lte_basis: coef must be float16, bfloat16, float32 or float64, got ",
               coef.scalar_type());
-  TORCH_CHECK(freq.scalar_type() == coef.scalar_type() &&
-                  phase_weight.scalar_type() == coef.scalar_type(),
-              "lte_basis: coef, freq and phase_weight must have one dtype, got coef ",
-              coef.scalar_type(), ", freq ", freq.scalar_type(), ", phase_weight ",
-              phase_weight.scalar_type());
+  TORCH_CHECK(
+      freq.scalar_type() == coef.scalar_type() && phase_weight.scalar_type() == coef.scalar_type(),
+      "lte_basis: coef, freq and phase_weight must have one dtype, got coef ", coef.scalar_type(),
+      ", freq ", freq.scalar_type(), ", phase_weight ", phase_weight.scalar_type());
   TORCH_CHECK(coord.scalar_type() == cell.scalar_type(),
               "lte_basis: coord and cell must have one dtype, got coord ", coord.scalar_type(),
               ", cell ", cell.scalar_type());
   // Low-precision features may come with float32 coordinates (what autocast passes): the
   // nearest-pixel choice needs more than 8 or 11 bits of coordinate.
-  const bool low_precision = coef.scalar_type() == at::kHalf ||
-                             coef.scalar_type() == at::kBFloat16;
+  const bool low_precision = coef.scalar_type() == at::kHalf || coef.scalar_type() == at::kBFloat16;
   TORCH_CHECK(coord.scalar_type() == coef.scalar_type() ||
                   (low_precision && coord.scalar_type() == at::kFloat),
               "lte_basis: coord and cell must have the dtype of coef (", coef.scalar_type(),
@@ -61,17 +57,16 @@ void check_basis_inputs(const at::Tensor& coef, const at::Tensor& freq,
   TORCH_CHECK(freq.device() == device && phase_weight.device() == device &&
                   coord.device() == device && cell.device() == device,
               "lte_basis: all tensors must be on one device, got coef ", device, ", freq ",
-              freq.device(), ", phase_weight ", phase_weight.device(), ", coord ",
-              coord.device(), ", cell ", cell.device());
+              freq.device(), ", phase_weight ", phase_weight.device(), ", coord ", coord.device(),
+              ", cell ", cell.device());
 }
 
 void check_grad_x(const at::Tensor& grad_x, const at::Tensor& coef, const at::Tensor& coord) {
   const bool shape_ok = grad_x.dim() == 4 && grad_x.size(0) == coef.size(0) &&
                         grad_x.size(1) == coord.size(1) && grad_x.size(2) == 4 &&
                         grad_x.size(3) == coef.size(1);
-  TORCH_CHECK(shape_ok, "lte_basis_backward: grad_x must have shape (B, Q, 4, C) = (",
-              coef.size(0), ", ", coord.size(1), ", 4, ", coef.size(1), "), got ",
-              grad_x.sizes());
+  TORCH_CHECK(shape_ok, "lte_basis_backward: grad_x must have shape (B, Q, 4, C) = (", coef.size(0),
+              ", ", coord.size(1), ", 4, ", coef.size(1), "), got ", grad_x.sizes());
   TORCH_CHECK(grad_x.scalar_type() == coef.scalar_type(),
               "lte_basis_backward: grad_x must have the dtype of coef (", coef.scalar_type(),
               "), got ", grad_x.scalar_type());

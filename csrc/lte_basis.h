@@ -38,11 +38,11 @@ LTE_HD int col_offset_is_positive(int n) { return n & 1; }
 template <typename T>
 struct Axis {
   int64_t size;
-  T extent;     // size as T: scales relative coordinates to LR-pixel units
-  T centre0;    // centre of pixel 0: -1 + 1/size
-  T step;       // distance between centres: 2/size
-  T shift[2];   // shift for offset -1 and +1: v/size + 1e-6
-  T lo, hi;     // clamp bounds of the shifted coordinate: -1 + 1e-6, 1 - 1e-6
+  T extent;    // size as T: scales relative coordinates to LR-pixel units
+  T centre0;   // centre of pixel 0: -1 + 1/size
+  T step;      // distance between centres: 2/size
+  T shift[2];  // shift for offset -1 and +1: v/size + 1e-6
+  T lo, hi;    // clamp bounds of the shifted coordinate: -1 + 1e-6, 1 - 1e-6
 };
 
 template <typename T>
@@ -243,8 +243,8 @@ LTE_HD void basis_forward(T coef_cos, T coef_sin, T freq_row, T freq_col, T rel_
 // returns d(loss)/d(phase), which phase_vjp turns into the phase-weight gradient.
 template <typename T>
 LTE_HD T basis_vjp(T coef_cos, T coef_sin, T freq_row, T freq_col, T rel_row, T rel_col, T phase,
-                   T grad_x_cos, T grad_x_sin, T& grad_coef_cos, T& grad_coef_sin,
-                   T& grad_freq_row, T& grad_freq_col) {
+                   T grad_x_cos, T grad_x_sin, T& grad_coef_cos, T& grad_coef_sin, T& grad_freq_row,
+                   T& grad_freq_col) {
   T s, c;
   sincospi(basis_phi(freq_row, freq_col, rel_row, rel_col, phase), s, c);
   grad_coef_cos = mul_add(grad_x_cos, c, grad_coef_cos);

@@ -65,11 +65,10 @@ inline void prefetch_row(const T* row, int64_t count) {
 // One neighbour's MLP input: all frequency pairs of one gathered pixel. The loop is
 // branch-free and calls no library function, so the compiler vectorises it.
 template <typename T, typename out_t>
-LTE_CPU_MULTIVERSION void forward_channels(const T* __restrict__ coef,
-                                           const T* __restrict__ freq,
+LTE_CPU_MULTIVERSION void forward_channels(const T* __restrict__ coef, const T* __restrict__ freq,
                                            const T* __restrict__ phase_w, T rel_row, T rel_col,
-                                           T rel_cell_row, T rel_cell_col,
-                                           out_t* __restrict__ x, int64_t pairs) {
+                                           T rel_cell_row, T rel_cell_col, out_t* __restrict__ x,
+                                           int64_t pairs) {
   for (int64_t k = 0; k < pairs; ++k) {
     const T phase = phase_value(phase_w[k], phase_w[pairs + k], rel_cell_row, rel_cell_col);
     T x_cos, x_sin;
@@ -83,25 +82,25 @@ LTE_CPU_MULTIVERSION void forward_channels(const T* __restrict__ coef,
 // Adds one (query, neighbour) entry's contribution to its pixel's gradients and to the
 // task's phase-weight partial sum.
 template <typename T, typename grad_t>
-LTE_CPU_MULTIVERSION void backward_channels(
-    const T* __restrict__ coef, const T* __restrict__ freq, const T* __restrict__ phase_w,
-    T rel_row, T rel_col, T rel_cell_row, T rel_cell_col, const grad_t* __restrict__ grad_x,
-    T* __restrict__ grad_coef, T* __restrict__ grad_freq, T* __restrict__ grad_phase_w,
-    int64_t pairs) {
+LTE_CPU_MULTIVERSION void backward_channels(const T* __restrict__ coef, const T* __restrict__ freq,
+                                            const T* __restrict__ phase_w, T rel_row, T rel_col,
+                                            T rel_cell_row, T rel_cell_col,
+                                            const grad_t* __restrict__ grad_x,
+                                            T* __restrict__ grad_coef, T* __restrict__ grad_freq,
+                                            T* __restrict__ grad_phase_w, int64_t pairs) {
   for (int64_t k = 0; k < pairs; ++k) {
     const T phase = phase_value(phase_w[k], phase_w[pairs + k], rel_cell_row, rel_cell_col);
-    const T grad_phase = basis_vjp(
-        coef[k], coef[pairs + k], freq[2 * k], freq[2 * k + 1], rel_row, rel_col, phase,
-        static_cast<T>(grad_x[k]), static_cast<T>(grad_x[pairs + k]), grad_coef[k],
-        grad_coef[pairs + k], grad_freq[2 * k], grad_freq[2 * k + 1]);
+    const T grad_phase =
+        basis_vjp(coef[k], coef[pairs + k], freq[2 * k], freq[2 * k + 1], rel_row, rel_col, phase,
+                  static_cast<T>(grad_x[k]), static_cast<T>(grad_x[pairs + k]), grad_coef[k],
+                  grad_coef[pairs + k], grad_freq[2 * k], grad_freq[2 * k + 1]);
     phase_vjp(grad_phase, rel_cell_row, rel_cell_col, grad_phase_w[k], grad_phase_w[pairs + k]);
   }
 }
 
 std::tuple<at::Tensor, at::Tensor> lte_basis_cpu(const at::Tensor& coef, const at::Tensor& freq,
                                                  const at::Tensor& phase_weight,
-                                                 const at::Tensor& coord,
-                                                 const at::Tensor& cell) {
+                                                 const at::Tensor& coord, const at::Tensor& cell) {
   const BasisShape shape = checked_shape(coef, freq, phase_weight, coord, cell);
   const int64_t channels = shape.channels, queries = shape.queries, pixels = shape.pixels();
   at::Tensor x = at::empty({shape.batch, queries, kNeighbours, channels}, coef.options());
@@ -111,40 +110,41 @@ std::tuple<at::Tensor, at::Tensor> lte_basis_cpu(const at::Tensor& coef, const a
 
   const KernelInputs in = kernel_inputs(coef, freq, phase_weight, coord, cell);
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, coef.scalar_type(), "lte_basis_cpu",
-                                  [&] {
-    using T = at::opmath_type<scalar_t>;
-    const Grid<T> grid = make_grid<T>(shape.height, shape.width);
-    const T* coef_p = in.coef.const_data_ptr<T>();
-    const T* freq_p = in.freq.const_data_ptr<T>();
-    const T* phase_w_p = in.phase_w.const_data_ptr<T>();
-    const T* coord_p = in.coord.const_data_ptr<T>();
-    const T* cell_p = in.cell.const_data_ptr<T>();
-    scalar_t* x_p = x.mutable_data_ptr<scalar_t>();
-    scalar_t* weights_p = weights.mutable_data_ptr<scalar_t>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, coef.scalar_type(), "lte_basis_cpu", [&] {
+        using T = at::opmath_type<scalar_t>;
+        const Grid<T> grid = make_grid<T>(shape.height, shape.width);
+        const T* coef_p = in.coef.const_data_ptr<T>();
+        const T* freq_p = in.freq.const_data_ptr<T>();
+        const T* phase_w_p = in.phase_w.const_data_ptr<T>();
+        const T* coord_p = in.coord.const_data_ptr<T>();
+        const T* cell_p = in.cell.const_data_ptr<T>();
+        scalar_t* x_p = x.mutable_data_ptr<scalar_t>();
+        scalar_t* weights_p = weights.mutable_data_ptr<scalar_t>();
 
-    at::parallel_for(0, shape.batch_queries(), kQueriesPerChunk, [&](int64_t begin, int64_t end) {
-      for (int64_t bq = begin; bq < end; ++bq) {
-        const int64_t b = bq / queries;
-        const T coord_row = coord_p[2 * bq], coord_col = coord_p[2 * bq + 1];
-        const T rel_cell_row = cell_p[2 * bq] * grid.row.extent;
-        const T rel_cell_col = cell_p[2 * bq + 1] * grid.col.extent;
-        Neighbour<T> nb[kNeighbours];
-        for (int n = 0; n < kNeighbours; ++n) {
-          nb[n] = locate_neighbour(coord_row, coord_col, n, grid);
-          const int64_t pixel = (b * pixels + nb[n].pixel) * channels;
-          forward_channels(coef_p + pixel, freq_p + pixel, phase_w_p, nb[n].rel_row,
-                           nb[n].rel_col, rel_cell_row, rel_cell_col,
-                           x_p + (bq * kNeighbours + n) * channels, shape.pairs());
-        }
-        T w[kNeighbours];
-        area_weights(nb, w);
-        for (int n = 0; n < kNeighbours; ++n) {
-          weights_p[bq * kNeighbours + n] = static_cast<scalar_t>(w[n]);
-        }
-      }
-    });
-  });
+        at::parallel_for(
+            0, shape.batch_queries(), kQueriesPerChunk, [&](int64_t begin, int64_t end) {
+              for (int64_t bq = begin; bq < end; ++bq) {
+                const int64_t b = bq / queries;
+                const T coord_row = coord_p[2 * bq], coord_col = coord_p[2 * bq + 1];
+                const T rel_cell_row = cell_p[2 * bq] * grid.row.extent;
+                const T rel_cell_col = cell_p[2 * bq + 1] * grid.col.extent;
+                Neighbour<T> nb[kNeighbours];
+                for (int n = 0; n < kNeighbours; ++n) {
+                  nb[n] = locate_neighbour(coord_row, coord_col, n, grid);
+                  const int64_t pixel = (b * pixels + nb[n].pixel) * channels;
+                  forward_channels(coef_p + pixel, freq_p + pixel, phase_w_p, nb[n].rel_row,
+                                   nb[n].rel_col, rel_cell_row, rel_cell_col,
+                                   x_p + (bq * kNeighbours + n) * channels, shape.pairs());
+                }
+                T w[kNeighbours];
+                area_weights(nb, w);
+                for (int n = 0; n < kNeighbours; ++n) {
+                  weights_p[bq * kNeighbours + n] = static_cast<scalar_t>(w[n]);
+                }
+              }
+            });
+      });
   return {x, weights};
 }
 
@@ -194,50 +194,50 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lte_basis_backward_cpu(
   const int64_t tasks = (batch * pixels + kPixelsPerTask - 1) / kPixelsPerTask;
   at::Tensor grad_phase_partial = at::empty({tasks, 2, pairs}, compute_options);
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, coef.scalar_type(),
-                                  "lte_basis_backward_cpu", [&] {
-    using T = at::opmath_type<scalar_t>;
-    const Grid<T> grid = make_grid<T>(height, width);
-    const T* coef_p = in.coef.const_data_ptr<T>();
-    const T* freq_p = in.freq.const_data_ptr<T>();
-    const T* phase_w_p = in.phase_w.const_data_ptr<T>();
-    const T* coord_p = in.coord.const_data_ptr<T>();
-    const T* cell_p = in.cell.const_data_ptr<T>();
-    const scalar_t* grad_x_p = grad_x_c.const_data_ptr<scalar_t>();
-    T* grad_coef_p = grad_coef_cl.mutable_data_ptr<T>();
-    T* grad_freq_p = grad_freq_cl.mutable_data_ptr<T>();
-    T* grad_phase_partial_p = grad_phase_partial.mutable_data_ptr<T>();
-    std::vector<int64_t> start, order;
-    group_entries_by_pixel(coord_p, batch, shape.queries, pixels, grid, start, order);
-    const int64_t entries = static_cast<int64_t>(order.size());
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, coef.scalar_type(), "lte_basis_backward_cpu", [&] {
+        using T = at::opmath_type<scalar_t>;
+        const Grid<T> grid = make_grid<T>(height, width);
+        const T* coef_p = in.coef.const_data_ptr<T>();
+        const T* freq_p = in.freq.const_data_ptr<T>();
+        const T* phase_w_p = in.phase_w.const_data_ptr<T>();
+        const T* coord_p = in.coord.const_data_ptr<T>();
+        const T* cell_p = in.cell.const_data_ptr<T>();
+        const scalar_t* grad_x_p = grad_x_c.const_data_ptr<scalar_t>();
+        T* grad_coef_p = grad_coef_cl.mutable_data_ptr<T>();
+        T* grad_freq_p = grad_freq_cl.mutable_data_ptr<T>();
+        T* grad_phase_partial_p = grad_phase_partial.mutable_data_ptr<T>();
+        std::vector<int64_t> start, order;
+        group_entries_by_pixel(coord_p, batch, shape.queries, pixels, grid, start, order);
+        const int64_t entries = static_cast<int64_t>(order.size());
 
-    at::parallel_for(0, tasks, 1, [&](int64_t task_begin, int64_t task_end) {
-      for (int64_t task = task_begin; task < task_end; ++task) {
-        const int64_t p_begin = task * kPixelsPerTask;
-        const int64_t p_end = std::min(batch * pixels, p_begin + kPixelsPerTask);
-        T* grad_phase_task = grad_phase_partial_p + task * channels;
-        std::fill(grad_phase_task, grad_phase_task + channels, T(0));
-        std::fill(grad_coef_p + p_begin * channels, grad_coef_p + p_end * channels, T(0));
-        std::fill(grad_freq_p + p_begin * channels, grad_freq_p + p_end * channels, T(0));
-        for (int64_t p = p_begin; p < p_end; ++p) {
-          for (int64_t j = start[p]; j < start[p + 1]; ++j) {
-            const int64_t entry = order[j];
-            // Entries are visited out of order: fetch the next one's grad_x row early.
-            if (j + 1 < entries) prefetch_row(grad_x_p + order[j + 1] * channels, channels);
-            const int64_t bq = entry / kNeighbours;
-            const int n = static_cast<int>(entry % kNeighbours);
-            const Neighbour<T> nb = locate_neighbour(coord_p[2 * bq], coord_p[2 * bq + 1], n,
-                                                     grid);
-            backward_channels(coef_p + p * channels, freq_p + p * channels, phase_w_p,
-                              nb.rel_row, nb.rel_col, cell_p[2 * bq] * grid.row.extent,
-                              cell_p[2 * bq + 1] * grid.col.extent,
-                              grad_x_p + entry * channels, grad_coef_p + p * channels,
-                              grad_freq_p + p * channels, grad_phase_task, pairs);
+        at::parallel_for(0, tasks, 1, [&](int64_t task_begin, int64_t task_end) {
+          for (int64_t task = task_begin; task < task_end; ++task) {
+            const int64_t p_begin = task * kPixelsPerTask;
+            const int64_t p_end = std::min(batch * pixels, p_begin + kPixelsPerTask);
+            T* grad_phase_task = grad_phase_partial_p + task * channels;
+            std::fill(grad_phase_task, grad_phase_task + channels, T(0));
+            std::fill(grad_coef_p + p_begin * channels, grad_coef_p + p_end * channels, T(0));
+            std::fill(grad_freq_p + p_begin * channels, grad_freq_p + p_end * channels, T(0));
+            for (int64_t p = p_begin; p < p_end; ++p) {
+              for (int64_t j = start[p]; j < start[p + 1]; ++j) {
+                const int64_t entry = order[j];
+                // Entries are visited out of order: fetch the next one's grad_x row early.
+                if (j + 1 < entries) prefetch_row(grad_x_p + order[j + 1] * channels, channels);
+                const int64_t bq = entry / kNeighbours;
+                const int n = static_cast<int>(entry % kNeighbours);
+                const Neighbour<T> nb =
+                    locate_neighbour(coord_p[2 * bq], coord_p[2 * bq + 1], n, grid);
+                backward_channels(coef_p + p * channels, freq_p + p * channels, phase_w_p,
+                                  nb.rel_row, nb.rel_col, cell_p[2 * bq] * grid.row.extent,
+                                  cell_p[2 * bq + 1] * grid.col.extent, grad_x_p + entry * channels,
+                                  grad_coef_p + p * channels, grad_freq_p + p * channels,
+                                  grad_phase_task, pairs);
+              }
+            }
           }
-        }
-      }
-    });
-  });
+        });
+      });
   const at::Tensor grad_phase_w = grad_phase_partial.sum(0);
   return {from_channels_last(grad_coef_cl, coef.scalar_type()),
           from_channels_last(grad_freq_cl, coef.scalar_type()),

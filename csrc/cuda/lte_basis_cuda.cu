@@ -2,12 +2,13 @@
 //
 // The neighbour search (pixel, relative coordinates, area weights) runs once per (query,
 // neighbour) entry, not once per frequency pair (64-bit divisions included).
-// docs/query-step.md states what they compute and in which order the backward sums. Forward: a block takes a tile of queries; a few threads locate the tile's entries into shared
-// memory, then threadIdx.x walks the frequency pairs and threadIdx.y the entries, so gathers
-// from the channels-last features and stores of x coalesce along the pairs, and no thread
-// divides. Backward: no atomics. The entries are sorted by the pixel they read; one block then
-// owns each pixel's gradient and sums its entries in sorted order, and the phase-weight
-// gradient is reduced through per-block partial sums. The result is deterministic.
+// docs/query-step.md states what they compute and in which order the backward sums. Forward: a
+// block takes a tile of queries; a few threads locate the tile's entries into shared memory, then
+// threadIdx.x walks the frequency pairs and threadIdx.y the entries, so gathers from the
+// channels-last features and stores of x coalesce along the pairs, and no thread divides. Backward:
+// no atomics. The entries are sorted by the pixel they read; one block then owns each pixel's
+// gradient and sums its entries in sorted order, and the phase-weight gradient is reduced through
+// per-block partial sums. The result is deterministic.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -154,11 +155,10 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad_x, const T* __
       const T rel_cell_row = cell[2 * bq] * grid.row.extent;
       const T rel_cell_col = cell[2 * bq + 1] * grid.col.extent;
       const T phase = phase_value(weight_row, weight_col, rel_cell_row, rel_cell_col);
-      const T grad_phase = basis_vjp(
-          coef_cos, coef_sin, freq_row, freq_col, rel_row, rel_col, phase,
-          static_cast<T>(grad_x[entry * channels + k]),
-          static_cast<T>(grad_x[entry * channels + pairs + k]), grad_coef_cos, grad_coef_sin,
-          grad_freq_row, grad_freq_col);
+      const T grad_phase = basis_vjp(coef_cos, coef_sin, freq_row, freq_col, rel_row, rel_col,
+                                     phase, static_cast<T>(grad_x[entry * channels + k]),
+                                     static_cast<T>(grad_x[entry * channels + pairs + k]),
+                                     grad_coef_cos, grad_coef_sin, grad_freq_row, grad_freq_col);
       phase_vjp(grad_phase, rel_cell_row, rel_cell_col, grad_weight_row, grad_weight_col);
     }
     grad_coef[pixel + k] = grad_coef_cos;
@@ -172,8 +172,7 @@ __global__ void backward_kernel(const scalar_t* __restrict__ grad_x, const T* __
 
 std::tuple<at::Tensor, at::Tensor> lte_basis_cuda(const at::Tensor& coef, const at::Tensor& freq,
                                                   const at::Tensor& phase_weight,
-                                                  const at::Tensor& coord,
-                                                  const at::Tensor& cell) {
+                                                  const at::Tensor& coord, const at::Tensor& cell) {
   const BasisShape shape = checked_shape(coef, freq, phase_weight, coord, cell);
   const c10::cuda::CUDAGuard device_guard(coef.device());
   at::Tensor x =
@@ -184,20 +183,20 @@ std::tuple<at::Tensor, at::Tensor> lte_basis_cuda(const at::Tensor& coef, const 
   const KernelInputs in = kernel_inputs(coef, freq, phase_weight, coord, cell);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, coef.scalar_type(), "lte_basis_cuda",
-                                  [&] {
-    using T = at::opmath_type<scalar_t>;
-    const Grid<T> grid = make_grid<T>(shape.height, shape.width);
-    const int64_t tiles = (shape.batch_queries() + kTileQueries - 1) / kTileQueries;
-    forward_kernel<scalar_t, T>
-        <<<std::min<int64_t>(tiles, kMaxBlocks), forward_block(shape.pairs()), 0, stream>>>(
-            in.coef.const_data_ptr<T>(), in.freq.const_data_ptr<T>(),
-            in.phase_w.const_data_ptr<T>(), in.coord.const_data_ptr<T>(),
-            in.cell.const_data_ptr<T>(), x.mutable_data_ptr<scalar_t>(),
-            weights.mutable_data_ptr<scalar_t>(), shape.batch_queries(), shape.queries,
-            shape.pairs(), shape.pixels(), grid);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, coef.scalar_type(), "lte_basis_cuda", [&] {
+        using T = at::opmath_type<scalar_t>;
+        const Grid<T> grid = make_grid<T>(shape.height, shape.width);
+        const int64_t tiles = (shape.batch_queries() + kTileQueries - 1) / kTileQueries;
+        forward_kernel<scalar_t, T>
+            <<<std::min<int64_t>(tiles, kMaxBlocks), forward_block(shape.pairs()), 0, stream>>>(
+                in.coef.const_data_ptr<T>(), in.freq.const_data_ptr<T>(),
+                in.phase_w.const_data_ptr<T>(), in.coord.const_data_ptr<T>(),
+                in.cell.const_data_ptr<T>(), x.mutable_data_ptr<scalar_t>(),
+                weights.mutable_data_ptr<scalar_t>(), shape.batch_queries(), shape.queries,
+                shape.pairs(), shape.pixels(), grid);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
   return {x, weights};
 }
 
@@ -221,40 +220,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lte_basis_backward_cuda(
     at::Tensor keys = at::empty({entries}, coef.options().dtype(at::kLong));
     at::Tensor rel = at::empty({entries, 2}, compute_options);
 
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, coef.scalar_type(),
-                                    "lte_basis_backward_cuda", [&] {
-      using T = at::opmath_type<scalar_t>;
-      const Grid<T> grid = make_grid<T>(height, width);
-      locate_entries_kernel<T><<<blocks_for(entries), kThreads, 0, stream>>>(
-          in.coord.const_data_ptr<T>(), keys.mutable_data_ptr<int64_t>(), rel.mutable_data_ptr<T>(),
-          shape.batch_queries(), shape.queries, shape.pixels(), grid);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    AT_DISPATCH_FLOATING_TYPES_AND2(
+        at::kHalf, at::kBFloat16, coef.scalar_type(), "lte_basis_backward_cuda", [&] {
+          using T = at::opmath_type<scalar_t>;
+          const Grid<T> grid = make_grid<T>(height, width);
+          locate_entries_kernel<T><<<blocks_for(entries), kThreads, 0, stream>>>(
+              in.coord.const_data_ptr<T>(), keys.mutable_data_ptr<int64_t>(),
+              rel.mutable_data_ptr<T>(), shape.batch_queries(), shape.queries, shape.pixels(),
+              grid);
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
 
-      // Stable sort: within a pixel, entries keep query order, so sums have a fixed order.
-      const auto [sorted_keys, entry_order] = at::sort(keys, /*stable=*/true, 0, false);
-      const auto [segment_pixel, unused_inverse, segment_count] =
-          at::unique_consecutive(sorted_keys, false, true);
-      const at::Tensor segment_end = segment_count.cumsum(0);
-      const int64_t segments = segment_pixel.numel();
-      const int64_t segment_blocks = std::min(segments, kSegmentBlocks);
-      const int threads = static_cast<int>(std::min<int64_t>(kThreads, round_up_to_warp(pairs)));
-      const dim3 blocks(static_cast<unsigned>(segment_blocks),
-                        static_cast<unsigned>((pairs + threads - 1) / threads));
-      at::Tensor grad_phase_partial = at::zeros({segment_blocks, pairs, 2}, compute_options);
-      backward_kernel<scalar_t, T><<<blocks, threads, 0, stream>>>(
-          grad_x_c.const_data_ptr<scalar_t>(), in.coef.const_data_ptr<T>(),
-          in.freq.const_data_ptr<T>(), in.phase_w.const_data_ptr<T>(), rel.const_data_ptr<T>(),
-          in.cell.const_data_ptr<T>(), segment_pixel.const_data_ptr<int64_t>(),
-          segment_end.const_data_ptr<int64_t>(), entry_order.const_data_ptr<int64_t>(), segments,
-          pairs, grid, grad_coef_cl.mutable_data_ptr<T>(), grad_freq_cl.mutable_data_ptr<T>(),
-          grad_phase_partial.mutable_data_ptr<T>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      grad_phase = grad_phase_partial.sum(0);
-    });
+          // Stable sort: within a pixel, entries keep query order, so sums have a fixed order.
+          const auto [sorted_keys, entry_order] = at::sort(keys, /*stable=*/true, 0, false);
+          const auto [segment_pixel, unused_inverse, segment_count] =
+              at::unique_consecutive(sorted_keys, false, true);
+          const at::Tensor segment_end = segment_count.cumsum(0);
+          const int64_t segments = segment_pixel.numel();
+          const int64_t segment_blocks = std::min(segments, kSegmentBlocks);
+          const int threads =
+              static_cast<int>(std::min<int64_t>(kThreads, round_up_to_warp(pairs)));
+          const dim3 blocks(static_cast<unsigned>(segment_blocks),
+                            static_cast<unsigned>((pairs + threads - 1) / threads));
+          at::Tensor grad_phase_partial = at::zeros({segment_blocks, pairs, 2}, compute_options);
+          backward_kernel<scalar_t, T><<<blocks, threads, 0, stream>>>(
+              grad_x_c.const_data_ptr<scalar_t>(), in.coef.const_data_ptr<T>(),
+              in.freq.const_data_ptr<T>(), in.phase_w.const_data_ptr<T>(), rel.const_data_ptr<T>(),
+              in.cell.const_data_ptr<T>(), segment_pixel.const_data_ptr<int64_t>(),
+              segment_end.const_data_ptr<int64_t>(), entry_order.const_data_ptr<int64_t>(),
+              segments, pairs, grid, grad_coef_cl.mutable_data_ptr<T>(),
+              grad_freq_cl.mutable_data_ptr<T>(), grad_phase_partial.mutable_data_ptr<T>());
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          grad_phase = grad_phase_partial.sum(0);
+        });
   }
   return {from_channels_last(grad_coef_cl, coef.scalar_type()),
-          from_channels_last(grad_freq_cl, coef.scalar_type()),
-          grad_phase.to(coef.scalar_type())};
+          from_channels_last(grad_freq_cl, coef.scalar_type()), grad_phase.to(coef.scalar_type())};
 }
 
 }  // namespace
