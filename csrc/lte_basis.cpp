@@ -2,6 +2,9 @@
 // module stub that lets `import lte_cuda._C` load this library.
 #include "lte_basis_host.h"
 
+#include <ATen/ops/arange.h>
+#include <ATen/ops/searchsorted.h>
+#include <ATen/ops/sort.h>
 #include <Python.h>
 #include <torch/library.h>
 
@@ -10,6 +13,13 @@ namespace {
 
 bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+bool is_low_precision(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
+
+// x and grad_x: the features' dtype, or float16/bfloat16 beside float32 features.
+bool is_output_dtype_of(at::ScalarType out, at::ScalarType features) {
+  return out == features || (features == at::kFloat && is_low_precision(out));
 }
 
 void check_basis_inputs(const at::Tensor& coef, const at::Tensor& freq,
@@ -47,7 +57,7 @@ void check_basis_inputs(const at::Tensor& coef, const at::Tensor& freq,
               ", cell ", cell.scalar_type());
   // Low-precision features may come with float32 coordinates (what autocast passes): the
   // nearest-pixel choice needs more than 8 or 11 bits of coordinate.
-  const bool low_precision = coef.scalar_type() == at::kHalf || coef.scalar_type() == at::kBFloat16;
+  const bool low_precision = is_low_precision(coef.scalar_type());
   TORCH_CHECK(coord.scalar_type() == coef.scalar_type() ||
                   (low_precision && coord.scalar_type() == at::kFloat),
               "lte_basis: coord and cell must have the dtype of coef (", coef.scalar_type(),
@@ -67,9 +77,9 @@ void check_grad_x(const at::Tensor& grad_x, const at::Tensor& coef, const at::Te
                         grad_x.size(3) == coef.size(1);
   TORCH_CHECK(shape_ok, "lte_basis_backward: grad_x must have shape (B, Q, 4, C) = (", coef.size(0),
               ", ", coord.size(1), ", 4, ", coef.size(1), "), got ", grad_x.sizes());
-  TORCH_CHECK(grad_x.scalar_type() == coef.scalar_type(),
+  TORCH_CHECK(is_output_dtype_of(grad_x.scalar_type(), coef.scalar_type()),
               "lte_basis_backward: grad_x must have the dtype of coef (", coef.scalar_type(),
-              "), got ", grad_x.scalar_type());
+              ") or float16/bfloat16 when coef is float32, got ", grad_x.scalar_type());
   TORCH_CHECK(grad_x.device() == coef.device(),
               "lte_basis_backward: grad_x must be on the device of coef (", coef.device(),
               "), got ", grad_x.device());
@@ -96,6 +106,21 @@ at::ScalarType compute_type(const at::Tensor& coef) {
   return coef.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+at::ScalarType checked_out_dtype(const at::Tensor& coef, std::optional<at::ScalarType> out_dtype) {
+  const at::ScalarType out = out_dtype.value_or(coef.scalar_type());
+  TORCH_CHECK(is_output_dtype_of(out, coef.scalar_type()),
+              "lte_basis: out_dtype must be the dtype of coef (", coef.scalar_type(),
+              ") or float16/bfloat16 when coef is float32, got ", out);
+  return out;
+}
+
+PixelGroups group_by_pixel(const at::Tensor& keys, int64_t total_pixels) {
+  const auto [sorted_keys, order] =
+      at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  const at::Tensor pixels = at::arange(total_pixels + 1, keys.options());
+  return {order, at::searchsorted(sorted_keys, pixels)};
+}
+
 KernelInputs kernel_inputs(const at::Tensor& coef, const at::Tensor& freq,
                            const at::Tensor& phase_weight, const at::Tensor& coord,
                            const at::Tensor& cell) {
@@ -114,11 +139,11 @@ at::Tensor from_channels_last(const at::Tensor& grad_cl, at::ScalarType dtype) {
 
 TORCH_LIBRARY(lte_cuda, m) {
   m.def(
-      "lte_basis(Tensor coef, Tensor freq, Tensor phase_weight, Tensor coord, Tensor cell) "
-      "-> (Tensor, Tensor)");
+      "lte_basis(Tensor coef, Tensor freq, Tensor phase_weight, Tensor coord, Tensor cell, "
+      "ScalarType? out_dtype=None) -> (Tensor, Tensor)");
   m.def(
       "lte_basis_backward(Tensor grad_x, Tensor coef, Tensor freq, Tensor phase_weight, "
-      "Tensor coord, Tensor cell) -> (Tensor, Tensor, Tensor)");
+      "Tensor coord, Tensor cell, bool sync_free=False) -> (Tensor, Tensor, Tensor)");
 }
 
 // `import lte_cuda._C` loads this library, whose static initialisers register the ops; the
