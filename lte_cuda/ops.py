@@ -20,7 +20,7 @@ import torch
 
 from . import reference
 
-REBUILD_HINT = "rebuild it against the installed torch with: pip install --no-build-isolation ."
+REBUILD_HINT = "rebuild it against the installed torch with: pip install ."
 
 
 def _load_library() -> tuple[str | None, bool]:
@@ -218,7 +218,7 @@ def lte_basis(
         if coef.is_cuda and not HAS_CUDA_KERNELS:
             raise RuntimeError(
                 "lte_basis: got CUDA tensors but lte_cuda was built without CUDA kernels; rebuild "
-                "with a CUDA build of torch: FORCE_CUDA=1 pip install --no-build-isolation ."
+                "with a CUDA build of torch: FORCE_CUDA=1 pip install ."
             )
         return torch.ops.lte_cuda.lte_basis(coef, freq, phase_weight, coord, cell)
     if os.environ.get("LTE_CUDA_REQUIRE_LIBRARY") == "1":
