@@ -25,6 +25,7 @@ from .evaluate import add_test_parser
 from .texture_map import add_inspect_parser
 from .train import add_train_parser
 from .upscale import PRECISIONS, read_image, resolve_model, upscale
+from .viewer import add_view_parser
 
 PROG = "lte-sr"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -79,7 +80,7 @@ def add_upscale_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     return parser
 
 
-SUBCOMMANDS = (add_upscale_parser, add_train_parser, add_test_parser, add_demo_parser, add_inspect_parser)
+SUBCOMMANDS = (add_upscale_parser, add_train_parser, add_test_parser, add_demo_parser, add_inspect_parser, add_view_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

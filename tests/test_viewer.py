@@ -1,0 +1,232 @@
+"""Tests of ``lte-sr view``: the tile API over HTTP (no browser), the scheduler and cache, the
+command (Ctrl-C, warnings, errors), and the page in a real headless Chromium when one is
+installed (Debian: ``apt-get install chromium chromium-driver``; ``pip install selenium``)."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lte_cuda import save_model, upscale
+from lte_cuda.cli import main
+from lte_cuda.models import build_preset
+from lte_cuda.viewer import start_viewer
+from lte_cuda.viewer.scheduler import DecodeScheduler, StaleRequest
+from lte_cuda.viewer.tiles import TILE_SIZE, TileCache, TileGrid, TileKey
+
+PHOTO = Path(__file__).resolve().parents[1] / "lte_cuda" / "assets" / "chelsea.png"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = build_preset(
+        "edsr-baseline-lte",
+        {"n_resblocks": 1, "n_feats": 8},
+        hidden_dim=16,
+        imnet_spec={"name": "mlp", "args": {"out_dim": 3, "hidden_list": [16]}},
+    )
+    path = tmp_path_factory.mktemp("models") / "tiny.pth"
+    save_model(model, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def photo() -> Image.Image:
+    """A 40x30 crop of the bundled photo: a few tiles at every level, quick to upscale whole."""
+    return Image.open(PHOTO).convert("RGB").crop((60, 50, 100, 80))
+
+
+@pytest.fixture(scope="module")
+def server(photo: Image.Image, checkpoint: Path):
+    viewer = start_viewer(photo, str(checkpoint), "cpu", "127.0.0.1", 0, cache_bytes=1 << 20)
+    thread = threading.Thread(target=viewer.serve_forever, daemon=True)
+    thread.start()
+    yield viewer
+    viewer.shutdown()
+    viewer.server_close()
+
+
+def get(server, path: str, method: str = "GET", headers: dict | None = None) -> tuple[int, bytes]:
+    """Status and body of a raw request for ``path`` (sent as written, nothing normalised)."""
+    connection = http.client.HTTPConnection(*server.server_address[:2], timeout=120)
+    try:
+        connection.request(method, path, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def tile(server, kind: str, level: int, x: int, y: int) -> np.ndarray:
+    status, body = get(server, f"/tile?kind={kind}&level={level}&x={x}&y={y}")
+    assert status == 200, body
+    return np.asarray(Image.open(io.BytesIO(body)).convert("RGB")).astype(int)
+
+
+@pytest.mark.parametrize("level, x, y", [(0, 0, 0), (64, 0, 0), (150, 1, 2), (150, 3, 3)])
+def test_lte_tile_equals_the_crop_of_upscale(server, photo, checkpoint, level, x, y) -> None:
+    out_w, out_h = get_info(server)["levels"][level]
+    expected = np.asarray(upscale(photo, size=(out_w, out_h), model=str(checkpoint), device="cpu")).astype(int)
+    top, left = y * TILE_SIZE, x * TILE_SIZE
+    got = tile(server, "lte", level, x, y)
+    assert got.shape == expected[top : top + TILE_SIZE, left : left + TILE_SIZE].shape
+    assert np.abs(got - expected[top : top + TILE_SIZE, left : left + TILE_SIZE]).max() <= 1
+
+
+def test_bicubic_tile_equals_the_crop_of_pil_bicubic(server, photo) -> None:
+    out_w, out_h = get_info(server)["levels"][100]
+    expected = np.asarray(photo.resize((out_w, out_h), Image.Resampling.BICUBIC)).astype(int)
+    got = tile(server, "bicubic", 100, 1, 0)
+    assert np.abs(got - expected[:TILE_SIZE, TILE_SIZE : 2 * TILE_SIZE]).max() <= 1
+
+
+def get_info(server) -> dict:
+    status, body = get(server, "/info")
+    assert status == 200
+    return json.loads(body)
+
+
+def test_info_describes_the_image(server, photo) -> None:
+    info = get_info(server)
+    assert (info["width"], info["height"]) == photo.size
+    assert info["levels"][0] == list(photo.size)
+    assert info["levels"][32] == [2 * photo.width, 2 * photo.height]
+    assert info["device"] == "cpu" and info["model"] == "tiny.pth"
+
+
+@pytest.mark.parametrize(
+    "query, message",
+    [
+        ("kind=lte&level=0&x=0", "missing parameter(s): y"),
+        ("kind=nope&level=0&x=0&y=0", "kind must be one of"),
+        ("kind=lte&level=-1&x=0&y=0", "level must be a non-negative integer, got '-1'"),
+        ("kind=lte&level=1.5&x=0&y=0", "level must be a non-negative integer"),
+        ("kind=lte&level=99999&x=0&y=0", "level must be at most"),
+        ("kind=lte&level=0&x=1&y=0", "x must be at most 0 here, got 1"),
+        ("kind=lte&level=0&x=0&y=0&path=/etc/passwd", "unknown parameter 'path'"),
+        ("kind=lte&level=0&x=0&y=0&x=1", "parameter 'x' given twice"),
+        ("kind=lte&level=0&x=0&y=0&session=../x", "session must be"),
+        ("kind=lte&level=0&x=0&y=0&gen=abc", "gen must be a non-negative integer"),
+        ("kind=lte&&level", "malformed query string"),
+    ],
+)
+def test_bad_tile_requests_get_400_with_a_message(server, query, message) -> None:
+    status, body = get(server, f"/tile?{query}")
+    assert status == 400
+    assert message in body.decode()
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "/static/../../setup.py", "/lte_cuda/cli.py",
+     "//etc/passwd", "/viewer.js/../../../etc/passwd"],
+)
+def test_no_file_outside_the_page_is_served(server, path) -> None:
+    status, body = get(server, path)
+    assert status == 404 and b"root:" not in body
+
+
+def test_the_image_route_serves_only_the_photo(server, photo) -> None:
+    status, body = get(server, "/image?path=/etc/passwd")
+    assert status == 200
+    assert Image.open(io.BytesIO(body)).size == photo.size
+
+
+def test_writes_and_foreign_hosts_are_refused(server, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for method in ("POST", "PUT", "DELETE"):
+        assert get(server, "/tile?kind=lte&level=0&x=0&y=0", method)[0] == 501
+    assert list(tmp_path.iterdir()) == []
+    # A page on another site reaching the viewer through a rebound DNS name.
+    assert get(server, "/info", headers={"Host": "attacker.example:80"})[0] == 403
+
+
+def test_tile_cache_stays_within_its_bound(server) -> None:
+    for x in range(4):
+        for y in range(4):
+            tile(server, "bicubic", 150, x, y)
+    assert 0 < server.cache.bytes <= server.cache.max_bytes
+
+
+def test_tile_cache_evicts_the_least_recently_used() -> None:
+    cache = TileCache(max_bytes=30)
+    keys = [TileKey("lte", 0, x, 0) for x in range(4)]
+    for key in keys[:3]:
+        cache.put(key, b"x" * 10)
+    assert cache.get(keys[0]) is not None  # now the most recent
+    cache.put(keys[3], b"x" * 10)
+    assert cache.get(keys[1]) is None and cache.get(keys[0]) is not None
+    assert cache.bytes == 30 and len(cache) == 3
+    cache.put(TileKey("lte", 0, 9, 9), b"x" * 31)  # larger than the whole cache: not kept
+    assert cache.bytes == 30
+
+
+def test_stale_requests_are_dropped_and_the_newest_view_goes_first() -> None:
+    scheduler = DecodeScheduler(workers=1)
+    release, ran = threading.Event(), []
+    scheduler.submit("busy", "page", 1, release.wait)  # occupies the only worker
+    while scheduler.queued():
+        threading.Event().wait(0.01)
+    stale = [scheduler.submit(("old", i), "page", 1, lambda i=i: ran.append(("old", i))) for i in range(3)]
+    kept = scheduler.submit(("old", 0), "page", 2, lambda: ran.append("never: joins the queued job"))
+    new = [scheduler.submit(("new", i), "page", 2, lambda i=i: ran.append(("new", i))) for i in range(2)]
+    other = scheduler.submit("other page", "other", 1, lambda: ran.append("other page"))
+    release.set()
+    for future in new + [kept, other]:
+        future.result(timeout=30)
+    for future in stale[1:]:
+        with pytest.raises(StaleRequest):
+            future.result(timeout=30)
+    assert kept is stale[0]  # the same tile asked again by the newer view is decoded once
+    assert ran == [("old", 0), ("new", 0), ("new", 1), "other page"]
+    assert scheduler.dropped == 2
+    scheduler.close()
+
+
+def test_stale_tile_request_gets_409(server) -> None:
+    release = threading.Event()
+    server.scheduler.submit("blocker", "s1", 5, release.wait)  # occupies the only worker
+    while server.scheduler.queued():
+        threading.Event().wait(0.01)
+    answers: dict[int, tuple[int, bytes]] = {}
+
+    def ask(gen: int) -> None:
+        answers[gen] = get(server, f"/tile?kind=lte&level={gen}&x=0&y=0&session=s1&gen={gen}")
+
+    threads = [threading.Thread(target=ask, args=(5,))]
+    threads[0].start()
+    while server.scheduler.queued() < 1:
+        threading.Event().wait(0.01)
+    threads.append(threading.Thread(target=ask, args=(6,)))  # the page moved on
+    threads[1].start()
+    while server.scheduler.queued() < 2:
+        threading.Event().wait(0.01)
+    release.set()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert answers[5][0] == 409 and b"newer view" in answers[5][1]
+    assert answers[6][0] == 200
+
+
+def test_tile_grid_levels_and_edges() -> None:
+    grid = TileGrid(300, 451)
+    assert grid.sizes[0] == (300, 451) and grid.sizes[32] == (600, 902)
+    assert grid.scale(grid.max_level) <= 128
+    rows, columns = grid.tile_counts(32)
+    assert (rows, columns) == (3, 4)
+    assert grid.box(TileKey("lte", 32, 3, 2)) == (512, 768, 600, 902)
