@@ -230,3 +230,110 @@ def test_tile_grid_levels_and_edges() -> None:
     rows, columns = grid.tile_counts(32)
     assert (rows, columns) == (3, 4)
     assert grid.box(TileKey("lte", 32, 3, 2)) == (512, 768, 600, 902)
+
+
+# --- the page in a real browser ----------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+try:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
+except ImportError:
+    webdriver = None
+BROWSER_MISSING = (
+    "needs selenium (pip install selenium)" if webdriver is None
+    else "needs Chromium and its driver (apt-get install chromium chromium-driver)"
+    if not (CHROMIUM and CHROMEDRIVER) else None
+)
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--window-size=1000,700", "--force-device-scale-factor=1", "--force-color-profile=srgb",
+)
+
+
+@pytest.fixture
+def browser(tmp_path: Path):
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROMIUM_FLAGS + (f"--user-data-dir={tmp_path / 'profile'}",):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    yield driver
+    driver.quit()
+
+
+def wait_for_tiles(driver) -> dict:
+    """The page's view state once it rests with every tile it asked for drawn."""
+    for _ in range(1200):
+        state = driver.execute_script("return window.lteViewer && window.lteViewer.state()")
+        if state and state["resting"] and state["pending"] == 0 and state["features"] == "ready":
+            return state
+        threading.Event().wait(0.1)
+    raise AssertionError(f"the page did not settle: {state}")
+
+
+def screenshot(driver, path: Path) -> np.ndarray:
+    """The canvas as shown on screen (uint8 RGB), also saved to ``path``."""
+    driver.save_screenshot(str(path))
+    rect = driver.execute_script(
+        "const r = document.getElementById('view').getBoundingClientRect();"
+        "return [r.left, r.top, r.width, r.height, window.devicePixelRatio];"
+    )
+    assert rect[4] == 1, "the comparison below assumes one device pixel per CSS pixel"
+    left, top, width, height = (round(v) for v in rect[:4])
+    return np.asarray(Image.open(path).convert("RGB"))[top : top + height, left : left + width].astype(int)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BROWSER_MISSING is not None, reason=str(BROWSER_MISSING))
+def test_page_in_a_real_browser(browser, photo, tmp_path) -> None:
+    small = photo.crop((0, 0, 32, 24))  # small enough to upscale whole at a deep zoom
+    viewer = start_viewer(small, None, "cpu", "127.0.0.1", 0)
+    threading.Thread(target=viewer.serve_forever, daemon=True).start()
+    try:
+        browser.get(viewer.url)
+        wait_for_tiles(browser)
+        fitted = screenshot(browser, tmp_path / "fit.png")
+        assert fitted.std() > 20, "the canvas looks blank"
+
+        canvas = browser.find_element("id", "view")
+        ActionChains(browser).scroll_from_origin(ScrollOrigin.from_element(canvas), 0, -300).perform()
+        state = wait_for_tiles(browser)
+        assert state["zoom"] > 32 and state["f"] == 1
+        shown = screenshot(browser, tmp_path / "deep.png")
+        out_w, out_h = state["size"]
+        expected = np.asarray(upscale(small, size=(out_w, out_h), device="cpu")).astype(int)
+        height, width = shown.shape[:2]
+        region = expected[state["oy"] : state["oy"] + height, state["ox"] : state["ox"] + width]
+        assert region.shape == shown.shape, "the deep zoom should fill the canvas"
+        assert np.abs(shown - region).max() <= 1
+
+        browser.find_element("id", "zoom-in").click()
+        deeper = wait_for_tiles(browser)
+        assert deeper["zoom"] > state["zoom"] * 1.4
+        lte_view = screenshot(browser, tmp_path / "deeper.png")
+        assert lte_view.std() > 10
+
+        browser.find_element("id", "compare").click()
+        wait_for_tiles(browser)
+        compared = screenshot(browser, tmp_path / "compare.png")
+        half, below_labels = compared.shape[1] // 2, 40
+        right, left = np.s_[below_labels:, half + 5 :], np.s_[below_labels:, : half - 5]
+        assert np.abs(compared[right] - lte_view[right]).mean() > 1, "the bicubic side looks like LTE"
+        assert np.abs(compared[left] - lte_view[left]).max() == 0, "the LTE side changed"
+
+        status = browser.execute_async_script(
+            "const done = arguments[0];"
+            "fetch('tile?kind=lte&level=100000&x=0&y=0').then(r => r.text().then(t => done([r.status, t])));"
+        )
+        assert status[0] == 400 and "level must be at most" in status[1]
+    finally:
+        viewer.shutdown()
+        viewer.server_close()
+        if os.environ.get("LTE_VIEWER_SCREENSHOTS"):
+            shutil.copytree(tmp_path, os.environ["LTE_VIEWER_SCREENSHOTS"], dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("profile"))

@@ -157,6 +157,8 @@ class ViewerHandler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.OK, self.server.photo_png, "image/png")
         elif url.path == "/tile":
             self._send_tile(url.query)
+        elif url.path == "/favicon.ico":
+            self._send(HTTPStatus.NO_CONTENT, b"", "image/x-icon")
         else:
             self._send_text(HTTPStatus.NOT_FOUND, "not found; this server serves one image only")
 
