@@ -232,6 +232,47 @@ def test_tile_grid_levels_and_edges() -> None:
     assert grid.box(TileKey("lte", 32, 3, 2)) == (512, 768, 600, 902)
 
 
+
+@pytest.mark.parametrize("host, warned", [("127.0.0.1", False), ("0.0.0.0", True)])
+def test_view_command_serves_until_ctrl_c(tmp_path, photo, checkpoint, host, warned) -> None:
+    image = tmp_path / "photo.png"
+    photo.save(image)
+    command = [sys.executable, "-m", "lte_cuda", "view", str(image), "--model", str(checkpoint),
+               "--device", "cpu", "--host", host]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        match = re.search(r"http://[^:]+:(\d+)/", line)
+        assert match, line + process.stderr.read()
+        connection = http.client.HTTPConnection("127.0.0.1", int(match.group(1)), timeout=60)
+        connection.request("GET", "/tile?kind=lte&level=3&x=0&y=0")
+        assert connection.getresponse().status == 200
+        connection.close()
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0 and "stopped" in out
+    assert "Traceback" not in err
+    assert ("warning: listening on 0.0.0.0" in err) == warned
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["missing.png"], "missing.png: no such file"),
+        (["PHOTO", "--port", "70000"], "argument --port: expected 0-65535, got 70000"),
+        (["PHOTO", "--device", "tpu"], "device must be"),
+        (["PHOTO", "--host", "no.such.host.invalid"], "cannot listen on no.such.host.invalid"),
+    ],
+)
+def test_view_command_errors_are_one_line(tmp_path, checkpoint, capsys, monkeypatch, argv, message) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = [str(PHOTO) if a == "PHOTO" else a for a in argv]
+    assert main(["view", *argv, "--model", str(checkpoint)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lte-sr: error: ") and message in err[0], err
+
 # --- the page in a real browser ----------------------------------------------------------
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

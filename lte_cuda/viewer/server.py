@@ -67,11 +67,11 @@ class ViewerServer(ThreadingHTTPServer):
         workers: int = 1,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
     ) -> None:
-        super().__init__(address, ViewerHandler)
         self.renderer = renderer
         self.model_name = model_name
         self.cache = TileCache(cache_bytes)
         self.scheduler = DecodeScheduler(workers)
+        super().__init__(address, ViewerHandler)  # closes itself (server_close) if binding fails
         self.last_render_ms: float | None = None
         self.static = {
             route: ((resources.files(__package__) / "static" / name).read_bytes(), kind)
