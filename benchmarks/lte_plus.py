@@ -30,7 +30,7 @@ from torch import nn
 from lte_cuda.coords import make_coord
 from lte_cuda.models import LTE
 from lte_cuda.reference import EPS_SHIFT, NEIGHBOUR_OFFSETS
-from lte_cuda.upscale import TRAINED_MAX_SCALE
+from lte_cuda.inference import TRAINED_MAX_SCALE
 
 
 def split_permutation(channels: int) -> torch.Tensor:

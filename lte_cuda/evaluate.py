@@ -20,10 +20,10 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .coords import make_coord
+from .coords import make_cell, make_coord
 from .data import make_dataset
+from .inference import batched_predict, cell_enlargement, reflect_pad_to_window, window_size
 from .metrics import parse_eval_type, psnr
-from .upscale import reflect_pad_to_window
 
 # Published default when a config has no data_norm: no normalisation.
 IDENTITY_NORM = {"inp": {"sub": [0], "div": [1]}, "gt": {"sub": [0], "div": [1]}}
@@ -40,32 +40,6 @@ def norm_tensors(
     gt_sub = torch.tensor(norm["gt"]["sub"], dtype=torch.float32, device=device).view(1, 1, -1)
     gt_div = torch.tensor(norm["gt"]["div"], dtype=torch.float32, device=device).view(1, 1, -1)
     return inp_sub, inp_div, gt_sub, gt_div
-
-
-def window_size_of(model: nn.Module) -> int:
-    """8 for a SwinIR encoder (the published test pads its input), else 0."""
-    spec = getattr(model, "spec", None) or {}
-    encoder = spec.get("args", {}).get("encoder_spec", {}).get("name", "")
-    return 8 if "swinir" in encoder else 0
-
-
-@torch.no_grad()
-def batched_predict(
-    model: nn.Module,
-    inp: torch.Tensor,
-    coord: torch.Tensor,
-    cell: torch.Tensor,
-    bsize: int | None = None,
-) -> torch.Tensor:
-    """Normalised prediction (B, Q, 3): features once, then queries in chunks of ``bsize``."""
-    if bsize is None:
-        return model(inp, coord, cell)
-    model.gen_feat(inp)
-    chunks = [
-        model.query_rgb(coord[:, i : i + bsize], cell[:, i : i + bsize])
-        for i in range(0, coord.shape[1], bsize)
-    ]
-    return torch.cat(chunks, dim=1)
 
 
 @torch.no_grad()
@@ -93,7 +67,7 @@ def evaluate(
     _, scale = parse_eval_type(eval_type)
     if window_size and not scale:
         raise ValueError("SwinIR padding needs eval_type 'div2k-N' or 'benchmark-N' for the scale")
-    cell_factor = max(scale / scale_max, 1) if scale else 1
+    cell_factor = cell_enlargement(scale, scale_max) if scale else 1
 
     results: list[float] = []
     for batch in loader:
@@ -115,9 +89,7 @@ def evaluate(
             out_h, out_w = scale * inp.shape[-2], scale * inp.shape[-1]
             coord = make_coord((out_h, out_w), device=device, flatten=True)
             coord = coord.unsqueeze(0).expand(inp.shape[0], -1, -1)
-            cell = torch.empty_like(coord)
-            cell[..., 0] = 2 / inp.shape[-2] / scale
-            cell[..., 1] = 2 / inp.shape[-1] / scale
+            cell = make_cell(coord, out_h, out_w)
         pred = batched_predict(model, inp, coord, cell * cell_factor, eval_bsize)
         pred = (pred * gt_div + gt_sub).clamp_(0, 1)
         gt = batch["gt"]
@@ -180,7 +152,7 @@ def run_test(
         data_norm=config.get("data_norm"),
         eval_type=eval_type,
         eval_bsize=eval_bsize if eval_bsize is not None else config.get("eval_bsize"),
-        window_size=window_size_of(model),
+        window_size=window_size(model),
         scale_max=config.get("scale_max", 4),
         on_image=on_image,
     )

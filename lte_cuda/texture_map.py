@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from .models import LTE
-from .upscale import read_image, resolve_device, resolve_model
+from .inference import encode_image
+from .upscale import read_image, resolve_model
 
 # One estimate per input pixel is drawn, and C maps of the image's size are held in memory.
 MAX_PIXELS = 512 * 512
@@ -39,19 +40,15 @@ def estimate_textures(
     """
     if rgb.dim() != 3 or rgb.shape[0] != 3:
         raise ValueError(f"rgb must have shape (3, h, w), got {tuple(rgb.shape)}")
-    dev = resolve_device(device)
     height, width = rgb.shape[-2:]
     was_training = model.training
-    model.to(dev).eval()
     try:
-        with torch.inference_mode():
-            model.gen_feat(((rgb.to(dev, torch.float32) - 0.5) / 0.5).unsqueeze(0))
-            # SwinIR pads its features bottom/right: keep the image's own pixels.
-            coef = model.coef_map[0, :, :height, :width].float().cpu()
-            freq = model.freq_map[0, :, :height, :width].float().cpu()
+        features = encode_image(model, rgb.unsqueeze(0), device=device)
     finally:
-        model.inp = model.feat = model.coef_map = model.freq_map = None
         model.train(was_training)
+    # SwinIR pads its features bottom/right: keep the image's own pixels.
+    coef = features.coef[0, :, :height, :width].float().cpu()
+    freq = features.freq[0, :, :height, :width].float().cpu()
     pairs = coef.shape[0] // 2
     amplitude = torch.sqrt(coef[:pairs] ** 2 + coef[pairs:] ** 2).permute(1, 2, 0)
     frequency = freq.view(pairs, 2, height, width).permute(2, 3, 0, 1)

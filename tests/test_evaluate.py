@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -54,22 +55,22 @@ class CoordModel(nn.Module):
         super().__init__()
         self.anchor = nn.Parameter(torch.zeros(()))  # gives evaluate() a device
         self.spec = {"name": "lte", "args": {"encoder_spec": {"name": encoder, "args": {}}}}
+        self.encoder = SimpleNamespace(window_size=8)  # as published SwinIR
         self.inputs: list[torch.Size] = []
         self.chunks: list[int] = []
         self.cells: list[torch.Tensor] = []
 
-    def gen_feat(self, inp: torch.Tensor) -> None:
+    def encode(self, inp: torch.Tensor) -> None:
         self.inputs.append(inp.shape)
 
-    def query_rgb(self, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+    def query(self, features: None, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         self.chunks.append(coord.shape[1])
         self.cells.append(cell)
         r, c = coord[..., 0], coord[..., 1]
         return torch.stack([r, c, r * c], dim=-1)
 
     def forward(self, inp, coord, cell):
-        self.gen_feat(inp)
-        return self.query_rgb(coord, cell)
+        return self.query(self.encode(inp), coord, cell)
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +187,7 @@ def _reflect_pad_np(img: np.ndarray, rows: int, cols: int) -> np.ndarray:
 def test_swinir_padding_content(div2k):
     model = CoordModel(encoder="swinir")
     seen = []
-    model.gen_feat = seen.append  # keep the padded input itself
+    model.encode = seen.append  # keep the padded input itself
     run_test(paired_config(div2k, 2, "div2k-2"), model, verbose=False)
     lr = np.asarray(Image.open(div2k / "X2" / "a.png")) / 255.0 * 2 - 1  # normalised, 48 x 45
     expected = _reflect_pad_np(lr, 56, 48)

@@ -6,6 +6,8 @@ on two CPU cores; the full published presets are only built, never run.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,6 +15,7 @@ import torch.nn.functional as F
 from lte_cuda import ops, reference
 from lte_cuda.coords import make_cell, make_coord
 from lte_cuda.models import LTE, PRESETS, build_preset, make_model
+from lte_cuda.models.lte import LTEFeatures
 from lte_cuda.models.swinir import (
     relative_position_index,
     shifted_window_mask,
@@ -143,13 +146,28 @@ def test_make_model_uses_published_spec_layout() -> None:
         build_preset("edsr-lte")
 
 
-def test_backend_is_validated_and_query_needs_features() -> None:
+def test_backend_is_validated() -> None:
     model = tiny_model("edsr-baseline-lte")
     with pytest.raises(ValueError, match="backend must be one of"):
         model.backend = "cuda"
-    coord, cell = query_grid(1, 4, 4)
-    with pytest.raises(RuntimeError, match="gen_feat"):
-        model.query_rgb(coord, cell)
+
+
+def test_features_are_a_value_and_forward_is_query_of_encode() -> None:
+    model = tiny_model("edsr-baseline-lte")
+    torch.manual_seed(5)
+    inp = torch.rand(1, 3, 6, 7) * 2 - 1
+    coord, cell = query_grid(1, 11, 13)
+    with torch.no_grad():
+        features = model.encode(inp)
+        assert isinstance(features, LTEFeatures) and features.inp is inp
+        assert features.coef.shape == features.freq.shape == (1, 16, 6, 7)
+        assert features.coef.is_contiguous(memory_format=torch.channels_last)
+        other = model.encode(inp.flip(-1))  # a second encoding does not disturb the first
+        torch.testing.assert_close(model.query(features, coord, cell), model(inp, coord, cell))
+        assert not torch.allclose(model.query(other, coord, cell), model(inp, coord, cell))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        features.inp = inp
+    assert not any(hasattr(model, name) for name in ("inp", "feat", "coef_map", "freq_map"))
 
 
 # ----------------------------------------------------------------------------- fused vs reference
@@ -189,11 +207,11 @@ def test_fused_backend_matches_reference(preset: str, device: str) -> None:
     inp = (torch.rand(2, 3, 17, 23) * 2 - 1).to(device)
     coord, cell = (t.to(device) for t in query_grid(2, 41, 58))  # x2.41 rows, x2.52 columns
     with torch.no_grad():
-        model.gen_feat(inp)
+        features = model.encode(inp)
         model.backend = "reference"
-        expected = model.query_rgb(coord, cell)
+        expected = model.query(features, coord, cell)
         model.backend = "fused"
-        fused = model.query_rgb(coord, cell)
+        fused = model.query(features, coord, cell)
     assert fused.shape == (2, 41 * 58, 3)
     torch.testing.assert_close(fused, expected, atol=1e-5, rtol=1e-5)
 
@@ -260,15 +278,15 @@ def test_swinir_window_helpers() -> None:
 
 
 @pytest.mark.slow
-def test_query_rgb_compiles_fullgraph() -> None:
+def test_query_compiles_fullgraph() -> None:
     model = tiny_model("edsr-baseline-lte")
     inp = torch.rand(1, 3, 6, 7) * 2 - 1
     coord, cell = query_grid(1, 13, 16)
     with torch.no_grad():
-        model.gen_feat(inp)
-        expected = model.query_rgb(coord, cell)
-        compiled = torch.compile(model.query_rgb, fullgraph=True)
-        torch.testing.assert_close(compiled(coord, cell), expected, atol=1e-5, rtol=1e-5)
+        features = model.encode(inp)
+        expected = model.query(features, coord, cell)
+        compiled = torch.compile(model.query, fullgraph=True)
+        torch.testing.assert_close(compiled(features, coord, cell), expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.slow
@@ -308,9 +326,9 @@ def test_inference_runs_the_mlp_in_row_blocks_with_the_same_result(monkeypatch) 
 
     model = tiny_model("edsr-baseline-lte")
     coord, cell = query_grid(2, 19, 23)
-    model.gen_feat(torch.rand(2, 3, 8, 9) * 2 - 1)
     with torch.no_grad():
-        whole = model.query_rgb(coord, cell)
+        features = model.encode(torch.rand(2, 3, 8, 9) * 2 - 1)
+        whole = model.query(features, coord, cell)
         monkeypatch.setattr(lte_module, "MLP_ROWS_PER_BLOCK", 100)  # 2*19*23*4 rows: 35 blocks
-        blocked = model.query_rgb(coord, cell)
+        blocked = model.query(features, coord, cell)
     torch.testing.assert_close(blocked, whole, atol=1e-6, rtol=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,6 +40,15 @@ def make_part(
     args = copy.deepcopy(spec.get("args", {}))
     args.update(extra_args)
     return registry[name](**args)
+
+
+@dataclass(frozen=True)
+class LTEFeatures:
+    """What queries need from one encoded image (all on the model's device)."""
+
+    inp: torch.Tensor  # the normalised input (B, 3, h, w) the encoder saw (padded for SwinIR)
+    coef: torch.Tensor  # (B, C, h', w') amplitude maps, channels_last
+    freq: torch.Tensor  # (B, C, h', w') frequency maps, channels_last
 
 
 class LTE(nn.Module):
@@ -79,10 +89,6 @@ class LTE(nn.Module):
                 "hidden_dim": hidden_dim,
             },
         }
-        self.inp: torch.Tensor | None = None
-        self.feat: torch.Tensor | None = None
-        self.coef_map: torch.Tensor | None = None
-        self.freq_map: torch.Tensor | None = None
 
     @property
     def backend(self) -> str:
@@ -95,40 +101,31 @@ class LTE(nn.Module):
             raise ValueError(f"backend must be one of {BACKENDS}, got {value!r}")
         self._backend = value
 
-    def gen_feat(self, inp: torch.Tensor) -> torch.Tensor:
-        """Encode a normalised image ``inp (B, 3, h, w)`` and keep what queries need:
-        ``inp``, ``feat`` (B, 64, h', w'), ``coef_map`` and ``freq_map`` (B, C, h', w').
+    def encode(self, inp: torch.Tensor) -> LTEFeatures:
+        """Encode a normalised image ``inp (B, 3, h, w)`` into what queries need.
 
-        h', w' may exceed h, w (SwinIR pads to a multiple of its window); queries use the
-        feature map's own grid, so they stay aligned with the image. Returns ``feat``.
+        The maps may be larger than ``inp`` (SwinIR pads to a multiple of its window);
+        queries use the maps' own grid, so they stay aligned with the image.
         """
-        self.inp = inp
-        self.feat = self.encoder(inp)
         # Channels-last features give channels-last coef/freq maps: the layout the fused op
         # reads, so it needs no transposing copy of them.
-        feat = self.feat.contiguous(memory_format=torch.channels_last)
-        self.coef_map = self.coef(feat)
-        self.freq_map = self.freq(feat)
-        return self.feat
+        feat = self.encoder(inp).contiguous(memory_format=torch.channels_last)
+        return LTEFeatures(inp=inp, coef=self.coef(feat), freq=self.freq(feat))
 
-    def query_rgb(self, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+    def query(self, features: LTEFeatures, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         """Predict normalised RGB at ``coord (B, Q, 2)`` for output pixels of size
-        ``cell (B, Q, 2)``, both (row, col) in [-1, 1] units. Returns ``(B, Q, 3)``.
-
-        Uses the features of the last :meth:`gen_feat`.
-        """
-        if self.coef_map is None:
-            raise RuntimeError("call gen_feat(inp) before query_rgb")
-        maps = (self.coef_map, self.freq_map, self.phase.weight, coord, cell)
+        ``cell (B, Q, 2)``, both (row, col) in [-1, 1] units of the features' grid, from
+        ``features`` (see :meth:`encode`). Returns ``(B, Q, 3)``."""
+        maps = (features.coef, features.freq, self.phase.weight, coord, cell)
         # The four neighbours of every query go through the MLP together, one matrix product
         # per layer.
         if self.backend == "fused" and torch.is_grad_enabled():
             # Training: the op and the MLP's first layer in one call that recomputes x in
             # backward instead of keeping it (x is the step's largest tensor).
-            first_layer, other_layers = self.imnet.layers[0], self.imnet.layers[1:]
-            hidden, weights = ops.lte_basis_linear(*maps, first_layer.weight, first_layer.bias)
+            first = self.imnet.first_layer
+            hidden, weights = ops.lte_basis_linear(*maps, first.weight, first.bias)
             b, q, n = weights.shape
-            preds = other_layers(hidden)
+            preds = self.imnet.forward_after_first_layer(hidden)
         else:
             basis = ops.lte_basis if self.backend == "fused" else reference.lte_basis
             x, weights = basis(*maps)
@@ -141,14 +138,13 @@ class LTE(nn.Module):
                 preds = torch.cat([self.imnet(block) for block in rows.split(MLP_ROWS_PER_BLOCK)])
         preds = preds.view(b, q, n, -1)
         rgb = (preds * weights.unsqueeze(-1)).sum(dim=2)
-        grid = coord.to(self.inp.dtype).flip(-1).unsqueeze(1)
+        grid = coord.to(features.inp.dtype).flip(-1).unsqueeze(1)
         bilinear = F.grid_sample(
-            self.inp, grid, mode="bilinear", padding_mode="border", align_corners=False
+            features.inp, grid, mode="bilinear", padding_mode="border", align_corners=False
         )
         return rgb + bilinear[:, :, 0, :].permute(0, 2, 1)
 
     def forward(self, inp: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
-        """:meth:`gen_feat` then :meth:`query_rgb`: ``(B, 3, h, w)``, ``(B, Q, 2)`` x 2 ->
+        """``query(encode(inp), coord, cell)``: ``(B, 3, h, w)``, ``(B, Q, 2)`` x 2 ->
         ``(B, Q, 3)``, all normalised."""
-        self.gen_feat(inp)
-        return self.query_rgb(coord, cell)
+        return self.query(self.encode(inp), coord, cell)

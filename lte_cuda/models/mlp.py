@@ -22,5 +22,14 @@ class MLP(nn.Module):
         layers.append(nn.Linear(last, out_dim))
         self.layers = nn.Sequential(*layers)
 
+    @property
+    def first_layer(self) -> nn.Linear:
+        """The first Linear: the training path fuses it with the query op."""
+        return self.layers[0]
+
+    def forward_after_first_layer(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The rest of the MLP, from the first Linear's output (before its ReLU)."""
+        return self.layers[1:](hidden)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
