@@ -11,7 +11,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..upscale import read_image, resolve_model
-from ._inference_adapter import resolve_device
+from ..inference import resolve_device
 from .renderer import TileRenderer
 from .server import ViewerServer, is_loopback
 

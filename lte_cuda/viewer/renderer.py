@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from ..models import LTE
-from ._inference_adapter import decode_region, encode_image
+from ..inference import decode_region, encode_image
 from .tiles import TileGrid, TileKey
 
 
