@@ -289,27 +289,56 @@ BROWSER_MISSING = (
     else "needs Chromium and its driver (apt-get install chromium chromium-driver)"
     if not (CHROMIUM and CHROMEDRIVER) else None
 )
+needs_browser = pytest.mark.skipif(BROWSER_MISSING is not None, reason=str(BROWSER_MISSING))
 CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--window-size=1000,700", "--force-device-scale-factor=1", "--force-color-profile=srgb",
+    "--force-color-profile=srgb",
 )
 
 
-@pytest.fixture
-def browser(tmp_path: Path):
+def open_browser(profile: Path, device_pixel_ratio: int, window: str):
+    """Headless Chromium with a fresh profile; downloads go to ``profile / "downloads"``."""
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in CHROMIUM_FLAGS + (f"--user-data-dir={tmp_path / 'profile'}",):
+    for flag in CHROMIUM_FLAGS + (
+        f"--user-data-dir={profile}", f"--window-size={window}", f"--force-device-scale-factor={device_pixel_ratio}"
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-    yield driver
-    driver.quit()
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(profile / "downloads")})
+    return driver
+
+
+@pytest.fixture
+def serve(tmp_path: Path):
+    """Starts viewers of given photos (bundled model, CPU) and a browser; stops them after."""
+    opened = []
+
+    def start(image: Image.Image, device_pixel_ratio: int = 1, window: str = "1000,700"):
+        viewer = start_viewer(image, None, "cpu", "127.0.0.1", 0)
+        threading.Thread(target=viewer.serve_forever, daemon=True).start()
+        opened.append(viewer)
+        browser = open_browser(tmp_path / "profile", device_pixel_ratio, window)
+        opened.append(browser)
+        browser.get(viewer.url)
+        return browser
+
+    yield start
+    for thing in reversed(opened):
+        if hasattr(thing, "quit"):
+            thing.quit()
+        else:
+            thing.shutdown()
+            thing.server_close()
+    if os.environ.get("LTE_VIEWER_SCREENSHOTS"):  # to look at them
+        shutil.copytree(tmp_path, os.environ["LTE_VIEWER_SCREENSHOTS"], dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("profile"))
 
 
 def wait_for_tiles(driver) -> dict:
     """The page's view state once it rests with every tile it asked for drawn."""
-    for _ in range(1200):
+    for _ in range(3000):
         state = driver.execute_script("return window.lteViewer && window.lteViewer.state()")
         if state and state["resting"] and state["pending"] == 0 and state["features"] == "ready":
             return state
@@ -318,63 +347,89 @@ def wait_for_tiles(driver) -> dict:
 
 
 def screenshot(driver, path: Path) -> np.ndarray:
-    """The canvas as shown on screen (uint8 RGB), also saved to ``path``."""
+    """The canvas as shown on screen, in device pixels (int RGB); the whole page saved to ``path``."""
     driver.save_screenshot(str(path))
-    rect = driver.execute_script(
+    left, top, width, height, ratio = driver.execute_script(
         "const r = document.getElementById('view').getBoundingClientRect();"
         "return [r.left, r.top, r.width, r.height, window.devicePixelRatio];"
     )
-    assert rect[4] == 1, "the comparison below assumes one device pixel per CSS pixel"
-    left, top, width, height = (round(v) for v in rect[:4])
+    left, top, width, height = (round(v * ratio) for v in (left, top, width, height))
     return np.asarray(Image.open(path).convert("RGB"))[top : top + height, left : left + width].astype(int)
 
 
+def assert_shows_upscale(shown: np.ndarray, image: Image.Image, state: dict, filled: bool) -> None:
+    """Where the photo is on screen, ``shown`` is lte_cuda.upscale at the page's level (where
+    the view rests, screen pixel (row, col) is level pixel (oy + row, ox + col))."""
+    out_w, out_h = state["size"]
+    expected = np.asarray(upscale(image, size=(out_w, out_h), device="cpu")).astype(int)
+    height, width = shown.shape[:2]
+    rows = slice(max(-state["oy"], 0), min(out_h - state["oy"], height))
+    cols = slice(max(-state["ox"], 0), min(out_w - state["ox"], width))
+    assert (rows.stop - rows.start, cols.stop - cols.start) == (
+        (height, width) if filled else (min(out_h, height), min(out_w, width))
+    )
+    on_screen = shown[rows, cols]
+    region = expected[rows.start + state["oy"] : rows.stop + state["oy"], cols.start + state["ox"] : cols.stop + state["ox"]]
+    assert np.abs(on_screen - region).max() <= 1
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(BROWSER_MISSING is not None, reason=str(BROWSER_MISSING))
-def test_page_in_a_real_browser(browser, photo, tmp_path) -> None:
+@needs_browser
+def test_page_in_a_real_browser(serve, photo, tmp_path) -> None:
     small = photo.crop((0, 0, 32, 24))  # small enough to upscale whole at a deep zoom
-    viewer = start_viewer(small, None, "cpu", "127.0.0.1", 0)
-    threading.Thread(target=viewer.serve_forever, daemon=True).start()
-    try:
-        browser.get(viewer.url)
-        wait_for_tiles(browser)
-        fitted = screenshot(browser, tmp_path / "fit.png")
-        assert fitted.std() > 20, "the canvas looks blank"
+    browser = serve(small)
+    wait_for_tiles(browser)
+    assert screenshot(browser, tmp_path / "fit.png").std() > 20, "the canvas looks blank"
 
-        canvas = browser.find_element("id", "view")
-        ActionChains(browser).scroll_from_origin(ScrollOrigin.from_element(canvas), 0, -300).perform()
-        state = wait_for_tiles(browser)
-        assert state["zoom"] > 32 and state["f"] == 1
-        shown = screenshot(browser, tmp_path / "deep.png")
-        out_w, out_h = state["size"]
-        expected = np.asarray(upscale(small, size=(out_w, out_h), device="cpu")).astype(int)
-        height, width = shown.shape[:2]
-        region = expected[state["oy"] : state["oy"] + height, state["ox"] : state["ox"] + width]
-        assert region.shape == shown.shape, "the deep zoom should fill the canvas"
-        assert np.abs(shown - region).max() <= 1
+    canvas = browser.find_element("id", "view")
+    ActionChains(browser).scroll_from_origin(ScrollOrigin.from_element(canvas), 0, -300).perform()
+    state = wait_for_tiles(browser)
+    assert state["zoom"] > 32 and state["f"] == 1
+    shown = screenshot(browser, tmp_path / "deep.png")
+    assert_shows_upscale(shown, small, state, filled=True)
 
-        browser.find_element("id", "zoom-in").click()
-        deeper = wait_for_tiles(browser)
-        assert deeper["zoom"] > state["zoom"] * 1.4
-        lte_view = screenshot(browser, tmp_path / "deeper.png")
-        assert lte_view.std() > 10
+    browser.find_element("id", "save").click()
+    saved = tmp_path / "profile" / "downloads" / f"lte-view-{state['zoom']:.2f}x.png"
+    for _ in range(300):
+        if saved.exists():
+            break
+        threading.Event().wait(0.1)
+    assert np.array_equal(np.asarray(Image.open(saved).convert("RGB")), shown), "Save view != the screen"
 
-        browser.find_element("id", "compare").click()
-        wait_for_tiles(browser)
-        compared = screenshot(browser, tmp_path / "compare.png")
-        half, below_labels = compared.shape[1] // 2, 40
-        right, left = np.s_[below_labels:, half + 5 :], np.s_[below_labels:, : half - 5]
-        assert np.abs(compared[right] - lte_view[right]).mean() > 1, "the bicubic side looks like LTE"
-        assert np.abs(compared[left] - lte_view[left]).max() == 0, "the LTE side changed"
+    ActionChains(browser).drag_and_drop_by_offset(canvas, 60, 40).perform()
+    dragged = wait_for_tiles(browser)
+    assert (state["ox"] - dragged["ox"], state["oy"] - dragged["oy"]) == (60, 40)
 
-        status = browser.execute_async_script(
-            "const done = arguments[0];"
-            "fetch('tile?kind=lte&level=100000&x=0&y=0').then(r => r.text().then(t => done([r.status, t])));"
-        )
-        assert status[0] == 400 and "level must be at most" in status[1]
-    finally:
-        viewer.shutdown()
-        viewer.server_close()
-        if os.environ.get("LTE_VIEWER_SCREENSHOTS"):
-            shutil.copytree(tmp_path, os.environ["LTE_VIEWER_SCREENSHOTS"], dirs_exist_ok=True,
-                            ignore=shutil.ignore_patterns("profile"))
+    browser.find_element("id", "zoom-in").click()
+    deeper = wait_for_tiles(browser)
+    assert deeper["zoom"] > state["zoom"] * 1.4
+    lte_view = screenshot(browser, tmp_path / "deeper.png")
+    assert lte_view.std() > 10
+
+    browser.find_element("id", "compare").click()
+    wait_for_tiles(browser)
+    compared = screenshot(browser, tmp_path / "compare.png")
+    half, below_labels = compared.shape[1] // 2, 40
+    right, left = np.s_[below_labels:, half + 5 :], np.s_[below_labels:, : half - 5]
+    assert np.abs(compared[right] - lte_view[right]).mean() > 1, "the bicubic side looks like LTE"
+    assert np.abs(compared[left] - lte_view[left]).max() == 0, "the LTE side changed"
+
+    status = browser.execute_async_script(
+        "const done = arguments[0];"
+        "fetch('tile?kind=lte&level=100000&x=0&y=0').then(r => r.text().then(t => done([r.status, t])));"
+    )
+    assert status[0] == 400 and "level must be at most" in status[1]
+
+
+@pytest.mark.slow
+@needs_browser
+def test_page_renders_at_the_screen_pixel_density(serve, photo, tmp_path) -> None:
+    small = photo.crop((0, 0, 32, 24))
+    browser = serve(small, device_pixel_ratio=2, window="500,400")
+    state = wait_for_tiles(browser)
+    shown = screenshot(browser, tmp_path / "fit-dpr2.png")
+    canvas_css_width = browser.execute_script("return document.getElementById('view').clientWidth")
+    assert shown.shape[1] == 2 * canvas_css_width
+    # Two LTE pixels per CSS pixel: the level is twice the CSS zoom.
+    assert state["size"][0] / small.width == pytest.approx(2 * state["zoom"], rel=1e-6)
+    assert_shows_upscale(shown, small, state, filled=False)

@@ -52,7 +52,7 @@ def start_viewer(
         raise ValueError(f"argument --port: expected 0-65535, got {port}")
     model = resolve_model(model_source)
     renderer = TileRenderer(image, model, resolve_device(device))
-    model_name = Path(model_source).name if model_source else "default model"
+    model_name = Path(model_source).name if model_source else "bundled default.pth"
     try:
         server = ViewerServer(renderer, (host, port), model_name=model_name, **server_options)
     except OSError as error:

@@ -4,7 +4,8 @@
 //     screen pixel = (level pixel - offset) * f
 // While the user zooms, f drifts from 1 and the photo (scaled by the browser) and the
 // level's tiles are stretched; once the view rests, f snaps to 1 and the offset to whole
-// pixels, so each LTE tile pixel lands on exactly one screen pixel.
+// pixels, so each tile pixel lands on exactly one screen pixel. PIL bicubic tiles (fast)
+// stand in until the LTE tiles arrive; with "Compare" they stay right of the divider.
 (() => {
   const REST_MS = 150;        // the view "rests" this long after the last input
   const MAX_ZOOM = 64;        // CSS pixels per photo pixel
@@ -113,9 +114,9 @@
     for (const controller of inflight.values()) controller.abort();
     inflight.clear();
     if (!showsTiles() || info.state === "failed") return updateStatus();
-    const kinds = compareBox.checked ? ["lte", "bicubic"] : ["lte"];
-    for (const { x, y } of visibleTiles()) {
-      for (const kind of kinds) {
+    // Bicubic tiles first: they take milliseconds and stand in while LTE tiles render.
+    for (const kind of ["bicubic", "lte"]) {
+      for (const { x, y } of visibleTiles()) {
         const key = `${kind}/${view.level}/${x}/${y}`;
         if (!tiles.has(key)) fetchTile(key, kind, view.level, x, y);
       }
@@ -162,15 +163,15 @@
     ctx.fillStyle = "#1e1e1e";
     ctx.fillRect(0, 0, canvas.width, canvas.height);
     const splitX = compareBox.checked ? Math.round(canvas.width * splitSlider.value / 100) : canvas.width;
-    drawLayer("lte", 0, splitX);
-    if (splitX < canvas.width) drawLayer("bicubic", splitX, canvas.width);
+    drawLayer(["bicubic", "lte"], 0, splitX);
+    if (splitX < canvas.width) drawLayer(["bicubic"], splitX, canvas.width);
     placeOverlays(splitX);
     updateStatus();
   }
 
-  // The photo scaled by the browser, then whatever tiles of `kind` have arrived, in the
-  // columns xa..xb of the canvas.
-  function drawLayer(kind, xa, xb) {
+  // The photo scaled by the browser, then whatever tiles of `kinds` have arrived (later
+  // kinds on top), in the columns xa..xb of the canvas.
+  function drawLayer(kinds, xa, xb) {
     const { level, f, ox, oy } = view, [lw, lh] = levelSize(level), T = info.tile;
     ctx.save();
     ctx.beginPath();
@@ -181,12 +182,14 @@
     ctx.drawImage(photo, -ox * f, -oy * f, lw * f, lh * f);
     if (showsTiles()) {
       ctx.imageSmoothingEnabled = f !== 1; // at rest: a plain copy, pixel for pixel
-      for (const { x, y } of visibleTiles()) {
-        const key = `${kind}/${level}/${x}/${y}`, bitmap = tiles.get(key);
-        if (!bitmap) continue;
-        tiles.delete(key); // most recently drawn last, so it is evicted last
-        tiles.set(key, bitmap);
-        ctx.drawImage(bitmap, (x * T - ox) * f, (y * T - oy) * f, bitmap.width * f, bitmap.height * f);
+      for (const kind of kinds) {
+        for (const { x, y } of visibleTiles()) {
+          const key = `${kind}/${level}/${x}/${y}`, bitmap = tiles.get(key);
+          if (!bitmap) continue;
+          tiles.delete(key); // most recently drawn last, so it is evicted last
+          tiles.set(key, bitmap);
+          ctx.drawImage(bitmap, (x * T - ox) * f, (y * T - oy) * f, bitmap.width * f, bitmap.height * f);
+        }
       }
     }
     ctx.restore();
@@ -246,7 +249,7 @@
     document.getElementById("fit").onclick = fit;
     document.getElementById("actual").onclick = () => zoomBy(1 / zoom());
     document.getElementById("save").onclick = saveView;
-    compareBox.onchange = () => { splitSlider.disabled = !compareBox.checked; moved(); };
+    compareBox.onchange = () => { splitSlider.disabled = !compareBox.checked; draw(); };
     splitSlider.oninput = draw;
     window.addEventListener("keydown", (event) => {
       const actions = { "+": () => zoomBy(BUTTON_STEP), "=": () => zoomBy(BUTTON_STEP),
