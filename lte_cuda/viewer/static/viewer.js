@@ -317,6 +317,8 @@
                     gen, pending: inflight.size, lastRenderMs, features: info && info.state,
                     tilesShown: info ? showsTiles() : false }),
     zoomBy, fit,
+    // Centre photo point (x, y) at `cssZoom` CSS pixels per photo pixel.
+    show: (cssZoom, x, y) => setView(cssZoom, x, y, canvas.width / 2, canvas.height / 2),
   };
 
   start().catch((error) => { statusLine.textContent = `could not start: ${error.message}`; });
