@@ -24,8 +24,11 @@ from PIL import Image
 from lte_cuda import save_model, upscale
 from lte_cuda.cli import main
 from lte_cuda.models import build_preset
+from lte_cuda.upscale import resolve_model
 from lte_cuda.viewer import start_viewer
 from lte_cuda.viewer.command import as_8bit_rgb
+from lte_cuda.viewer.features import BLOCK
+from lte_cuda.viewer.renderer import TileRenderer
 from lte_cuda.viewer.scheduler import DecodeScheduler, StaleRequest
 from lte_cuda.viewer.tiles import TILE_SIZE, TileCache, TileGrid, TileKey
 
@@ -87,6 +90,31 @@ def test_lte_tile_equals_the_crop_of_upscale(server, photo, checkpoint, level, x
     got = tile(server, "lte", level, x, y)
     assert got.shape == expected[top : top + TILE_SIZE, left : left + TILE_SIZE].shape
     assert np.abs(got - expected[top : top + TILE_SIZE, left : left + TILE_SIZE]).max() <= 1
+
+
+def test_blockwise_features_give_the_whole_images_tiles() -> None:
+    """Tiles across feature blocks equal upscale's crop, also when every block but the
+    last is evicted at once (then memory holds one block). The bundled model: a random
+    one's features hardly change its output."""
+    # 200x130: 2x2 blocks. At 4x the first tile needs only the top-left block, the second
+    # the one right of it too, encoded alone: its context must come from the first one's pixels.
+    image = Image.open(PHOTO).convert("RGB").resize((200, 130), Image.Resampling.BICUBIC)
+    tiles = [TileKey("lte", 64, 0, 0), TileKey("lte", 64, 2, 0), TileKey("lte", 64, 2, 1), TileKey("lte", 32, 1, 1)]
+    model = resolve_model(None)
+    grid = TileGrid(image.height, image.width)
+    expected = {
+        level: np.asarray(upscale(image, size=grid.sizes[level][::-1], model=model, device="cpu")).astype(int)
+        for level in {key.level for key in tiles}
+    }
+    one_block = 2 * 128 * BLOCK * BLOCK * 4  # coef and freq, 128 channels, float32
+    for feature_bytes, bound in ((1 << 30, 4 * one_block), (1, one_block)):
+        renderer = TileRenderer(image, model, torch.device("cpu"), feature_bytes)
+        renderer.prepare()
+        for key in tiles:
+            top, left, bottom, right = grid.box(key)
+            got = renderer.render(key).astype(int)
+            assert np.abs(got - expected[key.level][top:bottom, left:right]).max() <= 1, (feature_bytes, key)
+        assert renderer.features.bytes <= bound
 
 
 def test_bicubic_tile_equals_the_crop_of_pil_bicubic(server, photo) -> None:

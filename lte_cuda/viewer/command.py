@@ -59,7 +59,7 @@ def start_viewer(
         server = ViewerServer(renderer, (host, port), model_name=model_name, **server_options)
     except OSError as error:
         raise OSError(f"cannot listen on {host}:{port} ({error.strerror or error})") from None
-    threading.Thread(target=renderer.encode, name="encode-features", daemon=True).start()
+    threading.Thread(target=renderer.prepare, name="prepare-features", daemon=True).start()
     return server
 
 

@@ -1,5 +1,5 @@
 """Renders the tiles of one image: LTE through the project's inference path (features
-computed once, each tile decoded from them) and PIL bicubic for comparison."""
+computed once per region and kept, each tile decoded from them) and PIL bicubic."""
 
 from __future__ import annotations
 
@@ -12,25 +12,27 @@ import torch
 from PIL import Image
 
 from ..models import LTE
-from ..inference import decode_region, encode_image
+from .features import DEFAULT_FEATURE_BYTES, ImageFeatures
 from .tiles import TileGrid, TileKey
 
 
 class TileRenderer:
     """The image, the model and its features; :meth:`render_png` makes a tile's PNG.
 
-    The features are computed by :meth:`encode` (the server runs it in the background right
-    after it starts, so the page can show the photo meanwhile); LTE tiles wait for them.
+    The server runs :meth:`prepare` in the background right after it starts (the page shows
+    the photo meanwhile); LTE tiles wait for it. For block-wise encoders it only moves the
+    model; the features of a region are computed by the first tile over it (see features.py).
     """
 
-    def __init__(self, image: Image.Image, model: LTE, device: torch.device) -> None:
+    def __init__(self, image: Image.Image, model: LTE, device: torch.device,
+                 feature_bytes: int = DEFAULT_FEATURE_BYTES) -> None:
         self.image = image.convert("RGB")
-        self.model = model
         self.device = device
         self.grid = TileGrid(self.image.height, self.image.width)
-        self.encode_seconds: float | None = None
-        self.encode_error: str | None = None
-        self._features = None
+        rgb = torch.from_numpy(np.array(self.image)).permute(2, 0, 1)  # uint8, (3, h, w)
+        self.features = ImageFeatures(model, rgb, device, feature_bytes)
+        self.prepare_seconds: float | None = None
+        self.prepare_error: str | None = None
         self._done = threading.Event()
 
     @property
@@ -38,17 +40,16 @@ class TileRenderer:
         """"encoding", "ready" or "failed"."""
         if not self._done.is_set():
             return "encoding"
-        return "failed" if self.encode_error else "ready"
+        return "failed" if self.prepare_error else "ready"
 
-    def encode(self) -> None:
-        """Compute the image's features once; a failure is kept and reported by tiles."""
+    def prepare(self) -> None:
+        """Get the features ready (once); a failure is kept and reported by tiles."""
         start = time.perf_counter()
         try:
-            rgb = torch.from_numpy(np.asarray(self.image, dtype=np.float32) / 255.0)
-            self._features = encode_image(self.model, rgb.permute(2, 0, 1).unsqueeze(0), device=self.device)
-            self.encode_seconds = time.perf_counter() - start
+            self.features.prepare()
+            self.prepare_seconds = time.perf_counter() - start
         except (RuntimeError, ValueError, MemoryError) as error:
-            self.encode_error = f"computing the image's features failed: {error}"
+            self.prepare_error = f"computing the image's features failed: {error}"
         finally:
             self._done.set()
 
@@ -63,10 +64,9 @@ class TileRenderer:
             tile = self.image.resize((right - left, bottom - top), Image.Resampling.BICUBIC, box=box)
             return np.asarray(tile)
         self._done.wait()
-        if self.encode_error:
-            raise RuntimeError(self.encode_error)
-        image_size = (self.image.height, self.image.width)
-        pixels = decode_region(self.model, self._features, image_size, (out_h, out_w), (top, left, bottom, right))
+        if self.prepare_error:
+            raise RuntimeError(self.prepare_error)
+        pixels = self.features.decode((out_h, out_w), (top, left, bottom, right))
         # Rounded as lte_cuda.upscale rounds its uint8 output.
         return (pixels.permute(1, 2, 0).cpu().numpy() * 255.0).round().astype(np.uint8)
 

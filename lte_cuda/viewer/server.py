@@ -106,8 +106,8 @@ class ViewerServer(ThreadingHTTPServer):
             "model": self.model_name,
             "device": str(renderer.device),
             "state": renderer.state,
-            "error": renderer.encode_error,
-            "encodeSeconds": renderer.encode_seconds,
+            "error": renderer.prepare_error,
+            "featureBytes": renderer.features.bytes,
             "lastRenderMs": self.last_render_ms,
         }
 
