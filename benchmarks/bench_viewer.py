@@ -126,8 +126,8 @@ def resident_mib() -> float:
     return float("nan")
 
 
-def measure_memory(server, info: dict, rounds: int, tiles_per_round: int) -> list[tuple[float, int]]:
-    """(VmRSS MiB, cache bytes) after each round of uncached tiles spread over all levels."""
+def measure_memory(server, info: dict, rounds: int, tiles_per_round: int) -> list[tuple[float, int, int]]:
+    """(VmRSS MiB, tile cache bytes, feature bytes) after each round of uncached tiles spread over all levels."""
     port = server.server_address[1]
     levels = len(info["levels"])
     samples = []
@@ -138,7 +138,7 @@ def measure_memory(server, info: dict, rounds: int, tiles_per_round: int) -> lis
             x, y = (n * 7 + r) % -(-out_w // TILE_SIZE), (n * 3 + r) % -(-out_h // TILE_SIZE)
             status, body, _ = fetch(port, f"/tile?kind=lte&level={level}&x={x}&y={y}")
             assert status == 200, body
-        samples.append((resident_mib(), server.cache.bytes))
+        samples.append((resident_mib(), server.cache.bytes, server.renderer.features.bytes))
     return samples
 
 
@@ -150,6 +150,7 @@ def main() -> None:
     parser.add_argument("--tiles", type=int, default=10, help="further tiles timed (default 10)")
     parser.add_argument("--cache-mb", type=float, default=2.0,
                         help="tile cache size; small, so the memory rounds overflow it (default 2)")
+    parser.add_argument("--feature-mb", type=float, default=2048, help="feature block memory (default 2048)")
     parser.add_argument("--rounds", type=int, default=4, help="memory rounds (default 4)")
     args = parser.parse_args()
     viewport = tuple(int(v) for v in args.viewport.lower().split("x"))
@@ -157,13 +158,16 @@ def main() -> None:
     photo = make_photo(args.megapixels)
     print(f"photo {photo.width}x{photo.height} ({photo.width * photo.height / 1e6:.2f} MP), "
           f"bundled model, device {args.device}, viewport {viewport[0]}x{viewport[1]}")
-    server = start_viewer(photo, None, args.device, "127.0.0.1", 0, cache_bytes=int(args.cache_mb * MIB))
+    server = start_viewer(photo, None, args.device, "127.0.0.1", 0, cache_bytes=int(args.cache_mb * MIB),
+                          feature_bytes=int(args.feature_mb * MIB))
     started = time.perf_counter()  # where `lte-sr view` prints the URL
     threading.Thread(target=server.serve_forever, daemon=True).start()
     port = server.server_address[1]
     try:
         first = measure_first_view(port, started, viewport)
-        print(f"features computed in {server.renderer.encode_seconds:.2f} s (in the background, after the URL)")
+        features = server.renderer.features
+        print(f"features: {'per block, by the tiles that need them' if features.blockwise else 'whole image'}; "
+              f"{features.bytes / MIB:.0f} MiB held after the first view")
         print(f"first view: level {first['level']} ({first['scale']:.3f}x), {first['tiles']} tiles; "
               f"first LTE tile {first['first']:.2f} s, all {first['all']:.2f} s after the URL "
               f"(target < {TARGET_FIRST_VIEW_S} s)")
@@ -172,9 +176,10 @@ def main() -> None:
         print(f"further 256x256 LTE tiles at {', '.join(f'{s}x' for s in DEEPER_SCALES)} ({len(requests)}): "
               f"request median {statistics.median(requests):.3f} s, max {max(requests):.3f} s; "
               f"decode median {statistics.median(decodes):.3f} s (target <= {TARGET_TILE_S} s)")
-        for r, (rss, cached) in enumerate(measure_memory(server, info, args.rounds, 12)):
+        for r, (rss, cached, feature_bytes) in enumerate(measure_memory(server, info, args.rounds, 12)):
             print(f"memory after round {r + 1} ({12 * (r + 1)} more tiles over all levels): "
-                  f"VmRSS {rss:.0f} MiB, tile cache {cached / MIB:.2f} MiB of {args.cache_mb:g}")
+                  f"VmRSS {rss:.0f} MiB, tile cache {cached / MIB:.2f} MiB of {args.cache_mb:g}, "
+                  f"features {feature_bytes / MIB:.0f} MiB of {args.feature_mb:g}")
     finally:
         server.shutdown()
         server.server_close()

@@ -14,6 +14,7 @@ from PIL import Image
 from ..image_io.files import Pixels, read_image
 from ..inference import resolve_device
 from ..upscale import resolve_model
+from .features import DEFAULT_FEATURE_BYTES
 from .renderer import TileRenderer
 from .server import ViewerServer, is_loopback
 
@@ -46,14 +47,22 @@ def add_view_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 
 
 def start_viewer(
-    image: Image.Image, model_source: str | None, device: str, host: str, port: int, **server_options
+    image: Image.Image,
+    model_source: str | None,
+    device: str,
+    host: str,
+    port: int,
+    *,
+    feature_bytes: int = DEFAULT_FEATURE_BYTES,
+    **server_options,
 ) -> ViewerServer:
     """A :class:`ViewerServer` for ``image`` listening at ``host:port``, its features being
-    computed in the background; ``ValueError``/``OSError`` for bad arguments."""
+    prepared in the background; ``server_options`` go to ViewerServer (workers, cache_bytes).
+    ``ValueError``/``OSError`` for bad arguments."""
     if not 0 <= port <= 65535:
         raise ValueError(f"argument --port: expected 0-65535, got {port}")
     model = resolve_model(model_source)
-    renderer = TileRenderer(image, model, resolve_device(device))
+    renderer = TileRenderer(image, model, resolve_device(device), feature_bytes)
     model_name = Path(model_source).name if model_source else "bundled default.pth"
     try:
         server = ViewerServer(renderer, (host, port), model_name=model_name, **server_options)
