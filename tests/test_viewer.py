@@ -343,7 +343,8 @@ def open_browser(profile: Path, device_pixel_ratio: int, window: str):
     ):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(profile / "downloads")})
+    downloads = {"behavior": "allow", "downloadPath": str(profile / "downloads")}
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior", downloads)
     return driver
 
 
@@ -406,7 +407,8 @@ def assert_shows_upscale(shown: np.ndarray, image: Image.Image, state: dict, fil
         (height, width) if filled else (min(out_h, height), min(out_w, width))
     )
     on_screen = shown[rows, cols]
-    region = expected[rows.start + state["oy"] : rows.stop + state["oy"], cols.start + state["ox"] : cols.stop + state["ox"]]
+    oy, ox = state["oy"], state["ox"]
+    region = expected[rows.start + oy : rows.stop + oy, cols.start + ox : cols.stop + ox]
     assert np.abs(on_screen - region).max() <= 1
 
 

@@ -43,7 +43,9 @@ class ImageFeatures:
         self.max_bytes = max_bytes
         self.bytes = 0
         self.blockwise = encoder_name(model) in LOCAL_ENCODERS
-        self._overlap = receptive_radius(model.encoder) + max(receptive_radius(model.coef), receptive_radius(model.freq))
+        # How far a feature pixel sees: the context a block needs around it to be exact.
+        convs = max(receptive_radius(model.coef), receptive_radius(model.freq))
+        self._overlap = receptive_radius(model.encoder) + convs
         self._blocks: OrderedDict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._whole: LTEFeatures | None = None
         self._lock = threading.Lock()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import threading
-import time
 
 import numpy as np
 import torch
@@ -31,7 +30,6 @@ class TileRenderer:
         self.grid = TileGrid(self.image.height, self.image.width)
         rgb = torch.from_numpy(np.array(self.image)).permute(2, 0, 1)  # uint8, (3, h, w)
         self.features = ImageFeatures(model, rgb, device, feature_bytes)
-        self.prepare_seconds: float | None = None
         self.prepare_error: str | None = None
         self._done = threading.Event()
 
@@ -44,10 +42,8 @@ class TileRenderer:
 
     def prepare(self) -> None:
         """Get the features ready (once); a failure is kept and reported by tiles."""
-        start = time.perf_counter()
         try:
             self.features.prepare()
-            self.prepare_seconds = time.perf_counter() - start
         except (RuntimeError, ValueError, MemoryError) as error:
             self.prepare_error = f"computing the image's features failed: {error}"
         finally:
