@@ -117,6 +117,21 @@ def test_blockwise_features_give_the_whole_images_tiles() -> None:
         assert renderer.features.bytes <= bound
 
 
+def test_swinir_tiles_come_from_whole_image_features(photo) -> None:
+    """SwinIR attends across the image: its features are not cut into blocks."""
+    torch.manual_seed(0)
+    swinir = {"img_size": 16, "embed_dim": 12, "depths": [2], "num_heads": [2], "window_size": 4}
+    model = build_preset("swinir-lte", swinir, hidden_dim=16,
+                         imnet_spec={"name": "mlp", "args": {"out_dim": 3, "hidden_list": [16]}}).eval()
+    renderer = TileRenderer(photo, model, torch.device("cpu"))
+    renderer.prepare()
+    assert renderer.state == "ready" and not renderer.features.blockwise
+    out_h, out_w = renderer.grid.sizes[40]
+    expected = np.asarray(upscale(photo, size=(out_w, out_h), model=model, device="cpu")).astype(int)
+    got = renderer.render(TileKey("lte", 40, 0, 0)).astype(int)
+    assert np.abs(got - expected[:TILE_SIZE, :TILE_SIZE]).max() <= 1
+
+
 def test_bicubic_tile_equals_the_crop_of_pil_bicubic(server, photo) -> None:
     out_w, out_h = get_info(server)["levels"][100]
     expected = np.asarray(photo.resize((out_w, out_h), Image.Resampling.BICUBIC)).astype(int)
