@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import ipaddress
 import json
+import socket
 import time
 from concurrent.futures import Future
 from http import HTTPStatus
@@ -71,6 +72,7 @@ class ViewerServer(ThreadingHTTPServer):
         self.model_name = model_name
         self.cache = TileCache(cache_bytes)
         self.scheduler = DecodeScheduler(workers)
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, ViewerHandler)  # closes itself (server_close) if binding fails
         self.last_render_ms: float | None = None
         self.static = {
