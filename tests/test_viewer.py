@@ -96,8 +96,8 @@ def test_blockwise_features_give_the_whole_images_tiles() -> None:
     """Tiles across feature blocks equal upscale's crop, also when every block but the
     last is evicted at once (then memory holds one block). The bundled model: a random
     one's features hardly change its output."""
-    # 200x130: 2x2 blocks. At 4x the first tile needs only the top-left block, the second
-    # the one right of it too, encoded alone: its context must come from the first one's pixels.
+    # 200x130. At 4x the first tile needs only the blocks of input columns 0:128, the second
+    # those of 128:200 too, encoded alone: their context must come from the first ones' pixels.
     image = Image.open(PHOTO).convert("RGB").resize((200, 130), Image.Resampling.BICUBIC)
     tiles = [TileKey("lte", 64, 0, 0), TileKey("lte", 64, 2, 0), TileKey("lte", 64, 2, 1), TileKey("lte", 32, 1, 1)]
     model = resolve_model(None)
@@ -107,7 +107,8 @@ def test_blockwise_features_give_the_whole_images_tiles() -> None:
         for level in {key.level for key in tiles}
     }
     one_block = 2 * 128 * BLOCK * BLOCK * 4  # coef and freq, 128 channels, float32
-    for feature_bytes, bound in ((1 << 30, 4 * one_block), (1, one_block)):
+    whole_image = 2 * 128 * image.width * image.height * 4
+    for feature_bytes, bound in ((1 << 30, whole_image), (1, one_block)):
         renderer = TileRenderer(image, model, torch.device("cpu"), feature_bytes)
         renderer.prepare()
         for key in tiles:

@@ -28,7 +28,8 @@ from ..inference import (
 )
 from ..models.lte import LTE, LTEFeatures
 
-BLOCK = 128  # input pixels per side of a feature block
+# Input pixels per side of a feature block: small, so a tile encodes little beyond its own pixels.
+BLOCK = 64
 DEFAULT_FEATURE_BYTES = 2 << 30
 DECODE_CHUNK = 1 << 16  # queries per model call: one 256x256 tile
 
