@@ -33,6 +33,7 @@ from .inference import NonFiniteOutputError, resolve_device
 from .texture_map import add_inspect_parser
 from .train import add_train_parser
 from .upscale import PRECISIONS, resolve_model, upscale
+from .viewer import add_view_parser
 
 PROG = "lte-sr"
 
@@ -105,7 +106,7 @@ def _quality(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer in 1..100, got {text!r}") from None
 
 
-SUBCOMMANDS = (add_upscale_parser, add_train_parser, add_test_parser, add_demo_parser, add_inspect_parser)
+SUBCOMMANDS = (add_upscale_parser, add_train_parser, add_test_parser, add_demo_parser, add_inspect_parser, add_view_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
