@@ -64,6 +64,8 @@ def sdist_names(tmp_path_factory) -> set[str]:
         "lte_cuda/weights/README.md",
         "lte_cuda/assets/chelsea.png",
         "lte_cuda/assets/README.md",
+        "lte_cuda/viewer/static/index.html",
+        "lte_cuda/viewer/static/viewer.js",
         "configs/default-model.yaml",
     ],
 )
