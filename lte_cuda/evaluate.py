@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .coords import make_cell, make_coord
 from .data import make_dataset
-from .inference import batched_predict, cell_enlargement, reflect_pad_to_window, window_size
+from .inference import batched_predict, cell_enlargement, padding_window, reflect_pad_to_window
 from .metrics import parse_eval_type, psnr
 
 # Published default when a config has no data_norm: no normalisation.
@@ -152,7 +152,7 @@ def run_test(
         data_norm=config.get("data_norm"),
         eval_type=eval_type,
         eval_bsize=eval_bsize if eval_bsize is not None else config.get("eval_bsize"),
-        window_size=window_size(model),
+        window_size=padding_window(model),
         scale_max=config.get("scale_max", 4),
         on_image=on_image,
     )
