@@ -162,11 +162,16 @@ def padding_window(model: nn.Module) -> int:
     return model.encoder.window_size if encoder_name(model) == "swinir" else 0
 
 
+def padded_side(n: int, window: int) -> int:
+    """A side of ``n`` pixels after the published SwinIR padding (``window`` 0: unpadded)."""
+    return (n // window + 1) * window if window else n
+
+
 def reflect_pad_to_window(inp: torch.Tensor, window: int) -> torch.Tensor:
     """Pad bottom/right by mirroring to ``(h // window + 1) * window`` rows (and columns), as
     the published SwinIR test does; images smaller than half a window are mirrored again."""
     for dim in (-2, -1):
-        target = (inp.shape[dim] // window + 1) * window
+        target = padded_side(inp.shape[dim], window)
         while inp.shape[dim] < target:
             inp = torch.cat([inp, inp.flip(dim)], dim)
         inp = inp.narrow(dim, 0, target)
@@ -440,8 +445,7 @@ def _stream(
 
 def _region_count(model: LTE, source: torch.Tensor, settings: InferenceSettings) -> int:
     """How many regions :func:`_stream` decodes ``source (3, h, w)`` in."""
-    window = padding_window(model)
-    frame_size = tuple((n // window + 1) * window if window else n for n in source.shape[-2:])
+    frame_size = tuple(padded_side(n, padding_window(model)) for n in source.shape[-2:])
     tile, _ = _tiling(model, frame_size, settings)
     if not _needs_streaming(model, frame_size, tile, settings):
         return 1
