@@ -25,9 +25,9 @@ from .data import make_dataset
 from .inference import (
     batched_predict,
     cell_enlargement,
+    padding_window,
     reflect_pad_to_window,
     resolve_device,
-    window_size,
 )
 from .metrics import parse_eval_type, psnr
 from .models import BACKENDS
@@ -159,7 +159,7 @@ def run_test(
         data_norm=config.get("data_norm"),
         eval_type=eval_type,
         eval_bsize=eval_bsize if eval_bsize is not None else config.get("eval_bsize"),
-        window_size=window_size(model),
+        window_size=padding_window(model),
         scale_max=config.get("scale_max", 4),
         on_image=on_image,
     )
