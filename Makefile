@@ -1,5 +1,6 @@
 # make test  - a virtual environment with torch, the project built, and the whole test suite
 # make demo  - the project's main job: upscale a bundled photo with the bundled model
+# make lint  - ruff (format + lint) on the Python, clang-format on csrc/
 # make bench - the benchmarks (CPU); python benchmarks/gpu_check.py does the GPU checks
 #
 # TORCH picks the torch release installed into a new environment (2.13.0: the small CPU build;
@@ -11,21 +12,27 @@ TORCH ?= 2.13.0
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install test demo bench clean
+.PHONY: install test lint demo bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
+# `pip install -e` as users type it: pip's isolated build, which builds the op against the torch
+# installed here (see build_backend/torch_build.py).
 install: $(PY)
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install "torch==$(TORCH)"
-	$(PIP) install -q -r requirements-dev.txt
-	$(PIP) install -q --no-build-isolation -e .
+	$(PIP) install -q -e ".[dev]"
 	@$(PY) -c "import lte_cuda.ops as o, torch; print('lte_cuda built for torch', torch.__version__, '| CUDA kernels:', o.HAS_CUDA_KERNELS, '| fused op:', 'yes' if o.library_available() else o.LIBRARY_ERROR)"
 
 # pytest exits 5 when it collects no tests: that is a broken suite, not a pass.
 test: install
 	@$(PY) -m pytest -q -ra tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; exit 1; fi; exit $$rc
+
+lint: install
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/clang-format --dry-run --Werror $$(git ls-files 'csrc/*.h' 'csrc/*.cpp' 'csrc/*.cu')
 
 demo: install
 	$(PY) -m lte_cuda demo

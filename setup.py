@@ -1,97 +1,121 @@
-"""Builds lte_cuda and its compiled op library lte_cuda._C.
+"""Builds the compiled op library lte_cuda._C; everything else is in pyproject.toml.
 
 CPU kernels always; CUDA kernels too when the installed torch is a CUDA build and either a
-GPU and nvcc are visible or FORCE_CUDA=1. Build against the torch you run with:
-
-    pip install --no-build-isolation .
+GPU and nvcc are visible or FORCE_CUDA=1. The library must be built against the torch it runs
+with: `pip install .` does that (build_backend/torch_build.py makes the installed torch visible
+to pip's isolated build).
 
 Environment: FORCE_CUDA=1 (build CUDA kernels without a visible GPU), DEBUG=1 (-O0 -g),
 TORCH_CUDA_ARCH_LIST (read by torch; set it when no GPU is visible, e.g. "8.0;9.0"),
-CUDA_HOME (the CUDA toolkit, e.g. /usr/local/cuda).
+CUDA_HOME (the CUDA toolkit, e.g. /usr/local/cuda), CXX (the C++ compiler).
 """
 
+import glob
 import os
+import shutil
 import sys
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
-try:
-    import torch
-    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
-except ImportError:
-    sys.exit(
-        "lte_cuda: building needs the torch you will run with, and none is importable here.\n"
-        "pip's build isolation hides the installed torch: install torch first, then run\n"
-        "    pip install --no-build-isolation ."
-    )
-
-ROOT = Path(__file__).parent
 DEBUG = os.environ.get("DEBUG", "0") == "1"
 FORCE_CUDA = os.environ.get("FORCE_CUDA", "0") == "1"
+# Paths relative to this folder (the build runs here), as setuptools wants them.
+SOURCES = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+CUDA_SOURCES = sorted(glob.glob("csrc/cuda/*.cu"))
 
 
-def want_cuda() -> bool:
+def fail(sentence: str) -> None:
+    sys.exit(f"lte_cuda: {sentence}")
+
+
+def import_torch():
+    try:
+        import torch
+    except ImportError:
+        fail(
+            "building needs torch and none is importable; install torch first "
+            "(pip install torch), then pip install ."
+        )
+    return torch
+
+
+def check_tools(cpp_extension) -> None:
+    """Fail in one sentence, before any compiling, when a build tool is missing."""
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        fail(
+            f"building needs a C++ compiler and {compiler!r} was not found; install one "
+            "(e.g. apt-get install g++) or point CXX at it"
+        )
+    if not cpp_extension.is_ninja_available():
+        fail("building needs ninja and it is not on PATH; pip install ninja, then build again")
+
+
+def want_cuda(torch, cuda_home) -> bool:
     if torch.version.cuda is None:
         if FORCE_CUDA:
-            sys.exit(f"lte_cuda: FORCE_CUDA=1 but torch {torch.__version__} is a CPU-only build")
+            fail(
+                f"FORCE_CUDA=1 but torch {torch.__version__} is a CPU-only build; install a "
+                "CUDA build of torch or unset FORCE_CUDA"
+            )
         return False
-    if CUDA_HOME is None:
+    if cuda_home is None:
         if FORCE_CUDA:
-            sys.exit("lte_cuda: FORCE_CUDA=1 but no CUDA toolkit found; set CUDA_HOME")
+            fail("FORCE_CUDA=1 but no CUDA toolkit was found; set CUDA_HOME (e.g. /usr/local/cuda)")
         return False
     return FORCE_CUDA or torch.cuda.is_available()
 
 
-def write_build_info(with_cuda: bool) -> None:
-    """Records what the library was built against; lte_cuda.ops checks it before loading."""
-    (ROOT / "lte_cuda" / "_build_info.py").write_text(
-        "# Written by setup.py at build time.\n"
-        f"TORCH_VERSION = {torch.__version__!r}\n"
-        f"WITH_CUDA = {with_cuda!r}\n"
-    )
-
-
-def extension():
-    with_cuda = want_cuda()
-    write_build_info(with_cuda)
+def compile_args(with_cuda: bool) -> dict[str, list[str]]:
     opt = ["-O0", "-g"] if DEBUG else ["-O3"]
-    sources = ["csrc/lte_basis.cpp", "csrc/cpu/lte_basis_cpu.cpp"]
     # -fno-trapping-math lets GCC vectorise the branch-free selects in lte_basis.h (the kernels
-    # never read floating-point exception flags); results are unchanged. No contraction of
-    # a * b + c into fused multiply-adds on either device (-ffp-contract=off, --fmad=false):
-    # both then round every operation of lte_basis.h as written, so the CPU tests check the
-    # GPU's arithmetic. With contraction, the CUDA kernel picked other weights than the
-    # reference at the map's border (seen on an H200, 2026-11-26).
-    cxx = opt + ([] if DEBUG else ["-g0"]) + ["-std=c++20", "-fno-trapping-math",
-                                              "-ffp-contract=off"]
+    # never read floating-point exception flags). No contraction of a * b + c into fused
+    # multiply-adds on either device (-ffp-contract=off, --fmad=false), and no
+    # --use_fast_math: both devices then round every operation of lte_basis.h as written, so
+    # the CPU tests check the GPU's arithmetic.
+    cxx = opt + ([] if DEBUG else ["-g0"]) + ["-std=c++20", "-fno-trapping-math", "-ffp-contract=off"]
+    args = {"cxx": cxx}
+    if with_cuda:
+        args["nvcc"] = opt + ["-std=c++20", "--fmad=false"]
+    return args
+
+
+def build_command(torch, cpp_extension, with_cuda: bool):
+    class BuildExtension(cpp_extension.BuildExtension):
+        """torch's build_ext that also records, beside the library, what it was built against:
+        lte_cuda.ops refuses a library built against another torch before loading it."""
+
+        def run(self) -> None:
+            super().run()  # builds in build_lib, then copies into the sources when inplace
+            folder = Path(self.get_ext_fullpath("lte_cuda._C")).parent
+            (folder / "_build_info.py").write_text(
+                "# Written at build time by setup.py.\n"
+                f"TORCH_VERSION = {torch.__version__!r}\n"
+                f"WITH_CUDA = {with_cuda!r}\n"
+            )
+
+    return BuildExtension.with_options(use_ninja=True)
+
+
+def extension_setup() -> dict:
+    torch = import_torch()
+    from torch.utils import cpp_extension
+
+    check_tools(cpp_extension)
+    with_cuda = want_cuda(torch, cpp_extension.CUDA_HOME)
     print(
         f"lte_cuda build: torch {torch.__version__}, CUDA kernels {'on' if with_cuda else 'off'}"
         f", {'debug' if DEBUG else 'release'}"
-        + (f", CUDA_HOME={CUDA_HOME}, TORCH_CUDA_ARCH_LIST="
+        + (f", CUDA_HOME={cpp_extension.CUDA_HOME}, TORCH_CUDA_ARCH_LIST="
            f"{os.environ.get('TORCH_CUDA_ARCH_LIST', '(all visible / default)')}"
            if with_cuda else "")
     )
-    if with_cuda:
-        # No --use_fast_math: CPU and CUDA must compute the same values.
-        nvcc = opt + ["-std=c++20", "--fmad=false"]
-        return CUDAExtension(
-            "lte_cuda._C",
-            sources + ["csrc/cuda/lte_basis_cuda.cu"],
-            extra_compile_args={"cxx": cxx, "nvcc": nvcc},
-        )
-    return CppExtension("lte_cuda._C", sources, extra_compile_args={"cxx": cxx})
+    make = cpp_extension.CUDAExtension if with_cuda else cpp_extension.CppExtension
+    sources = SOURCES + (CUDA_SOURCES if with_cuda else [])
+    ext = make("lte_cuda._C", sources, extra_compile_args=compile_args(with_cuda))
+    return {"ext_modules": [ext], "cmdclass": {"build_ext": build_command(torch, cpp_extension, with_cuda)}}
 
 
-setup(
-    name="lte_cuda",
-    version="0.1.0",
-    description="Arbitrary-scale super-resolution with LTE and a fused query kernel",
-    packages=find_packages(include=["lte_cuda", "lte_cuda.*"]),
-    package_data={"lte_cuda": ["weights/*.pth", "weights/*.md", "assets/*.png", "assets/*.md"]},
-    python_requires=">=3.9",
-    install_requires=["torch", "numpy", "pillow", "tqdm", "pyyaml"],
-    ext_modules=[extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    entry_points={"console_scripts": ["lte-sr = lte_cuda.cli:main"]},
-)
+# An sdist carries the sources (MANIFEST.in) and needs neither torch nor a compiler.
+setup(**({} if os.environ.get("LTE_CUDA_SDIST") == "1" else extension_setup()))

@@ -2,7 +2,7 @@
 //
 // Torch-free and templated on the compute type T (float or double), so that the CPU tests
 // exercise exactly the arithmetic the GPU runs. Forward functions come with their
-// vector-Jacobian products. The exact behaviour is stated in LTE_SPEC.md, "One query".
+// vector-Jacobian products. docs/query-step.md states exactly what they compute.
 #pragma once
 
 #include <cmath>
@@ -38,11 +38,11 @@ LTE_HD int col_offset_is_positive(int n) { return n & 1; }
 template <typename T>
 struct Axis {
   int64_t size;
-  T size_t;     // size as T: scales relative coordinates to LR-pixel units
-  T centre0;    // centre of pixel 0: -1 + 1/size
-  T step;       // distance between centres: 2/size
-  T shift[2];   // shift for offset -1 and +1: v/size + 1e-6
-  T lo, hi;     // clamp bounds of the shifted coordinate: -1 + 1e-6, 1 - 1e-6
+  T extent;    // size as T: scales relative coordinates to LR-pixel units
+  T centre0;   // centre of pixel 0: -1 + 1/size
+  T step;      // distance between centres: 2/size
+  T shift[2];  // shift for offset -1 and +1: v/size + 1e-6
+  T lo, hi;    // clamp bounds of the shifted coordinate: -1 + 1e-6, 1 - 1e-6
 };
 
 template <typename T>
@@ -51,7 +51,7 @@ Axis<T> make_axis(int64_t size) {
   const double half_cell = 2.0 / static_cast<double>(size) / 2.0;
   Axis<T> a;
   a.size = size;
-  a.size_t = static_cast<T>(size);
+  a.extent = static_cast<T>(size);
   a.centre0 = static_cast<T>(-1.0 + r);
   a.step = static_cast<T>(2.0 * r);
   a.shift[0] = static_cast<T>(-half_cell + 1e-6);
@@ -101,7 +101,7 @@ LTE_HD T round_half_even(T x) {
 // (its outputs are NaN through the relative coordinate).
 template <typename T>
 LTE_HD int64_t nearest_index(T c, const Axis<T>& a) {
-  const T x = round_half_even(((c + T(1)) * a.size_t - T(1)) / T(2));
+  const T x = round_half_even(((c + T(1)) * a.extent - T(1)) / T(2));
   if (!(x > T(0))) return 0;
   const int64_t i = static_cast<int64_t>(x);
   return i < a.size ? i : a.size - 1;
@@ -121,7 +121,7 @@ LTE_HD AxisNeighbour<T> locate_on_axis(T coord, int positive_offset, const Axis<
   shifted = shifted < a.lo ? a.lo : (shifted > a.hi ? a.hi : shifted);
   const int64_t index = nearest_index(shifted, a);
   const T centre = a.centre0 + a.step * static_cast<T>(index);
-  return {index, (coord - centre) * a.size_t};
+  return {index, (coord - centre) * a.extent};
 }
 
 template <typename T>
@@ -243,8 +243,8 @@ LTE_HD void basis_forward(T coef_cos, T coef_sin, T freq_row, T freq_col, T rel_
 // returns d(loss)/d(phase), which phase_vjp turns into the phase-weight gradient.
 template <typename T>
 LTE_HD T basis_vjp(T coef_cos, T coef_sin, T freq_row, T freq_col, T rel_row, T rel_col, T phase,
-                   T grad_x_cos, T grad_x_sin, T& grad_coef_cos, T& grad_coef_sin,
-                   T& grad_freq_row, T& grad_freq_col) {
+                   T grad_x_cos, T grad_x_sin, T& grad_coef_cos, T& grad_coef_sin, T& grad_freq_row,
+                   T& grad_freq_col) {
   T s, c;
   sincospi(basis_phi(freq_row, freq_col, rel_row, rel_col, phase), s, c);
   grad_coef_cos = mul_add(grad_x_cos, c, grad_coef_cos);

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import copy
 import os
+import pickle
+import re
 import uuid
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,8 +34,13 @@ def _listing(items: list[str]) -> str:
     return f"{shown}, ... ({more} more)" if more > 0 else shown
 
 
-def _read(source: str | os.PathLike | Mapping) -> tuple[Any, str]:
-    """The checkpoint object (tensors on the CPU) and a name for messages."""
+def read_checkpoint(source: str | os.PathLike | Mapping) -> tuple[Any, str]:
+    """The checkpoint object (tensors on the CPU) and a name for messages.
+
+    ``source`` is a path, read with ``torch.load(weights_only=True)``, or an already loaded
+    dict (returned as is). Raises :class:`CheckpointError` for a missing, truncated, empty or
+    foreign file, and for one that holds Python objects other than tensors and plain data.
+    """
     if isinstance(source, Mapping):
         return source, "<checkpoint dict>"
     path = Path(source)
@@ -40,13 +48,38 @@ def _read(source: str | os.PathLike | Mapping) -> tuple[Any, str]:
     if not path.is_file():
         raise CheckpointError(f"{name}: no such file")
     try:
-        # CPU first: the model is built there, and files saved on a GPU load without one.
-        return torch.load(path, map_location="cpu", weights_only=True), name
-    except Exception as exc:  # torch.load raises many types for corrupt or unsafe files
+        with warnings.catch_warnings():
+            # A foreign pickle's protocol warning would add lines to a one-line error.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            # CPU first: the model is built there, and files saved on a GPU load without one.
+            return torch.load(path, map_location="cpu", weights_only=True), name
+    except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{name}: cannot be read as a weights-only PyTorch checkpoint "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            f"({_unpickling_reason(exc)}); checkpoints are read as tensors and plain data only"
+        ) from None
+    except Exception as exc:  # torch.load raises many types for corrupt files
+        first_line = str(exc).splitlines()[0] if str(exc) else "empty or truncated"
+        raise CheckpointError(
+            f"{name}: cannot be read as a weights-only PyTorch checkpoint "
+            f"({type(exc).__name__}: {first_line})"
         ) from exc
+
+
+def _unpickling_reason(exc: pickle.UnpicklingError) -> str:
+    """What torch's weights-only unpickler refused, without its advice to load the file
+    unsafely or to allow-list its globals (wrong advice for a file from an unknown source)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch bolds part of its advice
+    found = re.search(r"WeightsUnpickler error: (.*?\.)(?:\s|$)", text)
+    if found:
+        return found.group(1)
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not re.search(
+            r"weights.only|torch\.load|trust|safe_globals|documentation", line, re.I
+        ):
+            return line
+    return "unsupported content"
 
 
 def _model_entry(ckpt: Any, name: str) -> tuple[dict, Mapping]:
@@ -82,7 +115,7 @@ def _check_state_dict(sd: Mapping, expected: Mapping[str, torch.Tensor], name: s
         )
     # DataParallel-saved state dicts prefix every key; that prefix is unambiguous to strip.
     if sd and all(str(k).startswith("module.") for k in sd):
-        sd = {str(k)[len("module."):]: v for k, v in sd.items()}
+        sd = {str(k)[len("module.") :]: v for k, v in sd.items()}
     missing = [k for k in expected if k not in sd]
     unexpected = [str(k) for k in sd if k not in expected]
     problems = []
@@ -108,23 +141,26 @@ def load_model(
     source: str | os.PathLike | Mapping,
     map_location: str | torch.device | None = None,
     backend: str = "fused",
+    *,
+    name: str | None = None,
 ) -> LTE:
     """Build the LTE model a checkpoint describes and load its weights, strictly.
 
     ``source`` is a file path or an already loaded checkpoint dict. ``map_location`` is the
     device of the returned model (default CPU). fp16 weights (``save_model(half=True)``)
-    are upcast to the model's float32. The model is returned in eval mode.
+    are upcast to the model's float32. The model is returned in eval mode. ``name`` is what
+    messages call the checkpoint (default: the path, or ``<checkpoint dict>``).
 
     Raises :class:`CheckpointError` (a ``ValueError``) naming the file and the problem.
     """
-    ckpt, name = _read(source)
+    ckpt, read_name = read_checkpoint(source)
+    name = name or read_name
     spec, sd = _model_entry(ckpt, name)
     try:
+        # make_model checks the args against sane bounds before allocating anything.
         model = make_model(spec, backend=backend)
-    except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(
-            f"{name}: model args {spec['args']!r} cannot build an LTE: {exc}"
-        ) from exc
+    except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{name}: model args cannot build an LTE: {exc}") from exc
     sd = _check_state_dict(sd, model.state_dict(), name)
     model.load_state_dict(sd, strict=True)
     return model.to("cpu" if map_location is None else map_location).eval()

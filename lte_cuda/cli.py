@@ -10,25 +10,33 @@ exit status 2 for usage errors and 1 for the rest; no traceback.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
-import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from PIL import Image
 from tqdm import tqdm
 
 from . import distributed
 from .demo import add_demo_parser
 from .evaluate import add_test_parser
+from .image_io.files import (
+    DEFAULT_QUALITY,
+    IMAGE_SUFFIXES,
+    check_output,
+    check_quality,
+    is_image_path,
+    read_image_file,
+    same_file,
+    write_image_file,
+)
+from .inference import NonFiniteOutputError, resolve_device
 from .texture_map import add_inspect_parser
 from .train import add_train_parser
-from .upscale import PRECISIONS, read_image, resolve_model, upscale
+from .upscale import PRECISIONS, resolve_model, upscale
+from .viewer import add_view_parser
 
 PROG = "lte-sr"
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class CLIError(Exception):
@@ -54,7 +62,11 @@ def add_upscale_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         help="upscale an image, or every image of a folder, to any size",
         description=(
             "Upscale IN to OUT with an LTE model. IN may be a folder: then OUT is a folder "
-            f"(created) and every {'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} image in IN is done."
+            f"(created) and every {'/'.join(e[1:] for e in IMAGE_SUFFIXES)} image in IN is done; "
+            "a file that fails is reported and skipped, and the exit status is 1 if any failed. "
+            "The EXIF orientation is applied; EXIF, ICC profile and DPI (scaled) are kept where "
+            "OUT's format holds them; 16-bit PNG/TIFF stay 16-bit; every frame of an animated "
+            "GIF/WebP/PNG is upscaled."
         ),
     )
     parser.add_argument("input", metavar="IN", help="input image or folder")
@@ -76,11 +88,26 @@ def add_upscale_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         action="store_true",
         help="average over the 8 flips/transposes of the input (8x slower, slightly sharper)",
     )
+    parser.add_argument(
+        "--quality", type=_quality, default=DEFAULT_QUALITY,
+        help=f"JPEG/WebP output quality, 1..100 (default: {DEFAULT_QUALITY})",
+    )
+    parser.add_argument(
+        "--skip-existing", action="store_true",
+        help="leave outputs that already exist as they are (continues a stopped folder run)",
+    )
     parser.set_defaults(func=run_upscale_command)
     return parser
 
 
-SUBCOMMANDS = (add_upscale_parser, add_train_parser, add_test_parser, add_demo_parser, add_inspect_parser)
+def _quality(text: str) -> int:
+    try:
+        return check_quality(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer in 1..100, got {text!r}") from None
+
+
+SUBCOMMANDS = (add_upscale_parser, add_train_parser, add_test_parser, add_demo_parser, add_inspect_parser, add_view_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,23 +145,55 @@ def _fail(message: str, status: int) -> int:
 def run_upscale_command(args: argparse.Namespace) -> int:
     """Run ``lte-sr upscale``; returns the exit status."""
     scale, size = _parse_scale(args.scale), _parse_size(args.size)
-    pairs = distributed.shard(_plan(Path(args.input), Path(args.output)))  # torchrun: this process's files
+    source = Path(args.input)
+    pairs = distributed.shard(_plan(source, Path(args.output)))  # under torchrun: this process's files
+    todo = [(src, dst) for src, dst in pairs if not (args.skip_existing and dst.exists())]
+    skipped = len(pairs) - len(todo)
+    if not todo:
+        if skipped:
+            print(f"{PROG}: {skipped} skipped (outputs exist)", file=sys.stderr)
+        return 0
     model = resolve_model(args.model)
-    progress = tqdm(pairs, desc="upscale", unit="image", disable=len(pairs) == 1)
-    for source, target in progress:
-        result = upscale(
-            read_image(source),
-            scale=scale,
-            size=size,
-            model=model,
-            device=args.device,
-            precision=args.precision,
-            chunk_size=args.chunk,
-            tile_size=args.tile,
-            self_ensemble=args.self_ensemble,
-        )
-        _write_image(result, target)
-    return 0
+    resolve_device(args.device)  # a device error concerns every file: stop before the first
+
+    def upscale_one(src: Path, dst: Path) -> None:
+        image = read_image_file(src)
+        check_output(dst, len(image.frames))
+        try:
+            frames = [
+                upscale(
+                    frame, scale=scale, size=size, model=model, device=args.device, precision=args.precision,
+                    chunk_size=args.chunk, tile_size=args.tile, self_ensemble=args.self_ensemble,
+                )
+                for frame in image.frames
+            ]
+        except NonFiniteOutputError as err:  # name the file the model came from
+            raise NonFiniteOutputError(f"{args.model or 'the bundled default model'}: {err}") from None
+        write_image_file(image.with_frames(frames), dst, quality=args.quality)
+
+    if not source.is_dir():
+        upscale_one(*todo[0])  # one file: its error is the command's error
+        return 0
+    failed = _run_folder(todo, upscale_one)
+    print(f"{PROG}: {len(todo) - failed} written, {skipped} skipped, {failed} failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _run_folder(pairs: list[tuple[Path, Path]], upscale_one: Callable[[Path, Path], None]) -> int:
+    """Run ``upscale_one`` on every pair; a file that fails is reported in one line and the
+    run goes on. Returns the number of failures."""
+    failed = 0
+    for src, dst in tqdm(pairs, desc="upscale", unit="image"):
+        try:
+            upscale_one(src, dst)
+        except NonFiniteOutputError:
+            raise  # the model is broken: every file would fail the same way
+        except (ValueError, TypeError, OSError) as err:
+            failed += 1
+            message = " ".join(str(err).split())
+            named = message if str(src) in message else f"{src}: {message}"
+            tqdm.write(f"{PROG}: error: {named} (skipped)", file=sys.stderr)
+    return failed
 
 
 def _parse_scale(text: str | None) -> float | tuple[float, float] | None:
@@ -167,17 +226,17 @@ def _plan(source: Path, target: Path) -> list[tuple[Path, Path]]:
     if source.is_dir():
         if target.exists() and not target.is_dir():
             raise CLIError(f"{target}: IN is a folder, so OUT must be a folder, but it is a file")
-        if target.resolve() == source.resolve():
+        if same_file(target, source):
             raise CLIError(f"{target}: OUT is the input folder; choose another folder")
-        images = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        images = sorted(p for p in source.iterdir() if p.is_file() and is_image_path(p))
         if not images:
-            raise CLIError(f"{source}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
+            raise CLIError(f"{source}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
         pairs = [(p, target / p.name) for p in images]
     else:
         pairs = [(source, target / source.name if target.is_dir() else target)]
     for src, dst in pairs:
-        _output_format(dst)
-        if dst.resolve() == src.resolve() or (dst.exists() and os.path.samefile(dst, src)):
+        check_output(dst)
+        if same_file(dst, src):
             raise CLIError(f"{dst}: OUT is the input file; choose another path")
     # OUT's folder (OUT itself when IN is a folder) is made now: a bad path fails before any work.
     output_folder = pairs[0][1].parent
@@ -187,27 +246,3 @@ def _plan(source: Path, target: Path) -> list[tuple[Path, Path]]:
         reason = "a file of that name exists" if isinstance(error, FileExistsError) else error.strerror
         raise CLIError(f"{pairs[0][1]}: cannot create its folder {output_folder} ({reason})") from None
     return pairs
-
-
-def _output_format(path: Path) -> str:
-    """The PIL format that writes ``path``'s extension."""
-    fmt = Image.registered_extensions().get(path.suffix.lower())
-    if fmt is None or fmt not in Image.SAVE:
-        raise CLIError(f"{path}: cannot tell the image format to write from the extension {path.suffix!r}")
-    return fmt
-
-
-def _write_image(image: Image.Image, path: Path) -> None:
-    """Save ``image`` to ``path`` atomically: a temporary file beside it, then a rename."""
-    fmt = _output_format(path)
-    if fmt == "JPEG" and image.mode in ("LA", "RGBA"):
-        # JPEG has no alpha channel.
-        image = image.convert(image.mode[:-1])
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format=fmt)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

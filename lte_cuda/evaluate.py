@@ -16,15 +16,22 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import distributed
+from .config import ConfigError, check_dataset_spec, load_config
 from .coords import make_cell, make_coord
 from .data import make_dataset
-from .inference import batched_predict, cell_enlargement, reflect_pad_to_window, window_size
+from .inference import (
+    batched_predict,
+    cell_enlargement,
+    padding_window,
+    reflect_pad_to_window,
+    resolve_device,
+)
 from .metrics import parse_eval_type, psnr
+from .models import BACKENDS
 
 # Published default when a config has no data_norm: no normalisation.
 IDENTITY_NORM = {"inp": {"sub": [0], "div": [1]}, "gt": {"sub": [0], "div": [1]}}
@@ -158,7 +165,7 @@ def run_test(
         data_norm=config.get("data_norm"),
         eval_type=eval_type,
         eval_bsize=eval_bsize if eval_bsize is not None else config.get("eval_bsize"),
-        window_size=window_size(model),
+        window_size=padding_window(model),
         scale_max=config.get("scale_max", 4),
         on_image=on_image,
     )
@@ -171,6 +178,17 @@ def run_test(
         "images": records,
         "seconds": time.perf_counter() - start,
     }
+
+
+def check_test_config(config: dict[str, Any], source: str = "config") -> None:
+    """ConfigError (one line naming ``source`` and the key) unless ``config`` has a
+    ``test_dataset`` and, when given, a known ``eval_type``."""
+    check_dataset_spec(config, "test_dataset", source, batch_size=False)
+    eval_type = config.get("eval_type")
+    try:
+        parse_eval_type(eval_type if eval_type is None else str(eval_type))
+    except ValueError as err:
+        raise ConfigError(f"{source}: {err}") from None
 
 
 def add_test_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -186,10 +204,10 @@ def add_test_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     parser.add_argument("--model", required=True, help="checkpoint (.pth) in the published format")
     parser.add_argument("--out", help="write the results (mean and per-image PSNR) as JSON here")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--backend", choices=BACKENDS, default="fused", help="query implementation")
     parser.add_argument(
-        "--backend", choices=("fused", "reference"), default="fused", help="query implementation"
+        "--eval-bsize", type=int, help="queries decoded per chunk (overrides the config)"
     )
-    parser.add_argument("--eval-bsize", type=int, help="queries decoded per chunk (overrides the config)")
     parser.add_argument("--num-workers", type=int, default=0, help="data loader workers")
     parser.add_argument("--quiet", action="store_true", help="print only the mean PSNR")
     parser.set_defaults(func=run_test_command)
@@ -200,12 +218,16 @@ def run_test_command(args: argparse.Namespace) -> int:
     """Run ``lte-sr test``; returns the exit status."""
     from .checkpoint import load_model
 
-    with open(args.config) as f:
-        config = yaml.safe_load(f)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    config = load_config(args.config)
+    check_test_config(config, args.config)
+    device = resolve_device(args.device)
     model = load_model(args.model, map_location=device, backend=args.backend).to(device)
     result = run_test(
-        config, model, eval_bsize=args.eval_bsize, num_workers=args.num_workers, verbose=not args.quiet
+        config,
+        model,
+        eval_bsize=args.eval_bsize,
+        num_workers=args.num_workers,
+        verbose=not args.quiet,
     )
     print(f"result: {result['mean_psnr']:.4f} dB ({result['eval_type'] or 'rgb'}, "
           f"{len(result['images'])} images, {result['seconds']:.1f} s)")

@@ -49,6 +49,7 @@ CPU_BUDGET_CAP = 1 << 30
 WRITE_BLOCK_PIXELS = 1 << 22
 
 Box = tuple[int, int, int, int]  # (top, left, bottom, right), bottom/right exclusive
+Writer = Callable[[int, int, torch.Tensor], None]  # (row, col, values (3, rows, cols) in [0, 1])
 
 
 class NonFiniteOutputError(ValueError):
@@ -66,6 +67,9 @@ class InferenceSettings:
     tile_size: int | None = None  # encoder tile side in input pixels; None: from the budget
     tile_overlap: int | None = None  # None: the encoder's receptive radius
     self_ensemble: bool = False
+    # Called as progress(done, total) after each region of the input is decoded (every
+    # pass counted: 8 with self-ensemble); may raise to stop the run.
+    progress: Callable[[int, int], None] | None = None
 
 
 def settings_for(
@@ -77,13 +81,19 @@ def settings_for(
     tile_overlap: int | None = None,
     self_ensemble: bool = False,
     budget: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> InferenceSettings:
     """Settings with ``device`` resolved and the budget and chunk size defaulted from the
     device's free memory (arguments are assumed checked, as :mod:`lte_cuda.upscale` does)."""
     dev = resolve_device(device)
     budget = memory_budget(dev) if budget is None else budget
-    chunk = chunk_size or min(max(budget // DECODE_BYTES_PER_QUERY, MIN_CHUNK), MAX_CHUNK)
-    return InferenceSettings(dev, budget, chunk, precision, tile_size, tile_overlap, self_ensemble)
+    chunk = chunk_size or default_chunk(budget)
+    return InferenceSettings(dev, budget, chunk, precision, tile_size, tile_overlap, self_ensemble, progress)
+
+
+def default_chunk(budget: int) -> int:
+    """Output pixels decoded per model call for a working-set budget of ``budget`` bytes."""
+    return min(max(budget // DECODE_BYTES_PER_QUERY, MIN_CHUNK), MAX_CHUNK)
 
 
 # ----------------------------------------------------------------------------- machine
@@ -147,16 +157,21 @@ def encoder_name(model: nn.Module) -> str:
     return spec.get("args", {}).get("encoder_spec", {}).get("name", "")
 
 
-def window_size(model: nn.Module) -> int:
+def padding_window(model: nn.Module) -> int:
     """The window a SwinIR encoder needs its input padded to (its own ``window_size``), else 0."""
     return model.encoder.window_size if encoder_name(model) == "swinir" else 0
+
+
+def padded_side(n: int, window: int) -> int:
+    """A side of ``n`` pixels after the published SwinIR padding (``window`` 0: unpadded)."""
+    return (n // window + 1) * window if window else n
 
 
 def reflect_pad_to_window(inp: torch.Tensor, window: int) -> torch.Tensor:
     """Pad bottom/right by mirroring to ``(h // window + 1) * window`` rows (and columns), as
     the published SwinIR test does; images smaller than half a window are mirrored again."""
     for dim in (-2, -1):
-        target = (inp.shape[dim] // window + 1) * window
+        target = padded_side(inp.shape[dim], window)
         while inp.shape[dim] < target:
             inp = torch.cat([inp, inp.flip(dim)], dim)
         inp = inp.narrow(dim, 0, target)
@@ -283,13 +298,10 @@ def decode_region(
         raise ValueError(f"box must lie inside the output {out_size} and be non-empty, got {box}")
     out = torch.empty((3, bottom - top, right - left), dtype=torch.float32, device=features.inp.device)
     frame = (0, 0, *features.inp.shape[-2:])
-    chunk = chunk_size or min(max(memory_budget(out.device) // DECODE_BYTES_PER_QUERY, MIN_CHUNK), MAX_CHUNK)
+    chunk = chunk_size or default_chunk(memory_budget(out.device))
     with torch.inference_mode():
         decode_box(model, features, frame, image_size, out_size, box, chunk, _writer(out, (top, left)))
     return out
-
-
-Writer = Callable[[int, int, torch.Tensor], None]  # (row, col, values (3, rows, cols) in [0, 1])
 
 
 def decode_box(
@@ -371,20 +383,22 @@ def upscale_into(model: LTE, source: torch.Tensor, dest: torch.Tensor, settings:
     restored. Raises :class:`NonFiniteOutputError` if the model outputs NaN or inf.
     """
     out_size = tuple(dest.shape[-2:])
+    passes = len(DIHEDRAL_TRANSFORMS) if settings.self_ensemble else 1
+    report = _progress_counter(settings.progress, passes * _region_count(model, source, settings))
     was_training = model.training
     # Moved outside inference mode, so the parameters stay usable for training afterwards.
     model.to(settings.device).eval()
     try:
         with torch.inference_mode(), autocast_for(settings):
             if not settings.self_ensemble:
-                _stream(model, source, out_size, _writer(dest), settings)
+                _stream(model, source, out_size, _writer(dest), settings, report)
                 return
             total = torch.zeros((3, *out_size), dtype=torch.float32, device=dest.device)
             for n, transform in enumerate(DIHEDRAL_TRANSFORMS):
                 # The identity decodes in place; the others into a buffer turned back.
                 size = out_size[::-1] if transform[0] else out_size
                 target = total if n == 0 else total.new_empty((3, *size))
-                _stream(model, _dihedral(source, *transform), size, _writer(target), settings)
+                _stream(model, _dihedral(source, *transform), size, _writer(target), settings, report)
                 if n > 0:
                     total += _undo_dihedral(target, *transform)
             total /= len(DIHEDRAL_TRANSFORMS)
@@ -394,9 +408,15 @@ def upscale_into(model: LTE, source: torch.Tensor, dest: torch.Tensor, settings:
 
 
 def _stream(
-    model: LTE, source: torch.Tensor, out_size: tuple[int, int], write: Writer, settings: InferenceSettings
+    model: LTE,
+    source: torch.Tensor,
+    out_size: tuple[int, int],
+    write: Writer,
+    settings: InferenceSettings,
+    report: Callable[[], None],
 ) -> None:
-    """Decode the whole output of ``source`` region by region (see the module docstring)."""
+    """Decode the whole output of ``source`` region by region (see the module docstring),
+    calling ``report()`` after each region."""
     image_size = tuple(source.shape[-2:])
     source = _encoder_source(model, source)
     frame_size = tuple(source.shape[-2:])
@@ -405,6 +425,7 @@ def _stream(
         features = encode_box(model, source, (0, 0, *frame_size), tile, overlap, settings.device)
         decode_box(model, features, (0, 0, *frame_size), image_size, out_size,
                    (0, 0, *out_size), settings.chunk, write)
+        report()
         return
     h, w = frame_size
     for y0 in range(0, h, tile):
@@ -412,12 +433,36 @@ def _stream(
         for x0 in range(0, w, tile):
             cols = _owned_outputs(x0, min(x0 + tile, w), w, out_size[1])
             if rows[0] == rows[1] or cols[0] == cols[1]:
+                report()  # a tile that owns no output pixel (downscaling)
                 continue
             # One pixel more on each side holds every neighbour and bilinear tap of the pixels.
             frame = (max(y0 - 1, 0), max(x0 - 1, 0), min(y0 + tile + 1, h), min(x0 + tile + 1, w))
             features = encode_box(model, source, frame, tile + 2, overlap, settings.device)
             box = (rows[0], cols[0], rows[1], cols[1])
             decode_box(model, features, frame, image_size, out_size, box, settings.chunk, write)
+            report()
+
+
+def _region_count(model: LTE, source: torch.Tensor, settings: InferenceSettings) -> int:
+    """How many regions :func:`_stream` decodes ``source (3, h, w)`` in."""
+    frame_size = tuple(padded_side(n, padding_window(model)) for n in source.shape[-2:])
+    tile, _ = _tiling(model, frame_size, settings)
+    if not _needs_streaming(model, frame_size, tile, settings):
+        return 1
+    return math.ceil(frame_size[0] / tile) * math.ceil(frame_size[1] / tile)
+
+
+def _progress_counter(progress: Callable[[int, int], None] | None, total: int) -> Callable[[], None]:
+    """A function that counts one region done and tells ``progress``."""
+    done = 0
+
+    def report() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    return report
 
 
 def _owned_outputs(start: int, stop: int, n_in: int, n_out: int) -> tuple[int, int]:
@@ -433,7 +478,7 @@ def _owned_outputs(start: int, stop: int, n_in: int, n_out: int) -> tuple[int, i
 def _encoder_source(model: LTE, rgb: torch.Tensor) -> torch.Tensor:
     """What the encoder reads for ``rgb (3, h, w)``: the image itself, or for SwinIR the image
     in float mirrored out to its window, as the published test pads it."""
-    window = window_size(model)
+    window = padding_window(model)
     if not window:
         return rgb
     image = rgb.float() if rgb.is_floating_point() else rgb.float() / pixel_scale(rgb.dtype)
@@ -452,7 +497,7 @@ def _tiling(model: LTE, in_size: tuple[int, int], settings: InferenceSettings) -
     """``(tile side, overlap)`` in encoder-input pixels; one tile covering all means no tiling."""
     whole = max(in_size)
     local = encoder_name(model) in LOCAL_ENCODERS
-    window = window_size(model)
+    window = padding_window(model)
     if settings.tile_overlap is not None:
         overlap = settings.tile_overlap
     else:

@@ -4,6 +4,11 @@ The C++ library ``lte_cuda._C`` defines the ops ``lte_cuda::lte_basis`` and
 ``lte_cuda::lte_basis_backward`` with CPU (and, when built, CUDA) kernels. This module loads it
 and adds what lives on the Python side: autograd, fake kernels for torch.compile, and the
 autocast rule. Without a usable library it falls back to :mod:`lte_cuda.reference`, warning once.
+
+Kernel variants: besides the default kernels (the ones verified on a GPU), variants toward the
+memory bound are compiled into every build and chosen by name, through the environment variable
+``LTE_CUDA_KERNEL`` (``default``, or a comma-separated list of names from
+:data:`KERNEL_VARIANTS`) or :func:`set_kernel_variants`. docs/query-step.md describes them.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import torch
 
 from . import reference
 
-REBUILD_HINT = "rebuild it against the installed torch with: pip install --no-build-isolation ."
+REBUILD_HINT = "rebuild it against the installed torch with: pip install ."
 
 
 def _load_library() -> tuple[str | None, bool]:
@@ -40,7 +45,43 @@ def _load_library() -> tuple[str | None, bool]:
 
 LIBRARY_ERROR, HAS_CUDA_KERNELS = _load_library()
 _warned_fallback = False
-_autocast_lib: torch.library.Library | None = None
+
+KERNEL_ENV = "LTE_CUDA_KERNEL"
+KERNEL_VARIANTS: dict[str, str] = {
+    "sync_free_backward": "the backward groups entries by pixel in buffers sized by the shapes "
+    "alone (stable sort + binary search), so no device-to-host copy; same sums, same order",
+    "autocast_x": "under autocast, float32 features are read as they are and x is written in "
+    "the autocast dtype (no cast passes over the features); the backward reads grad_x in it",
+}
+_selected_variants: frozenset[str] | None = None  # None: read KERNEL_ENV at each use
+
+
+def parse_kernel_variants(spec: str) -> frozenset[str]:
+    """``"default"`` or comma-separated names of :data:`KERNEL_VARIANTS` -> the set of names."""
+    names = {name.strip() for name in spec.split(",")} - {"", "default"}
+    unknown = sorted(names - KERNEL_VARIANTS.keys())
+    if unknown:
+        raise ValueError(
+            f"{KERNEL_ENV}: unknown kernel variant {', '.join(unknown)} in {spec!r}; known: "
+            f"default, {', '.join(KERNEL_VARIANTS)}"
+        )
+    return frozenset(names)
+
+
+def set_kernel_variants(spec: str | None) -> None:
+    """Selects the kernel variants for the calls that follow (``"default"``: none); ``None``
+    goes back to the environment variable ``LTE_CUDA_KERNEL``. Raises ValueError on unknown
+    names."""
+    global _selected_variants
+    _selected_variants = None if spec is None else parse_kernel_variants(spec)
+
+
+def active_kernel_variants() -> frozenset[str]:
+    """The kernel variants in use: those of :func:`set_kernel_variants`, else of
+    ``LTE_CUDA_KERNEL`` (empty: the default kernels)."""
+    if _selected_variants is not None:
+        return _selected_variants
+    return parse_kernel_variants(os.environ.get(KERNEL_ENV, "default"))
 
 
 def library_available() -> bool:
@@ -108,6 +149,36 @@ def _check_inputs(coef, freq, phase_weight, coord, cell) -> None:
     )
 
 
+def _check_output_dtype(what: str, dtype: torch.dtype, coef: torch.Tensor) -> torch.dtype:
+    """The C++ rule for x and grad_x: coef's dtype, or float16/bfloat16 beside float32 coef.
+    ``what`` starts the message, e.g. ``"lte_basis: out_dtype must be"``."""
+    allowed = dtype == coef.dtype or (
+        coef.dtype == torch.float32 and dtype in (torch.float16, torch.bfloat16)
+    )
+    torch._check(
+        allowed,
+        lambda: f"{what} the dtype of coef ({coef.dtype}) or float16/bfloat16 when coef "
+        f"is float32, got {dtype}",
+    )
+    return dtype
+
+
+def _check_grad_x(grad_x, coef, coord) -> None:
+    """The C++ checks of the backward's grad_x, mirrored for fake tensors."""
+    expected = (coef.shape[0], coord.shape[1], 4, coef.shape[1])
+    torch._check(
+        tuple(grad_x.shape) == expected,
+        lambda: f"lte_basis_backward: grad_x must have shape (B, Q, 4, C) = {expected}, got "
+        f"{tuple(grad_x.shape)}",
+    )
+    _check_output_dtype("lte_basis_backward: grad_x must have", grad_x.dtype, coef)
+    torch._check(
+        grad_x.device == coef.device,
+        lambda: f"lte_basis_backward: grad_x must be on the device of coef ({coef.device}), got "
+        f"{grad_x.device}",
+    )
+
+
 def lte_basis(
     coef: torch.Tensor,
     freq: torch.Tensor,
@@ -135,7 +206,9 @@ def lte_basis(
     Dtypes: float32 or float64 throughout; float16/bfloat16 features (coef, freq,
     phase_weight) with coord/cell of the same dtype or float32, computed in float32 and returned
     in the features' dtype. Under torch.autocast the features are cast to the autocast dtype and
-    coord/cell to float32.
+    coord/cell to float32, by torch's own rule: float64 tensors are never cast (a float64 call
+    runs as it is). With the ``autocast_x`` kernel variant, float32 features are not cast: x and
+    weights come in the autocast dtype, computed from the float32 features.
 
     Gradients flow to coef, freq and phase_weight. coord and cell get none (they are data, and
     the nearest-pixel choice is piecewise constant); weights is not differentiable. Double
@@ -145,7 +218,7 @@ def lte_basis(
         if coef.is_cuda and not HAS_CUDA_KERNELS:
             raise RuntimeError(
                 "lte_basis: got CUDA tensors but lte_cuda was built without CUDA kernels; rebuild "
-                "with a CUDA build of torch: FORCE_CUDA=1 pip install --no-build-isolation ."
+                "with a CUDA build of torch: FORCE_CUDA=1 pip install ."
             )
         return torch.ops.lte_cuda.lte_basis(coef, freq, phase_weight, coord, cell)
     if os.environ.get("LTE_CUDA_REQUIRE_LIBRARY") == "1":
@@ -159,9 +232,9 @@ def lte_basis(
     return reference.lte_basis(coef, freq, phase_weight, coord, cell)
 
 
-def _feature_gradients(grad_x, inputs, wanted) -> tuple[torch.Tensor | None, ...]:
+def _feature_gradients(grad_x, inputs, wanted, sync_free) -> tuple[torch.Tensor | None, ...]:
     """The backward op's gradients of coef, freq and phase_weight; None where not ``wanted``."""
-    grads = torch.ops.lte_cuda.lte_basis_backward(grad_x, *inputs)
+    grads = torch.ops.lte_cuda.lte_basis_backward(grad_x, *inputs, sync_free=sync_free)
     return tuple(grad if want else None for grad, want in zip(grads, wanted))
 
 
@@ -174,6 +247,7 @@ class _BasisLinear(torch.autograd.Function):
         x, weights = torch.ops.lte_cuda.lte_basis(coef, freq, phase_weight, coord, cell)
         ctx.save_for_backward(coef, freq, phase_weight, coord, cell, weight)
         ctx.has_bias = bias is not None
+        ctx.sync_free = "sync_free_backward" in active_kernel_variants()
         ctx.mark_non_differentiable(weights)
         return torch.nn.functional.linear(x.reshape(-1, x.shape[-1]), weight, bias), weights
 
@@ -193,7 +267,7 @@ class _BasisLinear(torch.autograd.Function):
             batch, queries, _ = coord.shape
             grad_x = (grad_y @ weight).view(batch, queries, 4, -1)
             feature_grads = _feature_gradients(
-                grad_x, (coef, freq, phase_weight, coord, cell), wanted[:3]
+                grad_x, (coef, freq, phase_weight, coord, cell), wanted[:3], ctx.sync_free
             )
         return (*feature_grads, None, None, grad_weight, grad_bias)
 
@@ -229,71 +303,101 @@ def lte_basis_linear(
     return torch.nn.functional.linear(x.reshape(-1, x.shape[-1]), weight, bias), weights
 
 
-def _register() -> None:
-    op = "lte_cuda::lte_basis"
-    backward_op = "lte_cuda::lte_basis_backward"
+# ---- Python kernels of the two ops: fake (torch.compile), autograd, autocast ----------------
 
-    @torch.library.register_fake(op)
-    def _fake(coef, freq, phase_weight, coord, cell):
-        _check_inputs(coef, freq, phase_weight, coord, cell)
-        batch, channels = coef.shape[0], coef.shape[1]
-        queries = coord.shape[1]
-        x = coef.new_empty((batch, queries, 4, channels))
-        return x, coef.new_empty((batch, queries, 4))
 
-    @torch.library.register_fake(backward_op)
-    def _fake_backward(grad_x, coef, freq, phase_weight, coord, cell):
-        _check_inputs(coef, freq, phase_weight, coord, cell)
-        # The kernels return feature gradients channels-last strided, like their inputs' layout.
-        like = {"dtype": coef.dtype, "device": coef.device}
-        return (
-            torch.empty_permuted(coef.shape, (0, 2, 3, 1), **like),
-            torch.empty_permuted(freq.shape, (0, 2, 3, 1), **like),
-            torch.empty(phase_weight.shape, **like),
-        )
+def _fake_lte_basis(coef, freq, phase_weight, coord, cell, out_dtype=None):
+    _check_inputs(coef, freq, phase_weight, coord, cell)
+    requested = coef.dtype if out_dtype is None else out_dtype
+    dtype = _check_output_dtype("lte_basis: out_dtype must be", requested, coef)
+    batch, channels = coef.shape[0], coef.shape[1]
+    queries = coord.shape[1]
+    x = coef.new_empty((batch, queries, 4, channels), dtype=dtype)
+    return x, coef.new_empty((batch, queries, 4), dtype=dtype)
 
-    def _setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs)
-        ctx.mark_non_differentiable(output[1])
 
-    def _backward(ctx, grad_x, _grad_weights):
-        wanted = ctx.needs_input_grad[:3]
-        return (*_feature_gradients(grad_x, ctx.saved_tensors, wanted), None, None)
-
-    torch.library.register_autograd(op, _backward, setup_context=_setup_context)
-
-    def _no_double_backward(ctx, *grads):
-        raise RuntimeError(
-            "lte_basis: double backward (gradients of gradients) is not supported; use "
-            "lte_cuda.reference.lte_basis if you need it (with a torch whose grid_sample has "
-            "double backward: 2.13 has, 2.11 has not)"
-        )
-
-    def _setup_backward_context(ctx, inputs, output):
-        pass
-
-    torch.library.register_autograd(
-        backward_op, _no_double_backward, setup_context=_setup_backward_context
+def _fake_lte_basis_backward(grad_x, coef, freq, phase_weight, coord, cell, sync_free=False):
+    _check_inputs(coef, freq, phase_weight, coord, cell)
+    _check_grad_x(grad_x, coef, coord)
+    # The kernels return feature gradients channels-last strided, like their inputs' layout.
+    like = {"dtype": coef.dtype, "device": coef.device}
+    return (
+        torch.empty_permuted(coef.shape, (0, 2, 3, 1), **like),
+        torch.empty_permuted(freq.shape, (0, 2, 3, 1), **like),
+        torch.empty(phase_weight.shape, **like),
     )
 
-    # Autocast: features to the autocast dtype, geometry to float32 (the nearest-pixel choice
-    # needs the bits); the kernel computes in float32 either way.
-    global _autocast_lib  # the registrations live as long as this object
-    _autocast_lib = torch.library.Library("lte_cuda", "IMPL")
 
-    def autocast_kernel(device_type: str):
-        def kernel(coef, freq, phase_weight, coord, cell):
-            dtype = torch.get_autocast_dtype(device_type)
-            with torch.autocast(device_type, enabled=False):
-                return torch.ops.lte_cuda.lte_basis(
-                    coef.to(dtype), freq.to(dtype), phase_weight.to(dtype), coord.float(), cell.float()
-                )
+def _setup_context(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs[:5])
+    ctx.num_inputs = len(inputs)
+    # The backward variant is fixed when the forward runs, as the rest of the tape is.
+    ctx.sync_free = "sync_free_backward" in active_kernel_variants()
+    ctx.mark_non_differentiable(output[1])
 
-        return kernel
 
-    _autocast_lib.impl("lte_basis", autocast_kernel("cpu"), "AutocastCPU")
-    _autocast_lib.impl("lte_basis", autocast_kernel("cuda"), "AutocastCUDA")
+def _backward(ctx, grad_x, _grad_weights):
+    wanted = ctx.needs_input_grad[:3]
+    grads = _feature_gradients(grad_x, ctx.saved_tensors, wanted, ctx.sync_free)
+    return (*grads, *[None] * (ctx.num_inputs - 3))
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError(
+        "lte_basis: double backward (gradients of gradients) is not supported; use "
+        "lte_cuda.reference.lte_basis if you need it (with a torch whose grid_sample has "
+        "double backward: 2.13 has, 2.11 has not)"
+    )
+
+
+def _setup_backward_context(ctx, inputs, output) -> None:
+    pass
+
+
+def _autocast_cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """torch's own autocast rule: floating tensors go to ``dtype``, except float64 ones."""
+    if tensor.is_floating_point() and tensor.dtype != torch.float64:
+        return tensor.to(dtype)
+    return tensor
+
+
+def _autocast_lte_basis(device_type: str, coef, freq, phase_weight, coord, cell, out_dtype):
+    """lte_basis under autocast: features in the autocast dtype, geometry in float32 (the
+    nearest-pixel choice needs the bits), float64 left alone; the kernels compute in float32
+    either way. With the ``autocast_x`` variant, float32 features are read as they are and only
+    x and weights are written in the autocast dtype."""
+    dtype = torch.get_autocast_dtype(device_type)
+    geometry = (_autocast_cast(coord, torch.float32), _autocast_cast(cell, torch.float32))
+    features = (coef, freq, phase_weight)
+    read_as_given = "autocast_x" in active_kernel_variants() and all(
+        t.dtype == torch.float32 for t in features
+    )
+    if read_as_given:
+        out_dtype = dtype if out_dtype is None else out_dtype
+    else:
+        features = tuple(_autocast_cast(t, dtype) for t in features)
+    with torch.autocast(device_type, enabled=False):
+        return torch.ops.lte_cuda.lte_basis(*features, *geometry, out_dtype)
+
+
+def _autocast_cpu(coef, freq, phase_weight, coord, cell, out_dtype=None):
+    return _autocast_lte_basis("cpu", coef, freq, phase_weight, coord, cell, out_dtype)
+
+
+def _autocast_cuda(coef, freq, phase_weight, coord, cell, out_dtype=None):
+    return _autocast_lte_basis("cuda", coef, freq, phase_weight, coord, cell, out_dtype)
 
 
 if LIBRARY_ERROR is None:
-    _register()
+    torch.library.register_fake("lte_cuda::lte_basis", _fake_lte_basis)
+    torch.library.register_fake("lte_cuda::lte_basis_backward", _fake_lte_basis_backward)
+    torch.library.register_autograd("lte_cuda::lte_basis", _backward, setup_context=_setup_context)
+    torch.library.register_autograd(
+        "lte_cuda::lte_basis_backward", _no_double_backward, setup_context=_setup_backward_context
+    )
+    # torch.library.register_autocast casts every floating input to one dtype; the rule above
+    # needs two (features, geometry), so the autocast kernels are registered directly. The
+    # registrations live as long as this Library object.
+    _AUTOCAST_LIBRARY = torch.library.Library("lte_cuda", "IMPL")
+    _AUTOCAST_LIBRARY.impl("lte_basis", _autocast_cpu, "AutocastCPU")
+    _AUTOCAST_LIBRARY.impl("lte_basis", _autocast_cuda, "AutocastCUDA")

@@ -52,7 +52,9 @@ def lte_basis(
     rel_cell = cell.clone()
     rel_cell[:, :, 0] *= h
     rel_cell[:, :, 1] *= w
-    phase = (rel_cell.reshape(-1, 2) @ phase_weight.t()).view(batch, num_queries, -1)
+    # Sizes spelled out, not -1: a view of zero elements (B = 0 or Q = 0) cannot infer one.
+    phase = rel_cell.reshape(-1, 2) @ phase_weight.t()
+    phase = phase.view(batch, num_queries, phase_weight.shape[0])
 
     xs, areas = [], []
     for v_row, v_col in NEIGHBOUR_OFFSETS:

@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .models import LTE
+from .image_io.files import atomic_output, read_image, same_file, to_8bit
 from .inference import encode_image
-from .upscale import read_image, resolve_model
+from .models import LTE
+from .upscale import resolve_model
 
 # One estimate per input pixel is drawn, and C maps of the image's size are held in memory.
 MAX_PIXELS = 512 * 512
@@ -59,7 +60,8 @@ def render_texture_figure(
     image: np.ndarray, amplitude: np.ndarray, frequency: np.ndarray, path: str | Path
 ) -> None:
     """Draw the figure for ``image (h, w, 3)`` uint8 and the outputs of
-    :func:`estimate_textures`, and save it as ``path`` (format from the extension)."""
+    :func:`estimate_textures`, and save it as ``path`` (format from the extension, PNG if
+    none), atomically."""
     try:
         # Figure without pyplot: no GUI backend, no global state changed in the caller.
         from matplotlib.colors import hsv_to_rgb
@@ -100,7 +102,8 @@ def render_texture_figure(
     limit = _scatter_points(axes[1, 1], amplitude, frequency)
     _input_spectrum(axes[1, 2], image, limit)
     fig.suptitle("What LTE's texture estimator sees: one set of sinusoids per input pixel")
-    fig.savefig(path, dpi=80)
+    with atomic_output(path) as stream:
+        fig.savefig(stream, format=Path(path).suffix[1:].lower() or "png", dpi=80)
 
 
 def _show_map(fig, ax, values: np.ndarray, title: str, cmap: str) -> None:
@@ -190,9 +193,12 @@ def inspect_image(
     """Write the texture figure of the image ``image_path`` to ``out_path``.
 
     ``model`` is as in :func:`lte_cuda.upscale` (``None``: the bundled default model).
-    Raises ``ValueError`` for an unreadable or too large image, or without matplotlib.
+    Raises ``ValueError`` for an unreadable or too large image, an ``out_path`` that is the
+    image itself, or without matplotlib.
     """
-    image = np.asarray(read_image(image_path).convert("RGB"))
+    if same_file(out_path, image_path):
+        raise ValueError(f"{out_path}: OUT is the input image; choose another path")
+    image = np.asarray(to_8bit(read_image(image_path)).convert("RGB"))
     height, width = image.shape[:2]
     if height * width > MAX_PIXELS:
         raise ValueError(

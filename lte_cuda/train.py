@@ -7,13 +7,19 @@ optional: ``seed`` (0), ``num_workers``, ``device``, ``backend`` ('fused'), ``am
 ('bf16' / 'fp16'), ``compile``, ``warmup_cosine_lr`` (``warmup_steps``, ``min_lr``,
 ``total_steps``; stepped per iteration, instead of ``multi_step_lr``), ``max_steps`` and
 ``time_budget`` (seconds) to stop early, ``init_weights`` (a checkpoint whose model weights a
-new run starts from, e.g. a second schedule after a first; optimizer and schedule start fresh).
+new run starts from, e.g. a second schedule after a first; optimizer and schedule start fresh),
+``clip_grad_norm`` (clip the gradients' total 2-norm to this value before each step; off
+when absent, as published).
 
 One process, or several under ``torchrun`` (DistributedDataParallel; ``batch_size`` is the
 global batch, split evenly over the ranks; rank 0 alone writes files). Every sample's
 randomness is keyed on (seed, epoch, index) and the batch order on (seed, epoch), so a run
 gives the same weights whatever the number of processes or workers, and a stopped run
 resumed from ``epoch-last.pth`` ends where an uninterrupted one does.
+
+A run holds a lock on its folder (:mod:`lte_cuda.run_lock`) while it trains. A non-finite
+loss stops training before it changes the weights (:class:`TrainingDiverged`), and no
+checkpoint is ever written from non-finite weights, so ``epoch-last.pth`` stays resumable.
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ import random
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,19 +43,38 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from .checkpoint import load_model, save_model
+from .checkpoint import CheckpointError, load_model, read_checkpoint, save_model
+from .config import (
+    ConfigError,
+    check_dataset_spec,
+    load_config,
+    positive_int,
+    positive_number,
+    require,
+    require_mapping,
+)
 from .data import make_dataset, seed_worker
 from .evaluate import evaluate, norm_tensors
-from .models import make_model
+from .inference import resolve_device
+from .models import BACKENDS, make_model
+from .run_lock import RunLock, RunLockedError
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 STATE_KEY = "train_state"  # extra checkpoint entry with what resuming needs; loaders ignore it
+LAST = "epoch-last.pth"
+# The seed of the validation patches; 1 is what runs with seed 0 used before it was fixed.
+VALIDATION_SEED = 1
+
+
+class TrainingDiverged(ValueError):
+    """The loss or the weights became non-finite; training stopped without saving them."""
 
 
 class GlobalBatchSampler(Sampler[list[int]]):
@@ -74,7 +100,9 @@ class GlobalBatchSampler(Sampler[list[int]]):
         seed: int = 0,
     ) -> None:
         if global_batch % world_size:
-            raise ValueError(f"batch_size {global_batch} is not divisible by {world_size} processes")
+            raise ValueError(
+                f"batch_size {global_batch} is not divisible by {world_size} processes"
+            )
         self.size = size
         self.global_batch = global_batch
         self.rank = rank
@@ -110,13 +138,43 @@ def _mix(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
-def load_config(path: str) -> dict[str, Any]:
-    """Read a YAML training or test config."""
-    with open(path) as f:
-        config = yaml.safe_load(f)
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: a config must be a YAML mapping")
-    return config
+def check_train_config(config: Mapping[str, Any], source: str = "config") -> None:
+    """ConfigError (one line naming ``source`` and the key) unless ``config`` has what a run
+    needs: ``train_dataset`` (with ``batch_size``), ``model``, ``optimizer``, ``epoch_max``,
+    and well-typed optional keys."""
+    check_dataset_spec(config, "train_dataset", source)
+    if config.get("val_dataset") is not None:
+        check_dataset_spec(config, "val_dataset", source)
+    require_mapping(config, "model", source)
+    check_optimizer_spec(require(config, "optimizer", source), f"{source}: optimizer")
+    positive_int(require(config, "epoch_max", source), "epoch_max", source)
+    for key in ("epoch_val", "epoch_save", "max_steps"):
+        if config.get(key) is not None:
+            positive_int(config[key], key, source)
+    for key in ("clip_grad_norm", "time_budget"):
+        if config.get(key) is not None:
+            positive_number(config[key], key, source)
+    if config.get("amp") not in (None, *AMP_DTYPES):
+        raise ConfigError(
+            f"{source}: amp must be one of {sorted(AMP_DTYPES)} or null, got {config['amp']!r}"
+        )
+    if config.get("backend", "fused") not in BACKENDS:
+        raise ConfigError(
+            f"{source}: backend must be one of {list(BACKENDS)}, got {config['backend']!r}"
+        )
+
+
+def check_optimizer_spec(spec: Any, where: str) -> None:
+    """``{'name': 'adam', 'args': {'lr': 1e-4, ...}}`` with a known name and a number lr >= 0."""
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"{where} must be a mapping with 'name' and 'args', got {spec!r}")
+    if spec.get("name") not in OPTIMIZERS:
+        raise ConfigError(
+            f"{where}.name: unknown optimizer {spec.get('name')!r}; known: {sorted(OPTIMIZERS)}"
+        )
+    lr = require_mapping(spec, "args", where).get("lr")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 <= lr < math.inf:
+        raise ConfigError(f"{where}.args.lr must be a number >= 0, got {lr!r}")
 
 
 def make_optimizer(params, spec: dict[str, Any]) -> torch.optim.Optimizer:
@@ -136,24 +194,34 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: flo
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-class _Dist:
+def rank_device(name: str | None, local_rank: int | None) -> torch.device:
+    """This process's device: ``name`` as :func:`resolve_device` reads it (None: CUDA if
+    present); under torchrun (``local_rank`` set) a bare ``cuda`` is this rank's own GPU."""
+    if name == "cuda" and local_rank is not None:
+        device = torch.device("cuda")  # checked against this rank's GPU below
+    else:
+        device = resolve_device(name)
+    if device.type == "cuda" and device.index is None:
+        gpus = torch.cuda.device_count()
+        rank = local_rank or 0
+        if rank >= gpus:
+            raise ValueError(
+                f"train: process with LOCAL_RANK={rank} has no GPU of its own: this "
+                f"machine has {gpus}; start at most {gpus} processes per node "
+                "(--nproc_per_node), or set device: cpu in the config"
+            )
+        device = torch.device("cuda", rank)
+    return device
+
+
+class DistEnv:
     """Process-group facts of this process (one process: rank 0 of 1)."""
 
     def __init__(self, device: str | None) -> None:
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        name = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.device = torch.device(name)
-        if self.device.type == "cuda" and self.device.index is None:
-            gpus = torch.cuda.device_count()
-            if local_rank >= gpus:
-                raise ValueError(
-                    f"train: process with LOCAL_RANK={local_rank} has no GPU of its own: this "
-                    f"machine has {gpus}; start at most {gpus} processes per node "
-                    "(--nproc_per_node), or set device: cpu in the config"
-                )
-            self.device = torch.device("cuda", local_rank)
+        local_rank = os.environ.get("LOCAL_RANK")
+        self.device = rank_device(device, None if local_rank is None else int(local_rank))
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.enabled = self.world_size > 1
@@ -181,21 +249,23 @@ class _Dist:
             dist.destroy_process_group()
 
 
-# The seed of the validation patches; 1 is what runs with seed 0 used before it was fixed.
-VALIDATION_SEED = 1
-
-
-def _make_loader(
-    spec: dict[str, Any], seed: int, env: _Dist, train: bool, num_workers: int
+def make_loader(
+    spec: dict[str, Any], seed: int, env: DistEnv, train: bool, num_workers: int
 ) -> tuple[Dataset, GlobalBatchSampler, DataLoader, torch.Generator]:
+    """``(dataset, batch sampler, loader, generator)`` of a dataset spec for this rank."""
     dataset = make_dataset(spec["wrapper"], args={"dataset": make_dataset(spec["dataset"])})
     if hasattr(dataset, "set_seed"):
         # Validation always draws the same patches (epoch 0 of VALIDATION_SEED), whatever the
         # run's seed, so that runs with different seeds compare on one set.
         dataset.set_seed(seed if train else VALIDATION_SEED)
     sampler = GlobalBatchSampler(
-        len(dataset), spec["batch_size"], env.rank, env.world_size,
-        shuffle=train, drop_last=train, seed=seed,
+        len(dataset),
+        spec["batch_size"],
+        env.rank,
+        env.world_size,
+        shuffle=train,
+        drop_last=train,
+        seed=seed,
     )
     generator = torch.Generator()  # reseeded every epoch; gives the workers' base seeds
     loader = DataLoader(
@@ -207,6 +277,40 @@ def _make_loader(
         pin_memory=env.device.type == "cuda",
     )
     return dataset, sampler, loader, generator
+
+
+@dataclass
+class TrainData:
+    """The loaders of a run."""
+
+    train_set: Dataset
+    sampler: GlobalBatchSampler
+    loader: DataLoader
+    generator: torch.Generator
+    val_loader: DataLoader | None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.sampler.num_batches
+
+
+def make_train_data(config: dict[str, Any], seed: int, env: DistEnv) -> TrainData:
+    """Training and (when ``val_dataset`` and ``epoch_val`` are set) validation loaders."""
+    num_workers = config.get("num_workers", min(8, os.cpu_count() or 1))
+    train_set, sampler, loader, generator = make_loader(
+        config["train_dataset"], seed, env, train=True, num_workers=num_workers
+    )
+    if sampler.num_batches == 0:
+        raise ValueError(
+            f"training set of {len(train_set)} samples gives no full batch of "
+            f"{config['train_dataset']['batch_size']}"
+        )
+    val_loader = None
+    if config.get("val_dataset") is not None and config.get("epoch_val") is not None:
+        _, _, val_loader, _ = make_loader(
+            config["val_dataset"], seed, env, train=False, num_workers=num_workers
+        )
+    return TrainData(train_set, sampler, loader, generator, val_loader)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -231,6 +335,12 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def _make_schedulers(
     config: dict[str, Any], optimizer: torch.optim.Optimizer, lr: float, default_total: int
 ) -> tuple[LRScheduler | None, LRScheduler | None]:
@@ -245,7 +355,7 @@ def _make_schedulers(
             warmup_cosine,
             warmup_steps=spec.get("warmup_steps", 0),
             total_steps=spec.get("total_steps") or default_total,
-            min_ratio=spec.get("min_lr", 0.0) / lr,
+            min_ratio=spec.get("min_lr", 0.0) / lr if lr else 0.0,  # lr 0: every factor gives 0
         )
         return None, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     return None, None
@@ -266,6 +376,315 @@ class _Log:
             f.write(message + "\n")
 
 
+def read_resume_checkpoint(path: str) -> dict[str, Any]:
+    """A checkpoint to continue training from, or CheckpointError (one line naming the file):
+    it must hold an optimizer state and a whole number of epochs done. The model entry is
+    checked when the model is loaded from it."""
+    ckpt, name = read_checkpoint(path)
+    if not isinstance(ckpt, Mapping):
+        raise CheckpointError(
+            f"{name}: cannot resume from it: not a checkpoint dict but {type(ckpt).__name__}"
+        )
+    optimizer = ckpt.get("optimizer")
+    if not isinstance(optimizer, Mapping) or not isinstance(optimizer.get("sd"), Mapping):
+        raise CheckpointError(
+            f"{name}: cannot resume from it: it holds no optimizer state (a weights-only file); "
+            f"to start a new run from its weights, set init_weights: {name} in the config"
+        )
+    check_optimizer_spec(optimizer, f"{name}: optimizer")
+    epoch = ckpt.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise CheckpointError(
+            f"{name}: cannot resume from it: 'epoch' must be the epochs done, got {epoch!r}"
+        )
+    return dict(ckpt)
+
+
+def initial_model(
+    config: dict[str, Any], ckpt: dict[str, Any] | None, resume: str | None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """``(model, optimizer spec)`` a run starts from: the resumed checkpoint's, or a new model
+    from ``config['model']`` (with ``init_weights`` loaded into it) and the config's optimizer."""
+    backend = config.get("backend", "fused")
+    if ckpt is not None:
+        return load_model(ckpt, backend=backend, name=resume).train(), ckpt["optimizer"]
+    model = make_model(config["model"], backend=backend)
+    if config.get("init_weights"):
+        start = load_model(config["init_weights"])
+        try:
+            model.load_state_dict(start.state_dict())
+        except RuntimeError as err:
+            raise ValueError(
+                f"init_weights {config['init_weights']!r} does not fit the config's model: {err}"
+            ) from None
+    return model, config["optimizer"]
+
+
+@dataclass
+class Progress:
+    """Where a run stands: what a checkpoint restores besides weights, optimizer and schedules."""
+
+    epoch: int = 0  # epochs completed
+    epoch_step: int = 0  # optimizer steps done into epoch + 1
+    global_step: int = 0
+    best_val: float = -math.inf
+
+
+class Trainer:
+    """One run: the model, what updates it, where it stands, and the loop's three pieces
+    (:meth:`restore`, :meth:`run_epoch`, :meth:`end_epoch`), each usable alone."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        env: DistEnv,
+        model: nn.Module,
+        optimizer_spec: Mapping,
+        steps_per_epoch: int,
+        save_path: str,
+    ) -> None:
+        self.config, self.env, self.save_path = config, env, save_path
+        self.steps_per_epoch = steps_per_epoch
+        self.log = _Log(save_path, env.main)
+        self.seed = int(config.get("seed", 0))
+        self.model = model.to(env.device)
+        self.optimizer_spec = {k: v for k, v in optimizer_spec.items() if k != "sd"}
+        self.optimizer = make_optimizer(self.model.parameters(), self.optimizer_spec)
+        total_steps = config.get("max_steps") or config["epoch_max"] * steps_per_epoch
+        self.epoch_scheduler, self.step_scheduler = _make_schedulers(
+            config, self.optimizer, self.optimizer_spec["args"]["lr"], total_steps
+        )
+        amp = config.get("amp")
+        self.scaler = torch.amp.GradScaler(env.device.type) if amp == "fp16" else None
+        self.autocast = (
+            torch.autocast(env.device.type, dtype=AMP_DTYPES[amp]) if amp else nullcontext()
+        )
+        self.clip_grad_norm = config.get("clip_grad_norm")
+        self.progress = Progress()
+        self.ddp_model = DistributedDataParallel(self.model) if env.enabled else self.model
+        self.forward = torch.compile(self.ddp_model) if config.get("compile") else self.ddp_model
+        self.norm = norm_tensors(config.get("data_norm"), env.device)
+
+    # ------------------------------------------------------------------ restore state
+
+    def restore(self, ckpt: Mapping[str, Any], name: str) -> None:
+        """Continue from ``ckpt`` (see :func:`read_resume_checkpoint`): optimizer, progress,
+        schedules, AMP scaler and RNG states; a published checkpoint (no train state)
+        restores the optimizer and replays the epoch schedule up to its epoch."""
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"]["sd"])
+            self.progress = Progress(epoch=ckpt["epoch"])
+            state = ckpt.get(STATE_KEY)
+            if state is None:
+                self._replay_schedule()
+            else:
+                self._restore_state(state)
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:
+            raise CheckpointError(
+                f"{name}: cannot resume from it: its training state does not fit this run "
+                f"({type(err).__name__}: {err})"
+            ) from err
+        steps = self.progress.epoch_step
+        self.log(
+            f"resumed from {name}: epoch {self.progress.epoch} done"
+            + (f" + {steps} steps" if steps else "")
+        )
+
+    def _restore_state(self, state: Mapping[str, Any]) -> None:
+        self.progress.epoch_step = int(state["epoch_step"])
+        self.progress.global_step = int(state["global_step"])
+        self.progress.best_val = float(state["best_val"])
+        for scheduler, key in (
+            (self.epoch_scheduler, "epoch_scheduler"),
+            (self.step_scheduler, "step_scheduler"),
+        ):
+            if scheduler is not None and state.get(key) is not None:
+                scheduler.load_state_dict(state[key])
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+
+    def _replay_schedule(self) -> None:
+        # A published checkpoint: replay the schedule up to its epoch from the initial lr
+        # (the published code replays from the saved, already decayed lr).
+        for group in self.optimizer.param_groups:
+            group["lr"] = group.get("initial_lr", self.optimizer_spec["args"]["lr"])
+        self.progress.global_step = self.progress.epoch * self.steps_per_epoch
+        with warnings.catch_warnings():
+            # Replaying before any optimizer.step() is intended here.
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+            for _ in range(self.progress.epoch if self.epoch_scheduler is not None else 0):
+                self.epoch_scheduler.step()
+            for _ in range(self.progress.global_step if self.step_scheduler is not None else 0):
+                self.step_scheduler.step()
+
+    # ------------------------------------------------------------------ one epoch
+
+    def run_epoch(self, data: TrainData, epoch: int, start_time: float) -> tuple[float, bool]:
+        """Train ``epoch`` from step ``progress.epoch_step``; returns (mean training loss over
+        the ranks, whether ``max_steps`` or ``time_budget`` stopped it early)."""
+        self.ddp_model.train()
+        data.train_set.set_epoch(epoch)
+        data.sampler.set_epoch(epoch, start=self.progress.epoch_step)
+        data.generator.manual_seed(_mix(self.seed, epoch))
+        loss_sum, loss_count = torch.zeros((), device=self.env.device), 0
+        bar = tqdm(
+            data.loader,
+            desc=f"epoch {epoch}/{self.config['epoch_max']}",
+            leave=False,
+            disable=not self.env.main,
+            dynamic_ncols=True,
+        )
+        stopped = False
+        for batch in bar:
+            loss_sum += self.step(batch, epoch)
+            loss_count += 1
+            if loss_count % 10 == 1:  # .item() waits for the GPU: not every step
+                bar.set_postfix(loss=f"{loss_sum.item() / loss_count:.4f}", refresh=False)
+            if self._should_stop(start_time):
+                stopped = True
+                break
+        bar.close()
+        loss_sum, loss_count = self.env.sum(loss_sum.item(), loss_count)
+        return loss_sum / max(loss_count, 1), stopped
+
+    def step(self, batch: Mapping[str, torch.Tensor], epoch: int) -> torch.Tensor:
+        """One optimizer step on ``batch``; returns the detached loss. A non-finite loss
+        raises :class:`TrainingDiverged` before the weights change."""
+        device = self.env.device
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        inp_sub, inp_div, gt_sub, gt_div = self.norm
+        with self.autocast:
+            pred = self.forward((batch["inp"] - inp_sub) / inp_div, batch["coord"], batch["cell"])
+        loss = F.l1_loss(pred.float(), (batch["gt"] - gt_sub) / gt_div)
+        finite = bool(
+            torch.isfinite(loss)
+        )  # one scalar sync per step: the price of stopping in time
+        if self.env.any(not finite):  # every rank stops on any rank's loss
+            what = (
+                f"the loss is {loss.item()}"
+                if not finite
+                else "another process's loss is not finite"
+            )
+            self._diverged(f"{what} at epoch {epoch}, step {self.progress.global_step + 1}")
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self._clip_gradients(epoch)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self._clip_gradients(epoch)
+            self.optimizer.step()
+        if self.step_scheduler is not None:
+            self.step_scheduler.step()
+        self.progress.global_step += 1
+        self.progress.epoch_step += 1
+        return loss.detach()
+
+    def _clip_gradients(self, epoch: int) -> None:
+        if self.clip_grad_norm is None:
+            return
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+        # fp16's scaler skips steps with non-finite gradients by design; elsewhere they would
+        # turn the weights into NaN. Gradients are all-reduced: every rank sees the same norm.
+        if self.scaler is None and not torch.isfinite(norm):
+            self._diverged(
+                f"the gradient norm is {norm.item()} at epoch {epoch}, "
+                f"step {self.progress.global_step + 1}"
+            )
+
+    def _should_stop(self, start_time: float) -> bool:
+        budget, max_steps = self.config.get("time_budget"), self.config.get("max_steps")
+        out_of_time = budget is not None and self.env.any(time.monotonic() - start_time > budget)
+        return out_of_time or bool(max_steps and self.progress.global_step >= max_steps)
+
+    def _diverged(self, what: str) -> None:
+        last = os.path.join(self.save_path, LAST)
+        kept = f"{last} keeps the last saved state" if os.path.exists(last) else "nothing was saved"
+        raise TrainingDiverged(
+            f"training stopped: {what}; the weights were not updated with it and {kept}. "
+            "Try a lower learning rate, clip_grad_norm in the config, or no amp"
+        )
+
+    # ------------------------------------------------------------------ validate and save
+
+    def end_epoch(
+        self, data: TrainData, epoch: int, train_loss: float, start_time: float
+    ) -> float | None:
+        """After a whole epoch: step the epoch schedule, validate when due, write
+        ``epoch-last`` (and ``epoch-N`` / ``epoch-best`` when due), log; returns the
+        validation PSNR or None."""
+        self.progress.epoch, self.progress.epoch_step = epoch, 0
+        lr = self.optimizer.param_groups[0]["lr"]
+        if self.epoch_scheduler is not None:
+            self.epoch_scheduler.step()
+        info = [
+            f"epoch {epoch}/{self.config['epoch_max']}",
+            f"train: loss={train_loss:.4f}",
+            f"lr={lr:.3g}",
+        ]
+        val_psnr = None
+        if data.val_loader is not None and epoch % self.config["epoch_val"] == 0:
+            val_psnr = self.validate(data.val_loader)
+            info.append(f"val: psnr={val_psnr:.4f}")
+        names = [LAST]
+        if self.config.get("epoch_save") and epoch % self.config["epoch_save"] == 0:
+            names.append(f"epoch-{epoch}.pth")
+        if val_psnr is not None and val_psnr > self.progress.best_val:
+            self.progress.best_val = val_psnr
+            names.append("epoch-best.pth")
+        self.save(names, epoch, 0)
+        info.append(f"{(time.monotonic() - start_time) / 60:.1f} min")
+        self.log(", ".join(info))
+        return val_psnr
+
+    def validate(self, loader: DataLoader) -> float:
+        """Mean PSNR over the validation set, all ranks together."""
+        values = evaluate(
+            loader,
+            self.model,
+            data_norm=self.config.get("data_norm"),
+            eval_type=self.config.get("eval_type"),
+            eval_bsize=self.config.get("eval_bsize"),
+        )
+        psnr_sum, psnr_count = self.env.sum(sum(values), len(values))
+        return psnr_sum / psnr_count
+
+    def save(self, names: list[str], epoch: int, step_in_epoch: int) -> None:
+        """Write checkpoints ``names`` (rank 0) that resume exactly; :class:`TrainingDiverged`
+        on every rank, and nothing written, if a weight is not finite."""
+        floats = [t for t in self.model.state_dict().values() if t.is_floating_point()]
+        if not bool(torch.stack([torch.isfinite(t).all() for t in floats]).all()):
+            self._diverged(
+                f"the weights are not finite at epoch {epoch} (not saving {', '.join(names)})"
+            )
+        if not self.env.main:
+            return
+        state = {
+            "epoch_step": step_in_epoch,
+            "global_step": self.progress.global_step,
+            "best_val": self.progress.best_val,
+            "epoch_scheduler": self.epoch_scheduler.state_dict() if self.epoch_scheduler else None,
+            "step_scheduler": self.step_scheduler.state_dict() if self.step_scheduler else None,
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "rng": _rng_state(),
+            "seed": self.seed,
+        }
+        optimizer_entry = {**self.optimizer_spec, "sd": self.optimizer.state_dict()}
+        for name in names:
+            save_model(
+                self.model,
+                os.path.join(self.save_path, name),
+                optimizer=optimizer_entry,
+                epoch=epoch,
+                extra={STATE_KEY: state},
+            )
+
+
 def train(config: dict[str, Any], save_path: str, resume: str | None = None) -> dict[str, Any]:
     """Train as ``config`` says, writing checkpoints and ``log.txt`` under ``save_path``.
 
@@ -273,22 +692,63 @@ def train(config: dict[str, Any], save_path: str, resume: str | None = None) -> 
     this trainer restores model, optimizer, scheduler, AMP scaler, step, best validation and
     RNG states; a published checkpoint restores model and optimizer and replays the
     epoch schedule. Under ``torchrun`` this runs one rank of a DistributedDataParallel job.
+    ``save_path`` is locked while training (rank 0 holds the lock); a folder another live
+    trainer holds is refused with :class:`~lte_cuda.run_lock.RunLockedError`.
 
     Returns ``{'model', 'epoch', 'global_step', 'train_loss', 'val_psnr', 'best_val_psnr',
     'stopped_early'}``; ``model`` is the trained (unwrapped) module.
     """
-    env = _Dist(config.get("device"))
+    check_train_config(config)
+    env = DistEnv(config.get("device"))
+    lock = RunLock(save_path)
     try:
-        return _train(config, save_path, resume or config.get("resume"), env)
+        _lock_on_rank_zero(lock, env)
+        return _run(config, save_path, resume or config.get("resume"), env)
     finally:
+        lock.release()
         env.close()
 
 
-def _train(config: dict[str, Any], save_path: str, resume: str | None, env: _Dist) -> dict[str, Any]:
+def _lock_on_rank_zero(lock: RunLock, env: DistEnv) -> None:
+    refused = None
+    if env.main:
+        try:
+            lock.acquire()
+        except RunLockedError as err:
+            refused = err
+    if env.any(refused is not None):  # every rank stops, not only the one that knows why
+        raise refused or RunLockedError(f"rank 0 could not lock {lock.path.parent}")
+
+
+def _run(
+    config: dict[str, Any], save_path: str, resume: str | None, env: DistEnv
+) -> dict[str, Any]:
     start_time = time.monotonic()
-    device = env.device
+    _prepare_folder(config, save_path, resume, env)
     seed = int(config.get("seed", 0))
-    last = os.path.join(save_path, "epoch-last.pth")
+    _seed_everything(seed)
+    data = make_train_data(config, seed, env)
+    ckpt = read_resume_checkpoint(resume) if resume else None
+    model, optimizer_spec = initial_model(config, ckpt, resume)
+    trainer = Trainer(config, env, model, optimizer_spec, data.steps_per_epoch, save_path)
+    if ckpt is not None:
+        trainer.restore(ckpt, resume)
+        del ckpt
+    n_params = sum(p.numel() for p in model.parameters())
+    trainer.log(
+        f"model: {n_params:,} parameters, backend {model.backend}; {env.world_size} process(es) "
+        f"on {env.device}; {len(data.train_set)} samples, {data.steps_per_epoch} steps per epoch"
+    )
+    result = _fit(trainer, data, start_time)
+    if env.enabled:
+        dist.barrier()  # no rank leaves while rank 0 still writes
+    return result
+
+
+def _prepare_folder(
+    config: dict[str, Any], save_path: str, resume: str | None, env: DistEnv
+) -> None:
+    last = os.path.join(save_path, LAST)
     if resume is None and os.path.exists(last):  # checked on every rank: all stop together
         raise FileExistsError(
             f"{save_path} already holds a run; resume it with --resume {last} "
@@ -298,201 +758,37 @@ def _train(config: dict[str, Any], save_path: str, resume: str | None, env: _Dis
         os.makedirs(save_path, exist_ok=True)
         with open(os.path.join(save_path, "config.yaml"), "w") as f:
             yaml.safe_dump(config, f, sort_keys=False)
-    log = _Log(save_path, env.main)
 
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    num_workers = config.get("num_workers", min(8, os.cpu_count() or 1))
-    train_set, train_sampler, train_loader, loader_gen = _make_loader(
-        config["train_dataset"], seed, env, train=True, num_workers=num_workers
-    )
-    val_loader = None
-    if config.get("val_dataset") is not None and config.get("epoch_val") is not None:
-        _, _, val_loader, _ = _make_loader(
-            config["val_dataset"], seed, env, train=False, num_workers=num_workers
-        )
-    steps_per_epoch = len(train_sampler)
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"training set of {len(train_set)} samples gives no full batch of "
-            f"{config['train_dataset']['batch_size']}"
-        )
 
-    backend = config.get("backend", "fused")
-    ckpt = torch.load(resume, map_location="cpu", weights_only=True) if resume else None
-    if ckpt is not None:
-        model = load_model(ckpt, backend=backend).train()
-        optimizer_spec = ckpt.get("optimizer") or config["optimizer"]
-    else:
-        model = make_model(config["model"], backend=backend)
-        if config.get("init_weights"):
-            start = load_model(config["init_weights"])
-            try:
-                model.load_state_dict(start.state_dict())
-            except RuntimeError as err:
-                raise ValueError(
-                    f"init_weights {config['init_weights']!r} does not fit the config's model: {err}"
-                ) from None
-        optimizer_spec = config["optimizer"]
-    model.to(device)
-    optimizer_spec = {k: v for k, v in optimizer_spec.items() if k != "sd"}
-    optimizer = make_optimizer(model.parameters(), optimizer_spec)
-
-    epoch_max = config["epoch_max"]
+def _fit(trainer: Trainer, data: TrainData, start_time: float) -> dict[str, Any]:
+    """Epochs from where ``trainer.progress`` stands to ``epoch_max`` or an early stop."""
+    progress, config = trainer.progress, trainer.config
     max_steps = config.get("max_steps")
-    epoch_scheduler, step_scheduler = _make_schedulers(
-        config, optimizer, optimizer_spec["args"]["lr"], max_steps or epoch_max * steps_per_epoch
-    )
-
-    amp = config.get("amp")
-    if amp not in (None, *AMP_DTYPES):
-        raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)} or null, got {amp!r}")
-    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
-
-    epoch_start, epoch_step, global_step, best_val = 1, 0, 0, -math.inf
-    if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"]["sd"])
-        state = ckpt.get(STATE_KEY)
-        epoch_start = ckpt["epoch"] + 1
-        if state is not None:
-            epoch_step = state["epoch_step"]
-            global_step = state["global_step"]
-            best_val = state["best_val"]
-            for scheduler, key in ((epoch_scheduler, "epoch_scheduler"), (step_scheduler, "step_scheduler")):
-                if scheduler is not None and state.get(key) is not None:
-                    scheduler.load_state_dict(state[key])
-            if scaler is not None and state.get("scaler") is not None:
-                scaler.load_state_dict(state["scaler"])
-            _set_rng_state(state["rng"])
-        else:
-            # A published checkpoint: replay the schedule up to its epoch from the initial lr
-            # (the published code replays from the saved, already decayed lr).
-            for group in optimizer.param_groups:
-                group["lr"] = group.get("initial_lr", optimizer_spec["args"]["lr"])
-            global_step = (epoch_start - 1) * steps_per_epoch
-            with warnings.catch_warnings():
-                # Replaying before any optimizer.step() is intended here.
-                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
-                for _ in range(epoch_start - 1 if epoch_scheduler is not None else 0):
-                    epoch_scheduler.step()
-                for _ in range(global_step if step_scheduler is not None else 0):
-                    step_scheduler.step()
-        log(f"resumed from {resume}: epoch {epoch_start - 1} done"
-            + (f" + {epoch_step} steps" if epoch_step else ""))
-        del ckpt
-
-    ddp_model = DistributedDataParallel(model) if env.enabled else model
-    forward = torch.compile(ddp_model) if config.get("compile") else ddp_model
-    inp_sub, inp_div, gt_sub, gt_div = norm_tensors(config.get("data_norm"), device)
-    autocast = (
-        torch.autocast(device.type, dtype=AMP_DTYPES[amp]) if amp else nullcontext()
-    )
-    time_budget = config.get("time_budget")
-    n_params = sum(p.numel() for p in model.parameters())
-    log(f"model: {n_params:,} parameters, backend {model.backend}; {env.world_size} process(es) "
-        f"on {device}; {len(train_set)} samples, {steps_per_epoch} steps per epoch")
-
-    def checkpoint(path: str, epoch: int, step_in_epoch: int) -> None:
-        state = {
-            "epoch_step": step_in_epoch,
-            "global_step": global_step,
-            "best_val": best_val,
-            "epoch_scheduler": epoch_scheduler.state_dict() if epoch_scheduler else None,
-            "step_scheduler": step_scheduler.state_dict() if step_scheduler else None,
-            "scaler": scaler.state_dict() if scaler else None,
-            "rng": _rng_state(),
-            "seed": seed,
-        }
-        optimizer_entry = {**optimizer_spec, "sd": optimizer.state_dict()}
-        save_model(model, os.path.join(save_path, path), optimizer=optimizer_entry,
-                   epoch=epoch, extra={STATE_KEY: state})
-
+    stopped = bool(max_steps) and progress.global_step >= max_steps
     train_loss = val_psnr = None
-    stopped = bool(max_steps) and global_step >= max_steps
-    done_epoch = epoch_start - 1
-    for epoch in range(epoch_start, epoch_max + 1):
+    for epoch in range(progress.epoch + 1, config["epoch_max"] + 1):
         if stopped:
             break
-        ddp_model.train()
-        train_set.set_epoch(epoch)
-        train_sampler.set_epoch(epoch, start=epoch_step)
-        loader_gen.manual_seed(_mix(seed, epoch))
-        loss_sum, loss_count = torch.zeros((), device=device), 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch}/{epoch_max}", leave=False,
-                   disable=not env.main, dynamic_ncols=True)
-        for batch in bar:
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            inp = (batch["inp"] - inp_sub) / inp_div
-            gt = (batch["gt"] - gt_sub) / gt_div
-            with autocast:
-                pred = forward(inp, batch["coord"], batch["cell"])
-            loss = F.l1_loss(pred.float(), gt)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            if step_scheduler is not None:
-                step_scheduler.step()
-            global_step += 1
-            epoch_step += 1
-            loss_sum += loss.detach()
-            loss_count += 1
-            if loss_count % 10 == 1:  # .item() waits for the GPU: not every step
-                bar.set_postfix(loss=f"{loss_sum.item() / loss_count:.4f}", refresh=False)
-            out_of_time = time_budget is not None and env.any(
-                time.monotonic() - start_time > time_budget
-            )
-            if out_of_time or (max_steps and global_step >= max_steps):
-                stopped = True
-                break
-        bar.close()
-        loss_sum, loss_count = env.sum(loss_sum.item(), loss_count)
-        train_loss = loss_sum / max(loss_count, 1)
-        lr = optimizer.param_groups[0]["lr"]
-        if epoch_step < steps_per_epoch:
+        train_loss, stopped = trainer.run_epoch(data, epoch, start_time)
+        if progress.epoch_step < trainer.steps_per_epoch:
             # Stopped mid-epoch: record the epochs done and the steps into this one.
-            if env.main:
-                checkpoint("epoch-last.pth", epoch - 1, epoch_step)
-            log(f"epoch {epoch}/{epoch_max}: stopped after {epoch_step}/{steps_per_epoch} steps "
-                f"(step {global_step}), train loss {train_loss:.4f}, lr {lr:.3g}")
+            trainer.save([LAST], epoch - 1, progress.epoch_step)
+            lr = trainer.optimizer.param_groups[0]["lr"]
+            trainer.log(
+                f"epoch {epoch}/{config['epoch_max']}: stopped after {progress.epoch_step}/"
+                f"{trainer.steps_per_epoch} steps (step {progress.global_step}), "
+                f"train loss {train_loss:.4f}, lr {lr:.3g}"
+            )
             break
-        epoch_step = 0
-        done_epoch = epoch
-        if epoch_scheduler is not None:
-            epoch_scheduler.step()
-        info = [f"epoch {epoch}/{epoch_max}", f"train: loss={train_loss:.4f}", f"lr={lr:.3g}"]
-        is_best = False
-        if val_loader is not None and epoch % config["epoch_val"] == 0:
-            values = evaluate(val_loader, model, data_norm=config.get("data_norm"),
-                              eval_type=config.get("eval_type"), eval_bsize=config.get("eval_bsize"))
-            psnr_sum, psnr_count = env.sum(sum(values), len(values))
-            val_psnr = psnr_sum / psnr_count
-            info.append(f"val: psnr={val_psnr:.4f}")
-            is_best = val_psnr > best_val
-            best_val = max(best_val, val_psnr)
-        if env.main:
-            checkpoint("epoch-last.pth", epoch, 0)
-            if config.get("epoch_save") and epoch % config["epoch_save"] == 0:
-                checkpoint(f"epoch-{epoch}.pth", epoch, 0)
-            if is_best:
-                checkpoint("epoch-best.pth", epoch, 0)
-        elapsed = time.monotonic() - start_time
-        info.append(f"{elapsed / 60:.1f} min")
-        log(", ".join(info))
-    if env.enabled:
-        dist.barrier()  # no rank leaves while rank 0 still writes
+        val = trainer.end_epoch(data, epoch, train_loss, start_time)
+        val_psnr = val if val is not None else val_psnr
     return {
-        "model": model,
-        "epoch": done_epoch,
-        "global_step": global_step,
+        "model": trainer.model,
+        "epoch": progress.epoch,
+        "global_step": progress.global_step,
         "train_loss": train_loss,
         "val_psnr": val_psnr,
-        "best_val_psnr": best_val if best_val > -math.inf else None,
+        "best_val_psnr": progress.best_val if progress.best_val > -math.inf else None,
         "stopped_early": stopped,
     }
 
@@ -508,9 +804,11 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument("--config", required=True, help="training config (YAML)")
     parser.add_argument("--name", help="run name (default: _<config file name>)")
     parser.add_argument("--save-dir", default="save", help="parent folder of runs (default: save)")
-    parser.add_argument("--resume", help="checkpoint to continue from (e.g. save/NAME/epoch-last.pth)")
+    parser.add_argument(
+        "--resume", help="checkpoint to continue from (e.g. save/NAME/epoch-last.pth)"
+    )
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--backend", choices=("fused", "reference"), help="query implementation")
+    parser.add_argument("--backend", choices=BACKENDS, help="query implementation")
     parser.add_argument("--amp", choices=sorted(AMP_DTYPES), help="mixed precision (default: fp32)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
@@ -525,20 +823,28 @@ def run_train_command(args: argparse.Namespace) -> int:
     """Run ``lte-sr train``; returns the exit status."""
     config = load_config(args.config)
     overrides = {
-        "device": args.device, "backend": args.backend, "amp": args.amp,
-        "max_steps": args.max_steps, "time_budget": args.time_budget,
-        "num_workers": args.num_workers, "seed": args.seed,
+        "device": args.device,
+        "backend": args.backend,
+        "amp": args.amp,
+        "max_steps": args.max_steps,
+        "time_budget": args.time_budget,
+        "num_workers": args.num_workers,
+        "seed": args.seed,
     }
     config.update({k: v for k, v in overrides.items() if v is not None})
     if args.compile:
         config["compile"] = True
+    check_train_config(config, args.config)
     name = args.name or "_" + os.path.splitext(os.path.basename(args.config))[0]
     save_path = os.path.join(args.save_dir, name)
     result = train(copy.deepcopy(config), save_path, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
         best = result["best_val_psnr"]
-        print(f"{'stopped' if result['stopped_early'] else 'done'}: {result['epoch']} epochs "
-              f"and step {result['global_step']}"
-              + (f", best val PSNR {best:.4f} dB" if best is not None else "")
-              + f"; checkpoints in {save_path}", file=sys.stderr)
+        print(
+            f"{'stopped' if result['stopped_early'] else 'done'}: {result['epoch']} epochs "
+            f"and step {result['global_step']}"
+            + (f", best val PSNR {best:.4f} dB" if best is not None else "")
+            + f"; checkpoints in {save_path}",
+            file=sys.stderr,
+        )
     return 0

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from .checkpoint import load_model
 from .image_io.convert import ImageLike, pixel_scale, to_pixels
@@ -282,18 +281,6 @@ def resolve_model(model: LTE | str | os.PathLike | None = None) -> LTE:
     raise TypeError(
         f"model must be an LTE module, a checkpoint path or a preset name, got {type(model).__name__}"
     )
-
-
-def read_image(path: str | os.PathLike) -> Image.Image:
-    """Open and decode the image at ``path``; ``ValueError`` naming it if missing or unreadable."""
-    try:
-        image = Image.open(path)
-        image.load()  # decode now, so a truncated file fails here with its name
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such file") from None
-    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
-        raise ValueError(f"{path}: not a readable image ({err})") from None
-    return image
 
 
 def _positive_int(value: object, name: str) -> int:

@@ -7,9 +7,12 @@ taken from the model under test.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +21,8 @@ import torch.nn.functional as F
 
 import lte_cuda
 from lte_cuda import CheckpointError, load_model, save_model
-from lte_cuda.models import build_preset
+from lte_cuda.models import MODELS, PRESETS, build_preset, check_model_spec, make_model
+from lte_cuda.models.limits import ARG_BOUNDS
 
 N_BLOCKS, N_FEATS, HIDDEN, HIDDEN_LIST = 2, 8, 16, [16, 16]
 TINY_ARGS = {
@@ -74,7 +78,11 @@ def random_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
 def published_checkpoint(sd: dict[str, torch.Tensor] | None = None, **model_fields) -> dict:
     model = {"name": "lte", "args": TINY_ARGS, "sd": random_state_dict() if sd is None else sd}
     model.update(model_fields)
-    return {"model": model, "optimizer": {"name": "adam", "args": {"lr": 1e-4}, "sd": None}, "epoch": 7}
+    return {
+        "model": model,
+        "optimizer": {"name": "adam", "args": {"lr": 1e-4}, "sd": None},
+        "epoch": 7,
+    }
 
 
 def write(path: Path, ckpt: object) -> Path:
@@ -101,7 +109,9 @@ def published_forward(
     feat = conv(res, f"encoder.body.{N_BLOCKS}") + x
     coef, freq = conv(feat, "coef"), conv(feat, "freq")
 
-    def sample(maps: torch.Tensor, at: torch.Tensor, mode: str, padding: str = "zeros") -> torch.Tensor:
+    def sample(
+        maps: torch.Tensor, at: torch.Tensor, mode: str, padding: str = "zeros"
+    ) -> torch.Tensor:
         grid = at.flip(-1).unsqueeze(1)
         out = F.grid_sample(maps, grid, mode=mode, padding_mode=padding, align_corners=False)
         return out[:, :, 0].permute(0, 2, 1)
@@ -116,7 +126,9 @@ def published_forward(
 
     b, _, h, w = coef.shape
     centres = [(-1 + 1 / n) + (2 / n) * torch.arange(n, dtype=torch.float32) for n in (h, w)]
-    feat_coord = torch.stack(torch.meshgrid(*centres, indexing="ij")).unsqueeze(0).expand(b, 2, h, w)
+    feat_coord = (
+        torch.stack(torch.meshgrid(*centres, indexing="ij")).unsqueeze(0).expand(b, 2, h, w)
+    )
     rel_cell = cell * torch.tensor([h, w])
     preds, areas = [], []
     for v_row in (-1, 1):
@@ -139,7 +151,9 @@ def published_forward(
 
 
 @pytest.mark.parametrize("backend", ["fused", "reference"])
-def test_loaded_published_checkpoint_matches_independent_forward(tmp_path: Path, backend: str) -> None:
+def test_loaded_published_checkpoint_matches_independent_forward(
+    tmp_path: Path, backend: str
+) -> None:
     sd = random_state_dict()
     path = write(tmp_path / "epoch-best.pth", published_checkpoint(sd))
     model = load_model(path, backend=backend)
@@ -333,3 +347,227 @@ def test_code_in_a_checkpoint_is_never_run(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"evil\.pth: cannot be read as a weights-only"):
         load_model(path)
     assert SIDE_EFFECTS == []
+
+
+# ----------------------------------------------------------------------------- hostile files
+
+
+def test_refusal_names_no_unsafe_workaround(tmp_path: Path) -> None:
+    path = write(tmp_path / "evil.pth", published_checkpoint(epoch=_Payload()))
+    with pytest.raises(CheckpointError) as info:
+        load_model(path)
+    message = str(info.value)
+    assert "weights_only" not in message and "trust" not in message and "\n" not in message
+    assert "posix" in message or "_record" in message  # what was refused
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"\x80\x04K\x01.", bytes(range(256)) * 8], ids=["empty", "pickle", "random"]
+)
+def test_unreadable_files_give_one_line(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "bad.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"bad\.pth: cannot be read") as info:
+        load_model(path)
+    assert "\n" not in str(info.value) and "weights_only" not in str(info.value)
+
+
+def with_encoder_args(**encoder_args) -> dict:
+    encoder = {
+        **TINY_ARGS["encoder_spec"],
+        "args": {**TINY_ARGS["encoder_spec"]["args"], **encoder_args},
+    }
+    return published_checkpoint(args={**TINY_ARGS, "encoder_spec": encoder})
+
+
+ENC = r"model\.args\.encoder_spec\.args\."
+
+
+@pytest.mark.parametrize(
+    "ckpt, message",
+    [
+        (
+            with_encoder_args(n_resblocks=200000),
+            ENC + r"n_resblocks must be an integer in \[0, 1024\], got 200000",
+        ),
+        (with_encoder_args(n_feats=-5), ENC + r"n_feats must be an integer .* got -5"),
+        (with_encoder_args(n_feats="64"), ENC + r"n_feats must be an integer .* got '64'"),
+        (with_encoder_args(n_feats=True), ENC + r"n_feats must be an integer .* got True"),
+        (with_encoder_args(res_scale=math.nan), ENC + r"res_scale must be a number .* got nan"),
+        (with_encoder_args(depth=3), ENC + r"depth: unknown argument of edsr-baseline"),
+        (
+            published_checkpoint(args={**TINY_ARGS, "hidden_dim": 1e12}),
+            r"model\.args\.hidden_dim must be an integer .* got 1000000000000\.0",
+        ),
+        (
+            published_checkpoint(args={**TINY_ARGS, "hidden_dim": 15}),
+            r"model\.args\.hidden_dim must be even .* got 15",
+        ),
+        (
+            published_checkpoint(
+                args={
+                    **TINY_ARGS,
+                    "imnet_spec": {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [16] * 65}},
+                }
+            ),
+            r"model\.args\.imnet_spec\.args\.hidden_list must be a list of 0 to 64",
+        ),
+        (
+            published_checkpoint(
+                args={
+                    **TINY_ARGS,
+                    "imnet_spec": {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [16, -1]}},
+                }
+            ),
+            r"model\.args\.imnet_spec\.args\.hidden_list\[1\] must be an integer",
+        ),
+        (
+            published_checkpoint(
+                args={**TINY_ARGS, "encoder_spec": {"name": "rdn", "args": {"RDNkSize": 4}}}
+            ),
+            ENC + r"RDNkSize must be odd",
+        ),
+        (
+            published_checkpoint(
+                args={**TINY_ARGS, "encoder_spec": {"name": "rdn", "args": {"G0": 10**6}}}
+            ),
+            ENC + r"G0 must be an integer in \[1, 4096\], got 1000000",
+        ),
+        (
+            published_checkpoint(
+                args={
+                    **TINY_ARGS,
+                    "encoder_spec": {
+                        "name": "swinir",
+                        "args": {"depths": [2, 2], "num_heads": [2]},
+                    },
+                }
+            ),
+            ENC + r"depths \[2, 2\] and .*num_heads \[2\] differ",
+        ),
+        (
+            published_checkpoint(
+                args={
+                    **TINY_ARGS,
+                    "encoder_spec": {
+                        "name": "swinir",
+                        "args": {"embed_dim": 10, "depths": [2], "num_heads": [4]},
+                    },
+                }
+            ),
+            ENC + r"num_heads\[0\] = 4 does not divide",
+        ),
+        (
+            published_checkpoint(
+                args={
+                    **TINY_ARGS,
+                    "encoder_spec": {"name": "swinir", "args": {"img_size": 20, "window_size": 8}},
+                }
+            ),
+            ENC + r"img_size must be a multiple of window_size \(8\)",
+        ),
+        # Every argument within its range, but far too large together.
+        (
+            with_encoder_args(n_resblocks=1024, n_feats=4096),
+            r"model describes a model of 309,\d{3},\d{3},\d{3} numbers .* more than the limit of "
+            r"1,000,000,000",
+        ),
+    ],
+)
+def test_model_args_are_bounded_before_anything_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ckpt: dict, message: str
+) -> None:
+    def no_building(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a model was built from args that should have been refused")
+
+    monkeypatch.setattr("lte_cuda.models.make_part", no_building)
+    path = write(tmp_path / "crafted.pth", ckpt)
+    with pytest.raises(
+        CheckpointError, match=rf"crafted\.pth: model args cannot build an LTE: {message}"
+    ):
+        load_model(path)
+
+
+def test_the_crafted_checkpoint_is_small_and_refused_in_a_fresh_process(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "crafted.pth",
+        with_encoder_args(n_resblocks=200000, n_feats=64) | {"epoch": None},
+    )
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["model"]["sd"] = {}
+    write(path, ckpt)
+    assert path.stat().st_size < 2000
+    script = (
+        "import resource, sys\n"
+        "from lte_cuda import CheckpointError, load_model\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n    load_model(sys.argv[1])\nexcept CheckpointError as e:\n    print(e)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True
+    )
+    message, grown_kib = done.stdout.splitlines()
+    assert "n_resblocks must be an integer in [0, 1024], got 200000" in message
+    assert int(grown_kib) < 50 * 1024  # the published loader grew past 11 GB here
+
+
+def published_spec_variants() -> list[dict]:
+    swinir = {
+        "img_size": 16,
+        "embed_dim": 12,
+        "depths": [2, 3],
+        "num_heads": [2, 3],
+        "window_size": 4,
+        "qkv_bias": False,
+        "mlp_ratio": 1.5,
+    }
+    return [
+        {"name": "lte", "args": PRESETS["edsr-baseline-lte"]},
+        {"name": "lte", "args": {**TINY_ARGS, "encoder_spec": {"name": "swinir", "args": swinir}}},
+        {
+            "name": "lte",
+            "args": {
+                **TINY_ARGS,
+                "encoder_spec": {
+                    "name": "rdn",
+                    "args": {"G0": 8, "RDNkSize": 5, "D": 2, "C": 3, "G": 4},
+                },
+            },
+        },
+        {
+            "name": "swinir",
+            "args": {
+                "img_size": 12,
+                "embed_dim": 8,
+                "depths": [1],
+                "num_heads": [1],
+                "window_size": 1,
+            },
+        },
+        {"name": "edsr-baseline", "args": {"n_resblocks": 0, "n_feats": 5}},
+        {"name": "mlp", "args": {"in_dim": 4, "out_dim": 3, "hidden_list": []}},
+    ]
+
+
+@pytest.mark.parametrize("spec", published_spec_variants(), ids=lambda s: s["name"])
+def test_the_count_from_the_spec_is_what_the_model_holds(spec: dict) -> None:
+    model = make_model(spec)
+    assert check_model_spec(spec) == sum(v.numel() for v in model.state_dict().values())
+
+
+def test_published_presets_are_within_bounds() -> None:
+    counts = {
+        name: check_model_spec({"name": "lte", "args": args}) for name, args in PRESETS.items()
+    }
+    assert counts == {
+        "edsr-baseline-lte": 1_714_267,
+        "rdn-lte": 22_467_779,
+        "swinir-lte": 14_898_535,
+    }
+
+
+@pytest.mark.parametrize("name", ["edsr-baseline", "rdn", "swinir", "mlp", "lte"])
+def test_every_constructor_argument_has_a_bound(name: str) -> None:
+    params = set(inspect.signature(MODELS[name]).parameters) - {"encoder_spec", "imnet_spec"}
+    assert params == set(ARG_BOUNDS[name])

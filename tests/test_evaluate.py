@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -99,8 +100,10 @@ def hr_images(root) -> list[np.ndarray]:
 def paired_config(root, scale: int, eval_type: str, eval_bsize: int | None = 1000) -> dict:
     return {
         "test_dataset": {
-            "dataset": {"name": "paired-image-folders",
-                        "args": {"root_path_1": str(root / f"X{scale}"), "root_path_2": str(root / "HR")}},
+            "dataset": {
+                "name": "paired-image-folders",
+                "args": {"root_path_1": str(root / f"X{scale}"), "root_path_2": str(root / "HR")},
+            },
             "wrapper": {"name": "sr-implicit-paired", "args": {}},
             "batch_size": 1,
         },
@@ -115,8 +118,15 @@ def test_psnr_matches_numpy_on_a_photo():
     sr = np.clip(hr + np.random.default_rng(0).normal(0, 0.05, hr.shape), 0, 1)
     to_t = lambda a: torch.from_numpy(a).permute(2, 0, 1)[None].float()  # noqa: E731
     hr32, sr32 = to_t(hr), to_t(sr)
-    hr64, sr64 = hr32[0].permute(1, 2, 0).double().numpy(), sr32[0].permute(1, 2, 0).double().numpy()
-    for eval_type, kind, scale in ((None, None, 0), ("div2k-4", "div2k", 4), ("benchmark-3", "benchmark", 3)):
+    hr64, sr64 = (
+        hr32[0].permute(1, 2, 0).double().numpy(),
+        sr32[0].permute(1, 2, 0).double().numpy(),
+    )
+    for eval_type, kind, scale in (
+        (None, None, 0),
+        ("div2k-4", "div2k", 4),
+        ("benchmark-3", "benchmark", 3),
+    ):
         got = psnr(sr32, hr32, eval_type)
         assert got.shape == (1,)
         assert got.item() == pytest.approx(np_psnr(sr64, hr64, kind, scale), abs=1e-9)
@@ -151,8 +161,14 @@ def test_paired_protocol_rebuilds_images_in_chunks(div2k, eval_type):
 
 def test_large_scale_downsamples_and_enlarges_the_cell(div2k):
     config = paired_config(div2k, 2, "div2k-6")
-    config["test_dataset"]["dataset"] = {"name": "image-folder", "args": {"root_path": str(div2k / "HR")}}
-    config["test_dataset"]["wrapper"] = {"name": "sr-implicit-downsampled", "args": {"scale_min": 6}}
+    config["test_dataset"]["dataset"] = {
+        "name": "image-folder",
+        "args": {"root_path": str(div2k / "HR")},
+    }
+    config["test_dataset"]["wrapper"] = {
+        "name": "sr-implicit-downsampled",
+        "args": {"scale_min": 6},
+    }
     model = CoordModel()
     result = run_test(config, model, verbose=False)
     expected = []
@@ -196,21 +212,28 @@ def test_swinir_padding_content(div2k):
 
 def tiny_lte() -> nn.Module:
     torch.manual_seed(0)
-    return make_model({"name": "lte", "args": {
-        "encoder_spec": {
-            "name": "edsr-baseline", "args": {"n_resblocks": 1, "n_feats": 8, "no_upsampling": True}
-        },
-        "imnet_spec": {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [16]}},
-        "hidden_dim": 16,
-    }})
+    return make_model(
+        {
+            "name": "lte",
+            "args": {
+                "encoder_spec": {
+                    "name": "edsr-baseline",
+                    "args": {"n_resblocks": 1, "n_feats": 8, "no_upsampling": True},
+                },
+                "imnet_spec": {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [16]}},
+                "hidden_dim": 16,
+            },
+        }
+    )
 
 
 def test_real_model_chunked_equals_whole(div2k):
     model = tiny_lte()
     whole = run_test(paired_config(div2k, 3, "div2k-3", eval_bsize=None), model, verbose=False)
     chunked = run_test(paired_config(div2k, 3, "div2k-3", eval_bsize=777), model, verbose=False)
-    np.testing.assert_allclose([r["psnr"] for r in whole["images"]],
-                               [r["psnr"] for r in chunked["images"]], atol=1e-5)
+    np.testing.assert_allclose(
+        [r["psnr"] for r in whole["images"]], [r["psnr"] for r in chunked["images"]], atol=1e-5
+    )
 
 
 def test_cli_writes_json(div2k, tmp_path, capsys):
@@ -241,3 +264,90 @@ def test_bundled_test_configs_follow_the_protocol():
         paired = spec["wrapper"]["name"] == "sr-implicit-paired"
         assert paired == (scale <= 4)
         assert kind == ("div2k" if "div2k" in path.stem else "benchmark")
+
+
+# ----------------------------------------------------------------------------- command-line errors
+
+
+def run_test_cli(capsys, *argv: str) -> tuple[int, list[str]]:
+    status = main(["test", *argv])
+    return status, capsys.readouterr().err.strip().splitlines()
+
+
+def assert_one_line(status: int, lines: list[str], pattern: str) -> None:
+    assert status == 1 and len(lines) == 1, lines
+    assert re.match(rf"lte-sr: error: .*{pattern}", lines[0]), lines[0]
+
+
+@pytest.fixture
+def test_files(div2k, tmp_path) -> tuple[Path, Path]:
+    ckpt = tmp_path / "tiny.pth"
+    save_model(tiny_lte(), ckpt)
+    config = tmp_path / "test.yaml"
+    config.write_text(yaml.safe_dump(paired_config(div2k, 2, "benchmark-2")))
+    return config, ckpt
+
+
+@pytest.mark.parametrize(
+    "content, pattern",
+    [
+        (b"", r"bad\.pth: cannot be read as a weights-only PyTorch checkpoint"),
+        (bytes(range(256)) * 8, r"bad\.pth: cannot be read as a weights-only PyTorch checkpoint"),
+        ("truncated", r"bad\.pth: cannot be read as a weights-only PyTorch checkpoint"),
+        (
+            "crafted",
+            r"bad\.pth: model args cannot build an LTE: .*n_resblocks must be .* got 200000",
+        ),
+    ],
+    ids=["empty", "random", "truncated", "crafted"],
+)
+def test_a_bad_model_file_is_one_line(test_files, tmp_path, capsys, content, pattern):
+    config, ckpt = test_files
+    bad = tmp_path / "bad.pth"
+    if content == "truncated":
+        content = ckpt.read_bytes()[: ckpt.stat().st_size // 2]
+    elif content == "crafted":
+        raw = torch.load(ckpt, weights_only=True)
+        raw["model"]["args"]["encoder_spec"]["args"]["n_resblocks"] = 200000
+        torch.save(raw, bad)
+        content = bad.read_bytes()
+    bad.write_bytes(content)
+    assert_one_line(*run_test_cli(capsys, "--config", str(config), "--model", str(bad)), pattern)
+
+
+def test_a_bad_config_is_one_line(test_files, tmp_path, capsys):
+    _, ckpt = test_files
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("test_dataset: {dataset: [1,\n")
+    assert_one_line(
+        *run_test_cli(capsys, "--config", str(broken), "--model", str(ckpt)),
+        r"broken\.yaml: not valid YAML at line \d+, column \d+",
+    )
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("eval_type: div2k-4\n")
+    assert_one_line(
+        *run_test_cli(capsys, "--config", str(empty), "--model", str(ckpt)),
+        r"empty\.yaml: missing key 'test_dataset'",
+    )
+    empty.write_text(
+        yaml.safe_dump({**yaml.safe_load(test_files[0].read_text()), "eval_type": "set5-4"})
+    )
+    assert_one_line(
+        *run_test_cli(capsys, "--config", str(empty), "--model", str(ckpt)),
+        r"empty\.yaml: eval_type must be 'div2k-N' or 'benchmark-N', got 'set5-4'",
+    )
+
+
+def test_a_bad_device_is_one_line(test_files, capsys):
+    config, ckpt = test_files
+    assert_one_line(
+        *run_test_cli(capsys, "--config", str(config), "--model", str(ckpt), "--device", "bogus"),
+        r"device must be .* got 'bogus'",
+    )
+    if not torch.cuda.is_available():
+        assert_one_line(
+            *run_test_cli(
+                capsys, "--config", str(config), "--model", str(ckpt), "--device", "cuda"
+            ),
+            r"device='cuda' was asked for but CUDA is not available",
+        )

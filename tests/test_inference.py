@@ -21,7 +21,9 @@ from lte_cuda.inference import (
     NonFiniteOutputError,
     decode_region,
     encode_image,
-    window_size,
+    padding_window,
+    settings_for,
+    upscale_into,
 )
 from lte_cuda.models import LTE, build_preset
 
@@ -63,6 +65,21 @@ def test_streaming_in_a_small_budget_equals_the_whole_image(preset: str, scale) 
     # 5 x 5 tiles, each encoded once with its overlap; never the whole image.
     assert len(shapes) == 25
     assert all(shape[-2:] != (30, 26) for shape in shapes)
+
+
+def test_progress_counts_every_region_of_every_pass() -> None:
+    model = tiny_model()
+    image = torch.rand(3, 20, 13)
+    for ensemble, passes in ((False, 1), (True, 8)):
+        calls: list[tuple[int, int]] = []
+        settings = settings_for("cpu", tile_size=6, budget=TINY_BUDGET, self_ensemble=ensemble,
+                                progress=lambda done, total: calls.append((done, total)))
+        upscale_into(model, image, torch.empty(3, 40, 26), settings)
+        # 4 x 3 tiles per pass, or one region when the maps fit.
+        assert calls == [(k, 12 * passes) for k in range(1, 12 * passes + 1)]
+    calls = []
+    upscale_into(model, image, torch.empty(3, 40, 26), settings_for("cpu", progress=lambda *a: calls.append(a)))
+    assert calls == [(1, 1)]
 
 
 def test_streaming_without_overlap_shows_seams() -> None:
@@ -129,7 +146,7 @@ def test_decode_region_equals_the_crop_of_upscale(preset: str) -> None:
 def test_swinir_padding_uses_the_models_own_window() -> None:
     """`lte-sr test`'s evaluation pads a SwinIR input to the encoder's window (4 here)."""
     model = tiny_model("swinir-lte")
-    assert window_size(model) == 4 and window_size(tiny_model()) == 0
+    assert padding_window(model) == 4 and padding_window(tiny_model()) == 0
     shapes = encoder_inputs(model)
     hr_h, hr_w = 20, 18
     coord = make_coord((hr_h, hr_w), flatten=True)
@@ -140,7 +157,7 @@ def test_swinir_padding_uses_the_models_own_window() -> None:
         "gt": torch.rand(hr_h * hr_w, 3),
     }
     loader = DataLoader([sample], batch_size=1)
-    evaluate(loader, model, eval_type="benchmark-2", window_size=window_size(model))
+    evaluate(loader, model, eval_type="benchmark-2", window_size=padding_window(model))
     # (10 // 4 + 1) * 4 = 12 rows, (9 // 4 + 1) * 4 = 12 columns (a window of 8 would give 16).
     assert shapes == [(1, 3, 12, 12)]
 

@@ -403,7 +403,7 @@ def test_missing_library_falls_back_to_reference_with_one_warning(monkeypatch):
 def test_library_built_against_another_torch_is_refused(monkeypatch):
     monkeypatch.setattr(_build_info, "TORCH_VERSION", "0.0.1")
     error, _ = ops._load_library()
-    assert "built against torch 0.0.1" in error and "pip install --no-build-isolation" in error
+    assert "built against torch 0.0.1" in error and "pip install ." in error
 
 
 @pytest.mark.slow
@@ -457,3 +457,172 @@ def test_phase_comes_from_the_cell_in_lr_pixels():
     cell = torch.tensor([[[2.0, 0.0]]], dtype=torch.float64)  # rel_cell_row = 2, phase = 1
     x, _ = ops.lte_basis(coef, freq, phase_weight, coord, cell)
     assert x[0, 0, 0, 0].item() == pytest.approx(math.cos(math.pi))
+
+
+def test_autocast_leaves_float64_alone():
+    """torch's own autocast rule: float64 tensors are never cast down."""
+    inputs = make_inputs(dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        x, weights = ops.lte_basis(*inputs)
+    expected_x, expected_weights = ops.lte_basis(*inputs)
+    assert x.dtype == torch.float64 and weights.dtype == torch.float64
+    assert torch.equal(x, expected_x) and torch.equal(weights, expected_weights)
+
+
+def bad_grad_x():
+    """(description, grad_x from the good one, message pattern) for each rejected grad_x."""
+    return [
+        ("shape", lambda g: g[:, :-1], r"grad_x must have shape \(B, Q, 4, C\) = \(2, 50, 4, 8\)"),
+        ("neighbours", lambda g: g[:, :, :3], r"grad_x must have shape \(B, Q, 4, C\)"),
+        ("dtype", lambda g: g.double(),
+         r"grad_x must have the dtype of coef \((torch\.float32|Float)\) or float16/bfloat16"),
+    ]
+
+
+@pytest.mark.parametrize("mode", ["eager", "fake"])
+@pytest.mark.parametrize("case", bad_grad_x(), ids=lambda c: c[0])
+def test_backward_rejects_a_bad_grad_x(mode, case):
+    _, mutate, pattern = case
+    inputs = make_inputs(channels=8, dtype=torch.float32)
+    grad_x = mutate(torch.randn(2, 50, 4, 8))
+    if mode == "eager":
+        with pytest.raises(RuntimeError, match=pattern):
+            torch.ops.lte_cuda.lte_basis_backward(grad_x, *inputs)
+    else:
+        with FakeTensorMode() as fake_mode:
+            fakes = [fake_mode.from_tensor(t) for t in (grad_x, *inputs)]
+            with pytest.raises(RuntimeError, match=pattern):
+                torch.ops.lte_cuda.lte_basis_backward(*fakes)
+
+
+@pytest.mark.parametrize("mode", ["eager", "fake"])
+def test_out_dtype_is_checked(mode):
+    inputs = make_inputs(channels=8, dtype=torch.float64)
+    pattern = r"out_dtype must be the dtype of coef \(.*\) or float16/bfloat16 when coef is float32"
+    if mode == "eager":
+        with pytest.raises(RuntimeError, match=pattern):
+            torch.ops.lte_cuda.lte_basis(*inputs, out_dtype=torch.bfloat16)
+    else:
+        with FakeTensorMode() as fake_mode:
+            fakes = [fake_mode.from_tensor(t) for t in inputs]
+            with pytest.raises(RuntimeError, match=pattern):
+                torch.ops.lte_cuda.lte_basis(*fakes, out_dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("spec", ["bogus", "default,bogus", "sync_free_backward, autocast-x"])
+def test_unknown_kernel_variant_is_a_clear_error(monkeypatch, spec):
+    pattern = r"LTE_CUDA_KERNEL: unknown kernel variant .* known: default, "
+    with pytest.raises(ValueError, match=pattern):
+        ops.set_kernel_variants(spec)
+    monkeypatch.setenv("LTE_CUDA_KERNEL", spec)
+    with pytest.raises(ValueError, match="unknown kernel variant"):
+        ops.active_kernel_variants()
+
+
+def test_kernel_variants_are_selected_by_environment_or_call(monkeypatch):
+    monkeypatch.setattr(ops, "_selected_variants", None)
+    monkeypatch.delenv("LTE_CUDA_KERNEL", raising=False)
+    assert ops.active_kernel_variants() == frozenset()
+    monkeypatch.setenv("LTE_CUDA_KERNEL", "sync_free_backward,autocast_x")
+    assert ops.active_kernel_variants() == {"sync_free_backward", "autocast_x"}
+    ops.set_kernel_variants("default")
+    assert ops.active_kernel_variants() == frozenset()
+    ops.set_kernel_variants(None)
+    assert ops.active_kernel_variants() == {"sync_free_backward", "autocast_x"}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch, height, width, queries",
+                         [(2, 6, 5, 300), (1, 9, 11, 7), (3, 1, 1, 20)])
+def test_sync_free_backward_equals_the_default_on_cpu(dtype, batch, height, width, queries):
+    """Same groups (also with pixels no query reads), same order, so the same bits."""
+    inputs = make_inputs(batch=batch, channels=16, height=height, width=width, queries=queries,
+                         dtype=torch.float32, coord_range=1.2)
+    geometry_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    inputs = [t.to(dtype) for t in inputs[:3]] + [t.to(geometry_dtype) for t in inputs[3:]]
+    grad_x = torch.randn(batch, queries, 4, 16, dtype=torch.float32).to(dtype)
+    default = torch.ops.lte_cuda.lte_basis_backward(grad_x, *inputs)
+    sync_free = torch.ops.lte_cuda.lte_basis_backward(grad_x, *inputs, sync_free=True)
+    assert all(torch.equal(a, b) for a, b in zip(default, sync_free))
+
+
+def test_sync_free_backward_variant_reaches_the_backward(monkeypatch):
+    inputs = make_inputs(batch=2, channels=8, queries=40, dtype=torch.float32)
+    calls = []
+    backward = torch.ops.lte_cuda.lte_basis_backward
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("sync_free"))
+        return backward(*args, **kwargs)
+
+    monkeypatch.setattr(ops, "_selected_variants", None)
+    grads = []
+    for spec in ("default", "sync_free_backward"):
+        monkeypatch.setenv("LTE_CUDA_KERNEL", spec)
+        params = [t.clone().requires_grad_(True) for t in inputs[:3]]
+        x, _ = ops.lte_basis(*params, *inputs[3:])
+        ops.set_kernel_variants("default")  # the forward's choice holds for its backward
+        monkeypatch.setattr(torch.ops.lte_cuda, "lte_basis_backward", spy)
+        x.square().sum().backward()
+        monkeypatch.setattr(torch.ops.lte_cuda, "lte_basis_backward", backward)
+        ops.set_kernel_variants(None)
+        grads.append([p.grad for p in params])
+    assert calls == [False, True]
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def test_autocast_x_variant_writes_x_from_float32_features(monkeypatch):
+    """autocast_x: x is the float32 computation rounded once to the autocast dtype (the default
+    rounds the features first); gradients reach the float32 features from a bfloat16 grad_x."""
+    inputs = make_inputs(dtype=torch.float32)
+    monkeypatch.setattr(ops, "_selected_variants", frozenset({"autocast_x"}))
+    coef = inputs[0].clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        x, weights = ops.lte_basis(coef, *inputs[1:])
+    x32, weights32 = ops.lte_basis(*inputs)
+    assert x.dtype == torch.bfloat16 and weights.dtype == torch.bfloat16
+    assert torch.equal(x, x32.bfloat16()) and torch.equal(weights, weights32.bfloat16())
+    grad_x = torch.randn_like(x32).bfloat16()
+    x.backward(grad_x)
+    expected = torch.ops.lte_cuda.lte_basis_backward(grad_x.float(), *inputs)[0]
+    assert coef.grad.dtype == torch.float32 and torch.equal(coef.grad, expected)
+
+
+@pytest.mark.parametrize("variant", ["sync_free_backward", "autocast_x"])
+def test_variants_pass_opcheck(monkeypatch, variant):
+    monkeypatch.setattr(ops, "_selected_variants", frozenset({variant}))
+    inputs = make_inputs(batch=2, channels=8, height=4, width=5, queries=9, dtype=torch.float32)
+    for t in inputs[:3]:
+        t.requires_grad_(True)
+    torch.library.opcheck(torch.ops.lte_cuda.lte_basis.default, tuple(inputs),
+                          {"out_dtype": torch.bfloat16})
+    plain = [t.detach() for t in inputs]
+    grad_x = torch.randn(2, 9, 4, 8, dtype=torch.bfloat16)
+    torch.library.opcheck(torch.ops.lte_cuda.lte_basis_backward.default, (grad_x, *plain),
+                          {"sync_free": True})
+
+
+@pytest.mark.cuda
+def test_cuda_sync_free_backward_needs_no_host_sync_and_matches_the_default():
+    inputs = make_inputs(batch=2, channels=64, height=16, width=16, queries=5000,
+                         dtype=torch.float32, device="cuda", coord_range=1.2)
+    grad_x = torch.randn(2, 5000, 4, 64, device="cuda")
+    default = torch.ops.lte_cuda.lte_basis_backward(grad_x, *inputs)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        sync_free = torch.ops.lte_cuda.lte_basis_backward(grad_x, *inputs, sync_free=True)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    # Per pixel the same sums in the same order; the phase-weight partials are cut differently.
+    assert torch.equal(default[0], sync_free[0]) and torch.equal(default[1], sync_free[1])
+    torch.testing.assert_close(default[2], sync_free[2], atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.cuda
+def test_cuda_out_dtype_equals_the_float32_output_rounded():
+    inputs = make_inputs(batch=2, channels=64, height=9, width=11, queries=3000,
+                         dtype=torch.float32, device="cuda")
+    x, weights = torch.ops.lte_cuda.lte_basis(*inputs, out_dtype=torch.bfloat16)
+    x32, weights32 = torch.ops.lte_cuda.lte_basis(*inputs)
+    assert torch.equal(x, x32.bfloat16()) and torch.equal(weights, weights32.bfloat16())

@@ -6,19 +6,34 @@ import copy
 import json
 import math
 import os
+import re
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from lte_cuda.checkpoint import load_model, save_model
+from lte_cuda.checkpoint import CheckpointError, load_model, save_model
 from lte_cuda.cli import main
 from lte_cuda.data import DATASETS
 from lte_cuda.models import make_model
-from lte_cuda.train import GlobalBatchSampler, _Dist, _make_loader, train, warmup_cosine
+from lte_cuda.run_lock import RunLock, RunLockedError
+from lte_cuda.train import (
+    DistEnv,
+    GlobalBatchSampler,
+    Progress,
+    Trainer,
+    TrainingDiverged,
+    make_loader,
+    make_train_data,
+    read_resume_checkpoint,
+    train,
+    warmup_cosine,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
@@ -54,7 +69,9 @@ def test_validation_patches_do_not_depend_on_the_run_seed(config: dict):
     # Runs with different seeds are compared on the same validation patches.
     first_batches = []
     for seed in (0, 5):
-        _, _, loader, _ = _make_loader(config["val_dataset"], seed, _Dist("cpu"), train=False, num_workers=0)
+        _, _, loader, _ = make_loader(
+            config["val_dataset"], seed, DistEnv("cpu"), train=False, num_workers=0
+        )
         first_batches.append(next(iter(loader)))
     assert first_batches[0].keys() == first_batches[1].keys()
     for key, value in first_batches[0].items():
@@ -85,7 +102,12 @@ def test_cli_trains_and_writes_published_checkpoints(config, tmp_path):
     assert main(["train", "--config", str(path), "--save-dir", str(tmp_path / "save")]) == 0
     run = tmp_path / "save" / "_tiny"
     assert {p.name for p in run.iterdir()} == {
-        "config.yaml", "log.txt", "epoch-1.pth", "epoch-2.pth", "epoch-last.pth", "epoch-best.pth"
+        "config.yaml",
+        "log.txt",
+        "epoch-1.pth",
+        "epoch-2.pth",
+        "epoch-last.pth",
+        "epoch-best.pth",
     }
     ckpt = _state(run / "epoch-last.pth")
     assert ckpt["epoch"] == 2
@@ -119,9 +141,14 @@ def test_resume_ends_where_an_uninterrupted_run_ends(config, tmp_path, schedule,
     _assert_same_weights(whole["model"].state_dict(), resumed["model"].state_dict())
     a, b = _state(tmp_path / "whole" / "epoch-last.pth"), _state(last)
     _assert_same_weights(a["model"]["sd"], b["model"]["sd"])
-    for pa, pb in zip(a["optimizer"]["sd"]["state"].values(), b["optimizer"]["sd"]["state"].values()):
+    for pa, pb in zip(
+        a["optimizer"]["sd"]["state"].values(), b["optimizer"]["sd"]["state"].values()
+    ):
         _assert_same_weights(pa, pb)
-    assert a["optimizer"]["sd"]["param_groups"][0]["lr"] == b["optimizer"]["sd"]["param_groups"][0]["lr"]
+    assert (
+        a["optimizer"]["sd"]["param_groups"][0]["lr"]
+        == b["optimizer"]["sd"]["param_groups"][0]["lr"]
+    )
     assert resumed["best_val_psnr"] == pytest.approx(whole["best_val_psnr"], abs=1e-9)
     log = (tmp_path / "parts" / "log.txt").read_text()
     assert "resumed from" in log and "epoch 2/2, train" in log
@@ -153,12 +180,19 @@ def test_init_weights_starts_a_new_run_from_a_checkpoint(config, tmp_path):
     first = train({**config, "max_steps": 2}, str(tmp_path / "first"))["model"]
     start = tmp_path / "first" / "epoch-last.pth"
     # With a zero learning rate the second run keeps exactly the weights it started from.
-    frozen = {**config, "init_weights": str(start), "max_steps": 1,
-              "optimizer": {"name": "adam", "args": {"lr": 0.0}}}
+    frozen = {
+        **config,
+        "init_weights": str(start),
+        "max_steps": 1,
+        "optimizer": {"name": "adam", "args": {"lr": 0.0}},
+    }
     second = train(frozen, str(tmp_path / "second"))
     assert second["global_step"] == 1  # a new run: its own step count, not the first run's
     _assert_same_weights(second["model"].state_dict(), first.state_dict())
-    wider = {**frozen, "model": {**config["model"], "args": {**config["model"]["args"], "hidden_dim": 32}}}
+    wider = {
+        **frozen,
+        "model": {**config["model"], "args": {**config["model"]["args"], "hidden_dim": 32}},
+    }
     with pytest.raises(ValueError, match="init_weights .* does not fit the config's model"):
         train(wider, str(tmp_path / "third"))
 
@@ -191,10 +225,22 @@ def test_two_processes_match_one_with_the_same_global_batch(config, tmp_path):
         "json.dump({'val': result['val_psnr'], 'loss': result['train_loss']},"
         " open(os.path.join(out, f'rank{rank}.json'), 'w'))\n"
     )
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(script), str(config_path), str(tmp_path)]
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        str(config_path),
+        str(tmp_path),
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -225,3 +271,421 @@ def test_bundled_training_configs_are_well_formed(path):
     assert config["model"]["name"] == "lte" and config["optimizer"]["name"] == "adam"
     assert isinstance(config["epoch_max"], int)
     assert bool(config.get("multi_step_lr")) != bool(config.get("warmup_cosine_lr"))
+
+
+# ----------------------------------------------------------------------------- the loop's pieces
+
+
+def make_trainer(config: dict, save_path: Path) -> Trainer:
+    save_path.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    model = make_model(config["model"])
+    return Trainer(config, DistEnv("cpu"), model, config["optimizer"], 2, str(save_path))
+
+
+def test_one_epoch_runs_alone(config, tmp_path):
+    trainer = make_trainer(config, tmp_path)
+    data = make_train_data(config, 0, trainer.env)
+    loss, stopped = trainer.run_epoch(data, 1, time.monotonic())
+    assert math.isfinite(loss) and not stopped
+    assert trainer.progress == Progress(epoch=0, epoch_step=2, global_step=2)
+
+
+def test_resume_state_round_trips_without_a_loop(config, tmp_path):
+    first = make_trainer(config, tmp_path)
+    first.progress = Progress(epoch=1, epoch_step=1, global_step=3, best_val=21.5)
+    first.optimizer.step()  # no gradients: changes nothing, but orders the scheduler step after it
+    first.epoch_scheduler.step()  # lr halved after epoch 1
+    first.save(["epoch-last.pth"], 1, 1)
+    path = str(tmp_path / "epoch-last.pth")
+    second = make_trainer(config, tmp_path / "other")
+    second.restore(read_resume_checkpoint(path), path)
+    assert second.progress == Progress(epoch=1, epoch_step=1, global_step=3, best_val=21.5)
+    assert second.optimizer.param_groups[0]["lr"] == pytest.approx(5e-4)
+    assert "resumed from" in (tmp_path / "other" / "log.txt").read_text()
+
+
+def test_resume_from_a_published_checkpoint_replays_without_a_loop(config, tmp_path):
+    trainer = make_trainer(config, tmp_path)
+    entry = {"name": "adam", "args": {"lr": 1e-3}, "sd": trainer.optimizer.state_dict()}
+    save_model(trainer.model, tmp_path / "published.pth", optimizer=entry, epoch=1)
+    path = str(tmp_path / "published.pth")
+    trainer.restore(read_resume_checkpoint(path), path)
+    assert trainer.progress == Progress(epoch=1, epoch_step=0, global_step=2)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(5e-4)
+
+
+def test_a_train_state_that_does_not_fit_is_one_clear_error(config, tmp_path):
+    trainer = make_trainer(config, tmp_path)
+    trainer.save(["epoch-last.pth"], 1, 0)
+    ckpt = torch.load(tmp_path / "epoch-last.pth", weights_only=True)
+    del ckpt["train_state"]["rng"]
+    with pytest.raises(
+        CheckpointError,
+        match=r"x\.pth: cannot resume from it: its training state does not fit .*'rng'",
+    ):
+        make_trainer(config, tmp_path / "b").restore(ckpt, "x.pth")
+
+
+def test_non_finite_weights_are_never_saved(config, tmp_path):
+    trainer = make_trainer(config, tmp_path)
+    trainer.save(["epoch-last.pth"], 1, 0)
+    good = (tmp_path / "epoch-last.pth").read_bytes()
+    with torch.no_grad():
+        trainer.model.coef.weight[0, 0, 0, 0] = math.inf
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"weights are not finite .*epoch-last\.pth keeps the last saved state",
+    ):
+        trainer.save(["epoch-last.pth", "epoch-best.pth"], 2, 0)
+    assert (tmp_path / "epoch-last.pth").read_bytes() == good
+    assert not (tmp_path / "epoch-best.pth").exists()
+
+
+def test_clip_grad_norm_bounds_each_update(config, tmp_path):
+    sgd = {
+        **config,
+        "optimizer": {"name": "sgd", "args": {"lr": 1.0}},
+        "max_steps": 1,
+        "epoch_val": None,
+    }
+    start = train(
+        {**sgd, "optimizer": {"name": "sgd", "args": {"lr": 0.0}}}, str(tmp_path / "start")
+    )["model"]
+
+    def update_norm(run_config: dict, name: str) -> float:
+        model = train(run_config, str(tmp_path / name))["model"]
+        deltas = [
+            (a - b).flatten() for a, b in zip(model.parameters(), start.parameters(), strict=True)
+        ]
+        return torch.cat(deltas).norm().item()
+
+    assert update_norm(sgd, "free") > 1e-2
+    assert update_norm({**sgd, "clip_grad_norm": 1e-3}, "clipped") == pytest.approx(1e-3, rel=1e-3)
+    # Under fp16 the gradients are unscaled before clipping, so the bound is the same.
+    fp16 = {**sgd, "clip_grad_norm": 1e-3, "amp": "fp16"}
+    assert update_norm(fp16, "clipped-fp16") == pytest.approx(1e-3, rel=1e-3)
+
+
+# ----------------------------------------------------------------------------- the command line
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, list[str]]:
+    """Exit status and stderr lines of ``lte-sr ARGV``."""
+    status = main(list(argv))
+    return status, capsys.readouterr().err.strip().splitlines()
+
+
+def assert_one_line(status: int, lines: list[str], pattern: str) -> None:
+    assert status == 1 and len(lines) == 1, lines
+    assert re.match(rf"lte-sr: error: .*{pattern}", lines[0]), lines[0]
+
+
+@pytest.fixture
+def config_file(config, tmp_path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def truncated(path: Path) -> bytes:
+    return path.read_bytes()[: path.stat().st_size // 2]
+
+
+@pytest.mark.parametrize(
+    "content, pattern",
+    [
+        (b"", r"bad\.pth: cannot be read as a weights-only PyTorch checkpoint \(EOFError"),
+        (bytes(range(256)) * 8, r"bad\.pth: cannot be read as a weights-only PyTorch checkpoint"),
+        ("truncated", r"bad\.pth: cannot be read as a weights-only PyTorch checkpoint"),
+        (
+            "no optimizer",
+            r"bad\.pth: cannot resume from it: it holds no optimizer state .*init_weights",
+        ),
+        (
+            "epoch None",
+            r"bad\.pth: cannot resume from it: 'epoch' must be the epochs done, got None",
+        ),
+    ],
+    ids=["empty", "random", "truncated", "no-optimizer", "no-epoch"],
+)
+def test_resume_from_a_bad_file_is_one_line(
+    config, config_file, tmp_path, capsys, content, pattern
+):
+    bad = tmp_path / "bad.pth"
+    model = make_model(config["model"])
+    if content == "truncated":
+        save_model(model, bad, optimizer=torch.optim.Adam(model.parameters()), epoch=1)
+        content = truncated(bad)
+    elif content == "no optimizer":
+        save_model(model, bad, epoch=1)
+        content = bad.read_bytes()
+    elif content == "epoch None":
+        save_model(model, bad, optimizer=torch.optim.Adam(model.parameters()))
+        content = bad.read_bytes()
+    bad.write_bytes(content)
+    status, lines = run_cli(
+        capsys,
+        "train",
+        "--config",
+        str(config_file),
+        "--save-dir",
+        str(tmp_path / "s"),
+        "--resume",
+        str(bad),
+    )
+    assert_one_line(status, lines, pattern)
+
+
+def test_resume_from_the_bundled_weights_says_to_use_init_weights(config_file, tmp_path, capsys):
+    bundled = REPO / "lte_cuda" / "weights" / "default.pth"
+    status, lines = run_cli(
+        capsys,
+        "train",
+        "--config",
+        str(config_file),
+        "--save-dir",
+        str(tmp_path / "s"),
+        "--resume",
+        str(bundled),
+    )
+    assert_one_line(
+        status, lines, r"default\.pth: cannot resume from it: it holds no optimizer state"
+    )
+
+
+@pytest.mark.parametrize(
+    "edit, pattern",
+    [
+        (lambda c: c.pop("model"), r"tiny\.yaml: missing key 'model'"),
+        (lambda c: c.pop("optimizer"), r"tiny\.yaml: missing key 'optimizer'"),
+        (lambda c: c.pop("epoch_max"), r"tiny\.yaml: missing key 'epoch_max'"),
+        (
+            lambda c: c["train_dataset"].pop("batch_size"),
+            r"tiny\.yaml: train_dataset: missing key 'batch_size'",
+        ),
+        (lambda c: c.update(epoch_max="two"), r"epoch_max must be a positive integer, got 'two'"),
+        (
+            lambda c: c.update(clip_grad_norm=-1),
+            r"clip_grad_norm must be a positive number, got -1",
+        ),
+        (
+            lambda c: c["optimizer"].update(name="lion"),
+            r"optimizer\.name: unknown optimizer 'lion'",
+        ),
+        (lambda c: c["train_dataset"]["dataset"].update(name="nope"), r"unknown dataset 'nope'"),
+        (
+            lambda c: c["model"]["args"].update(hidden_dim=-4),
+            r"model\.args\.hidden_dim must be an integer",
+        ),
+    ],
+    ids=[
+        "model",
+        "optimizer",
+        "epoch_max",
+        "batch_size",
+        "epoch_max-type",
+        "clip",
+        "optimizer-name",
+        "dataset-name",
+        "model-args",
+    ],
+)
+def test_a_config_without_what_training_needs_is_one_line(config, tmp_path, capsys, edit, pattern):
+    edit(config)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    status, lines = run_cli(
+        capsys, "train", "--config", str(path), "--save-dir", str(tmp_path / "s")
+    )
+    assert_one_line(status, lines, pattern)
+
+
+def test_a_yaml_syntax_error_is_one_line(tmp_path, capsys):
+    path = tmp_path / "broken.yaml"
+    path.write_text("model:\n  name: lte\n args: [1, 2\n")
+    status, lines = run_cli(
+        capsys, "train", "--config", str(path), "--save-dir", str(tmp_path / "s")
+    )
+    assert_one_line(status, lines, r"broken\.yaml: not valid YAML at line \d+, column \d+")
+    status, lines = run_cli(capsys, "train", "--config", str(tmp_path / "absent.yaml"))
+    assert_one_line(status, lines, r"absent\.yaml: no such config file")
+
+
+def test_a_bad_device_is_one_line(config_file, tmp_path, capsys):
+    status, lines = run_cli(
+        capsys,
+        "train",
+        "--config",
+        str(config_file),
+        "--save-dir",
+        str(tmp_path / "s"),
+        "--device",
+        "bogus",
+    )
+    assert_one_line(status, lines, r"device must be .* got 'bogus'")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_one_line(config_file, tmp_path, capsys):
+    status, lines = run_cli(
+        capsys,
+        "train",
+        "--config",
+        str(config_file),
+        "--save-dir",
+        str(tmp_path / "s"),
+        "--device",
+        "cuda",
+    )
+    assert_one_line(status, lines, r"device='cuda' was asked for but CUDA is not available")
+
+
+def test_the_real_entry_point_prints_no_traceback(config_file, tmp_path):
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lte_cuda",
+            "train",
+            "--config",
+            str(config_file),
+            "--save-dir",
+            str(tmp_path / "s"),
+            "--resume",
+            str(empty),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert "empty.pth: cannot be read" in done.stderr
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_checkpoint(
+    config, config_file, tmp_path, capsys
+):
+    save = str(tmp_path / "save")
+    assert (
+        main(["train", "--config", str(config_file), "--save-dir", save, "--max-steps", "2"]) == 0
+    )
+    last = tmp_path / "save" / "_tiny" / "epoch-last.pth"
+    good = last.read_bytes()
+    capsys.readouterr()
+    poisoned = tmp_path / "poisoned.yaml"  # inputs divided by zero: the loss is NaN
+    poisoned.write_text(
+        yaml.safe_dump(
+            {
+                **config,
+                "data_norm": {
+                    "inp": {"sub": [0.5], "div": [0]},
+                    "gt": {"sub": [0.5], "div": [0.5]},
+                },
+            }
+        )
+    )
+    status = main(
+        [
+            "train",
+            "--config",
+            str(poisoned),
+            "--save-dir",
+            save,
+            "--name",
+            "_tiny",
+            "--resume",
+            str(last),
+        ]
+    )
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 1 and "Traceback" not in "".join(lines)
+    assert re.match(
+        r"lte-sr: error: training stopped: the loss is nan at epoch 2, step 3; .*"
+        r"epoch-last\.pth keeps the last saved state",
+        lines[-1],
+    ), lines[-1]
+    assert last.read_bytes() == good
+    assert not (last.parent / "train.lock").exists()  # released on the way out
+
+
+# ----------------------------------------------------------------------------- the run-folder lock
+
+
+def test_a_second_trainer_is_refused_while_the_first_holds_the_folder(
+    config_file, tmp_path, capsys
+):
+    run = tmp_path / "s" / "_tiny"
+    with RunLock(run):
+        holder = (run / "train.lock").read_text()
+        assert holder.startswith(f"pid {os.getpid()} on ")
+        status, lines = run_cli(
+            capsys, "train", "--config", str(config_file), "--save-dir", str(tmp_path / "s")
+        )
+        assert_one_line(status, lines, rf"_tiny is in use by a running trainer \({holder.strip()}")
+    assert not (run / "train.lock").exists()
+    assert not (run / "epoch-last.pth").exists()
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(config_file, tmp_path):
+    run = tmp_path / "s" / "_tiny"
+    run.mkdir(parents=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    (run / "train.lock").write_text(f"pid {dead.stdout.strip()} on {socket.gethostname()}\n")
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(config_file),
+                "--save-dir",
+                str(tmp_path / "s"),
+                "--max-steps",
+                "1",
+            ]
+        )
+        == 0
+    )
+    assert (run / "epoch-last.pth").exists() and not (run / "train.lock").exists()
+
+
+def test_the_lock_is_released_when_training_fails(config, tmp_path):
+    with pytest.raises(ValueError, match=r"absent\.pth: no such file"):
+        train({**config, "init_weights": str(tmp_path / "absent.pth")}, str(tmp_path / "run"))
+    with RunLock(tmp_path / "run"):  # free again
+        pass
+
+
+def test_a_lock_held_by_a_killed_process_is_taken_over(tmp_path):
+    # The holder is another process, killed with SIGKILL: nothing of it runs to clean up.
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; sys.path.insert(0, sys.argv[1]); import run_lock\n"
+            "lock = run_lock.RunLock(sys.argv[2])\nlock.acquire()\n"
+            "print('locked', flush=True)\ntime.sleep(600)",
+            str(REPO / "lte_cuda"),
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(
+            RunLockedError, match=rf"in use by a running trainer \(pid {holder.pid} on "
+        ):
+            RunLock(tmp_path).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (tmp_path / "train.lock").exists()  # left behind by the killed holder
+    with RunLock(tmp_path):
+        assert (tmp_path / "train.lock").read_text().startswith(f"pid {os.getpid()} on ")

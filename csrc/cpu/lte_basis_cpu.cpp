@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include <ATen/Dispatch.h>
@@ -12,6 +13,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include "../lte_basis.h"
@@ -20,7 +22,11 @@
 namespace lte {
 namespace {
 
-// Pixels per backward task; each task also keeps one partial sum of the phase-weight gradient.
+// Grain sizes of the parallel loops. Forward: queries per chunk (4 entries of C values each).
+// Grouping: queries per chunk whose entries are located. Backward: pixels per task; each task
+// also keeps one partial sum of the phase-weight gradient.
+constexpr int64_t kQueriesPerChunk = 64;
+constexpr int64_t kLocateQueriesPerChunk = 256;
 constexpr int64_t kPixelsPerTask = 16;
 
 // The channel loops are compiled for AVX-512, for AVX2 with FMA and for baseline x86-64; the
@@ -61,183 +67,200 @@ inline void prefetch_row(const T* row, int64_t count) {
 // One neighbour's MLP input: all frequency pairs of one gathered pixel. The loop is
 // branch-free and calls no library function, so the compiler vectorises it.
 template <typename T, typename out_t>
-LTE_CPU_MULTIVERSION void forward_channels(const T* __restrict__ coef,
-                                           const T* __restrict__ freq,
+LTE_CPU_MULTIVERSION void forward_channels(const T* __restrict__ coef, const T* __restrict__ freq,
                                            const T* __restrict__ phase_w, T rel_row, T rel_col,
-                                           T rel_cell_row, T rel_cell_col,
-                                           out_t* __restrict__ x, int64_t half) {
-  for (int64_t k = 0; k < half; ++k) {
-    const T phase = phase_value(phase_w[k], phase_w[half + k], rel_cell_row, rel_cell_col);
+                                           T rel_cell_row, T rel_cell_col, out_t* __restrict__ x,
+                                           int64_t pairs) {
+  for (int64_t k = 0; k < pairs; ++k) {
+    const T phase = phase_value(phase_w[k], phase_w[pairs + k], rel_cell_row, rel_cell_col);
     T x_cos, x_sin;
-    basis_forward(coef[k], coef[half + k], freq[2 * k], freq[2 * k + 1], rel_row, rel_col, phase,
+    basis_forward(coef[k], coef[pairs + k], freq[2 * k], freq[2 * k + 1], rel_row, rel_col, phase,
                   x_cos, x_sin);
     x[k] = static_cast<out_t>(x_cos);
-    x[half + k] = static_cast<out_t>(x_sin);
+    x[pairs + k] = static_cast<out_t>(x_sin);
   }
 }
 
 // Adds one (query, neighbour) entry's contribution to its pixel's gradients and to the
 // task's phase-weight partial sum.
 template <typename T, typename grad_t>
-LTE_CPU_MULTIVERSION void backward_channels(
-    const T* __restrict__ coef, const T* __restrict__ freq, const T* __restrict__ phase_w,
-    T rel_row, T rel_col, T rel_cell_row, T rel_cell_col, const grad_t* __restrict__ grad_x,
-    T* __restrict__ grad_coef, T* __restrict__ grad_freq, T* __restrict__ grad_phase_w,
-    int64_t half) {
-  for (int64_t k = 0; k < half; ++k) {
-    const T phase = phase_value(phase_w[k], phase_w[half + k], rel_cell_row, rel_cell_col);
-    const T grad_phase = basis_vjp(
-        coef[k], coef[half + k], freq[2 * k], freq[2 * k + 1], rel_row, rel_col, phase,
-        static_cast<T>(grad_x[k]), static_cast<T>(grad_x[half + k]), grad_coef[k],
-        grad_coef[half + k], grad_freq[2 * k], grad_freq[2 * k + 1]);
-    phase_vjp(grad_phase, rel_cell_row, rel_cell_col, grad_phase_w[k], grad_phase_w[half + k]);
+LTE_CPU_MULTIVERSION void backward_channels(const T* __restrict__ coef, const T* __restrict__ freq,
+                                            const T* __restrict__ phase_w, T rel_row, T rel_col,
+                                            T rel_cell_row, T rel_cell_col,
+                                            const grad_t* __restrict__ grad_x,
+                                            T* __restrict__ grad_coef, T* __restrict__ grad_freq,
+                                            T* __restrict__ grad_phase_w, int64_t pairs) {
+  for (int64_t k = 0; k < pairs; ++k) {
+    const T phase = phase_value(phase_w[k], phase_w[pairs + k], rel_cell_row, rel_cell_col);
+    const T grad_phase =
+        basis_vjp(coef[k], coef[pairs + k], freq[2 * k], freq[2 * k + 1], rel_row, rel_col, phase,
+                  static_cast<T>(grad_x[k]), static_cast<T>(grad_x[pairs + k]), grad_coef[k],
+                  grad_coef[pairs + k], grad_freq[2 * k], grad_freq[2 * k + 1]);
+    phase_vjp(grad_phase, rel_cell_row, rel_cell_col, grad_phase_w[k], grad_phase_w[pairs + k]);
   }
 }
 
+// Writes x and weights of queries [begin, end) in out_t, computing in T.
+template <typename T, typename out_t>
+void forward_queries(const BasisShape& shape, const KernelInputs& in, int64_t begin, int64_t end,
+                     out_t* x, out_t* weights) {
+  const Grid<T> grid = make_grid<T>(shape.height, shape.width);
+  const int64_t channels = shape.channels;
+  const T* coef = in.coef.const_data_ptr<T>();
+  const T* freq = in.freq.const_data_ptr<T>();
+  const T* phase_w = in.phase_w.const_data_ptr<T>();
+  const T* coord = in.coord.const_data_ptr<T>();
+  const T* cell = in.cell.const_data_ptr<T>();
+  for (int64_t bq = begin; bq < end; ++bq) {
+    const int64_t image = (bq / shape.queries) * shape.pixels();
+    const T rel_cell_row = cell[2 * bq] * grid.row.extent;
+    const T rel_cell_col = cell[2 * bq + 1] * grid.col.extent;
+    Neighbour<T> nb[kNeighbours];
+    for (int n = 0; n < kNeighbours; ++n) {
+      nb[n] = locate_neighbour(coord[2 * bq], coord[2 * bq + 1], n, grid);
+      const int64_t pixel = (image + nb[n].pixel) * channels;
+      forward_channels(coef + pixel, freq + pixel, phase_w, nb[n].rel_row, nb[n].rel_col,
+                       rel_cell_row, rel_cell_col, x + (bq * kNeighbours + n) * channels,
+                       shape.pairs());
+    }
+    T w[kNeighbours];
+    area_weights(nb, w);
+    for (int n = 0; n < kNeighbours; ++n) weights[bq * kNeighbours + n] = static_cast<out_t>(w[n]);
+  }
+}
+
+// x and weights are written in out_dtype (default: coef's dtype). The compute type follows from
+// it: checked_out_dtype allows only pairs with one compute type.
 std::tuple<at::Tensor, at::Tensor> lte_basis_cpu(const at::Tensor& coef, const at::Tensor& freq,
                                                  const at::Tensor& phase_weight,
-                                                 const at::Tensor& coord,
-                                                 const at::Tensor& cell) {
-  check_basis_inputs(coef, freq, phase_weight, coord, cell);
-  const int64_t batch = coef.size(0), channels = coef.size(1);
-  const int64_t height = coef.size(2), width = coef.size(3), queries = coord.size(1);
-  const int64_t half = channels / 2, pixels = height * width;
-  at::Tensor x = at::empty({batch, queries, kNeighbours, channels}, coef.options());
-  at::Tensor weights = at::empty({batch, queries, kNeighbours}, coef.options());
+                                                 const at::Tensor& coord, const at::Tensor& cell,
+                                                 std::optional<at::ScalarType> out_dtype) {
+  const BasisShape shape = checked_shape(coef, freq, phase_weight, coord, cell);
+  const auto options = coef.options().dtype(checked_out_dtype(coef, out_dtype));
+  at::Tensor x = at::empty({shape.batch, shape.queries, kNeighbours, shape.channels}, options);
+  at::Tensor weights = at::empty({shape.batch, shape.queries, kNeighbours}, options);
   if (x.numel() == 0) return {x, weights};
   advise_huge_pages(x.data_ptr(), x.nbytes());
-
   const KernelInputs in = kernel_inputs(coef, freq, phase_weight, coord, cell);
-
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, coef.scalar_type(), "lte_basis_cpu",
-                                  [&] {
-    using T = at::opmath_type<scalar_t>;
-    const Grid<T> grid = make_grid<T>(height, width);
-    const T* coef_p = in.coef.const_data_ptr<T>();
-    const T* freq_p = in.freq.const_data_ptr<T>();
-    const T* phase_w_p = in.phase_w.const_data_ptr<T>();
-    const T* coord_p = in.coord.const_data_ptr<T>();
-    const T* cell_p = in.cell.const_data_ptr<T>();
-    scalar_t* x_p = x.mutable_data_ptr<scalar_t>();
-    scalar_t* weights_p = weights.mutable_data_ptr<scalar_t>();
-
-    at::parallel_for(0, batch * queries, 64, [&](int64_t begin, int64_t end) {
-      for (int64_t bq = begin; bq < end; ++bq) {
-        const int64_t b = bq / queries;
-        const T coord_row = coord_p[2 * bq], coord_col = coord_p[2 * bq + 1];
-        const T rel_cell_row = cell_p[2 * bq] * grid.row.size_t;
-        const T rel_cell_col = cell_p[2 * bq + 1] * grid.col.size_t;
-        Neighbour<T> nb[kNeighbours];
-        for (int n = 0; n < kNeighbours; ++n) {
-          nb[n] = locate_neighbour(coord_row, coord_col, n, grid);
-          const int64_t pixel = (b * pixels + nb[n].pixel) * channels;
-          forward_channels(coef_p + pixel, freq_p + pixel, phase_w_p, nb[n].rel_row,
-                           nb[n].rel_col, rel_cell_row, rel_cell_col,
-                           x_p + (bq * kNeighbours + n) * channels, half);
-        }
-        T w[kNeighbours];
-        area_weights(nb, w);
-        for (int n = 0; n < kNeighbours; ++n) {
-          weights_p[bq * kNeighbours + n] = static_cast<scalar_t>(w[n]);
-        }
-      }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "lte_basis_cpu", [&] {
+    at::parallel_for(0, shape.batch_queries(), kQueriesPerChunk, [&](int64_t begin, int64_t end) {
+      forward_queries<at::opmath_type<scalar_t>>(shape, in, begin, end,
+                                                 x.mutable_data_ptr<scalar_t>(),
+                                                 weights.mutable_data_ptr<scalar_t>());
     });
   });
   return {x, weights};
 }
 
-// Entries (query, neighbour) grouped by the pixel they gather from, in entry order within a
-// pixel: a counting sort. start[p] .. start[p + 1] index `order` for global pixel p.
+// Each (query, neighbour) entry's key: the global index image * h * w + pixel it gathers from.
 template <typename T>
-void group_entries_by_pixel(const T* coord, int64_t batch, int64_t queries, int64_t pixels,
-                            const Grid<T>& grid, std::vector<int64_t>& start,
-                            std::vector<int64_t>& order) {
-  const int64_t entries = batch * queries * kNeighbours;
-  std::vector<int64_t> key(entries);
-  at::parallel_for(0, batch * queries, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t bq = begin; bq < end; ++bq) {
-      for (int n = 0; n < kNeighbours; ++n) {
-        const Neighbour<T> nb = locate_neighbour(coord[2 * bq], coord[2 * bq + 1], n, grid);
-        key[bq * kNeighbours + n] = (bq / queries) * pixels + nb.pixel;
-      }
+at::Tensor entry_keys(const BasisShape& shape, const KernelInputs& in) {
+  const Grid<T> grid = make_grid<T>(shape.height, shape.width);
+  const T* coord = in.coord.const_data_ptr<T>();
+  at::Tensor keys =
+      at::empty({shape.batch_queries() * kNeighbours}, in.coord.options().dtype(at::kLong));
+  int64_t* key = keys.mutable_data_ptr<int64_t>();
+  at::parallel_for(
+      0, shape.batch_queries(), kLocateQueriesPerChunk, [&](int64_t begin, int64_t end) {
+        for (int64_t bq = begin; bq < end; ++bq) {
+          for (int n = 0; n < kNeighbours; ++n) {
+            const Neighbour<T> nb = locate_neighbour(coord[2 * bq], coord[2 * bq + 1], n, grid);
+            key[bq * kNeighbours + n] = (bq / shape.queries) * shape.pixels() + nb.pixel;
+          }
+        }
+      });
+  return keys;
+}
+
+// The groups of group_by_pixel by a counting sort: one pass over the keys, no sort.
+PixelGroups counting_sort_by_pixel(const at::Tensor& keys, int64_t total_pixels) {
+  const int64_t entries = keys.numel();
+  const int64_t* key = keys.const_data_ptr<int64_t>();
+  at::Tensor start = at::zeros({total_pixels + 1}, keys.options());
+  at::Tensor order = at::empty({entries}, keys.options());
+  int64_t* start_p = start.mutable_data_ptr<int64_t>();
+  int64_t* order_p = order.mutable_data_ptr<int64_t>();
+  for (int64_t e = 0; e < entries; ++e) ++start_p[key[e] + 1];
+  for (int64_t p = 0; p < total_pixels; ++p) start_p[p + 1] += start_p[p];
+  std::vector<int64_t> next(start_p, start_p + total_pixels);
+  for (int64_t e = 0; e < entries; ++e) order_p[next[key[e]]++] = e;
+  return {order, start};
+}
+
+// Sums the entries of pixels [p_begin, p_end) into their gradients and into one phase-weight
+// partial sum, in entry order within each pixel; zeroes them first, while they are in cache.
+template <typename T, typename grad_t>
+void backward_pixels(const BasisShape& shape, const KernelInputs& in, const PixelGroups& groups,
+                     const grad_t* grad_x, int64_t p_begin, int64_t p_end, T* grad_coef,
+                     T* grad_freq, T* grad_phase_partial) {
+  const Grid<T> grid = make_grid<T>(shape.height, shape.width);
+  const int64_t channels = shape.channels, entries = groups.order.numel();
+  const int64_t* start = groups.start.const_data_ptr<int64_t>();
+  const int64_t* order = groups.order.const_data_ptr<int64_t>();
+  const T* coef = in.coef.const_data_ptr<T>();
+  const T* freq = in.freq.const_data_ptr<T>();
+  const T* phase_w = in.phase_w.const_data_ptr<T>();
+  const T* coord = in.coord.const_data_ptr<T>();
+  const T* cell = in.cell.const_data_ptr<T>();
+  std::fill(grad_phase_partial, grad_phase_partial + channels, T(0));
+  std::fill(grad_coef + p_begin * channels, grad_coef + p_end * channels, T(0));
+  std::fill(grad_freq + p_begin * channels, grad_freq + p_end * channels, T(0));
+  for (int64_t p = p_begin; p < p_end; ++p) {
+    for (int64_t j = start[p]; j < start[p + 1]; ++j) {
+      const int64_t entry = order[j];
+      // Entries are visited out of order: fetch the next one's grad_x row early.
+      if (j + 1 < entries) prefetch_row(grad_x + order[j + 1] * channels, channels);
+      const int64_t bq = entry / kNeighbours;
+      const int n = static_cast<int>(entry % kNeighbours);
+      const Neighbour<T> nb = locate_neighbour(coord[2 * bq], coord[2 * bq + 1], n, grid);
+      backward_channels(coef + p * channels, freq + p * channels, phase_w, nb.rel_row, nb.rel_col,
+                        cell[2 * bq] * grid.row.extent, cell[2 * bq + 1] * grid.col.extent,
+                        grad_x + entry * channels, grad_coef + p * channels,
+                        grad_freq + p * channels, grad_phase_partial, shape.pairs());
     }
-  });
-  start.assign(batch * pixels + 1, 0);
-  for (int64_t e = 0; e < entries; ++e) ++start[key[e] + 1];
-  for (int64_t p = 0; p < batch * pixels; ++p) start[p + 1] += start[p];
-  std::vector<int64_t> next(start.begin(), start.end() - 1);
-  order.resize(entries);
-  for (int64_t e = 0; e < entries; ++e) order[next[key[e]]++] = e;
+  }
 }
 
 // Pixel-major: entries are grouped by the pixel they read, each task owns a fixed range of
 // pixels and sums their entries in entry order into one phase-weight partial sum per task. No
 // two tasks write the same element and every sum has a fixed order, so the result is
 // deterministic and independent of the number of threads (the CUDA kernel works the same way).
+// sync_free groups through group_by_pixel, the CUDA variant's grouping: same groups, same values.
+// grad_x may be float16/bfloat16 for float32 features (checked_backward_shape); T follows it.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lte_basis_backward_cpu(
     const at::Tensor& grad_x, const at::Tensor& coef, const at::Tensor& freq,
-    const at::Tensor& phase_weight, const at::Tensor& coord, const at::Tensor& cell) {
-  check_basis_inputs(coef, freq, phase_weight, coord, cell);
-  check_grad_x(grad_x, coef, coord);
-  const int64_t batch = coef.size(0), channels = coef.size(1);
-  const int64_t height = coef.size(2), width = coef.size(3), queries = coord.size(1);
-  const int64_t half = channels / 2, pixels = height * width;
+    const at::Tensor& phase_weight, const at::Tensor& coord, const at::Tensor& cell,
+    bool sync_free) {
+  const BasisShape shape = checked_backward_shape(grad_x, coef, freq, phase_weight, coord, cell);
   const auto compute_options = coef.options().dtype(compute_type(coef));
-  // Not zero-filled here: every task zeroes the pixels it owns just before summing into them,
-  // while they are in its cache, instead of one more pass over both gradients.
-  at::Tensor grad_coef_cl = at::empty({batch, height, width, channels}, compute_options);
-  at::Tensor grad_freq_cl = at::empty({batch, height, width, channels}, compute_options);
+  const std::vector<int64_t> layout = {shape.batch, shape.height, shape.width, shape.channels};
+  // Not zero-filled here: every task zeroes the pixels it owns (backward_pixels).
+  at::Tensor grad_coef_cl = at::empty(layout, compute_options);
+  at::Tensor grad_freq_cl = at::empty(layout, compute_options);
   advise_huge_pages(grad_coef_cl.data_ptr(), grad_coef_cl.nbytes());
   advise_huge_pages(grad_freq_cl.data_ptr(), grad_freq_cl.nbytes());
   const at::Tensor grad_x_c = grad_x.contiguous();
   const KernelInputs in = kernel_inputs(coef, freq, phase_weight, coord, cell);
-  const int64_t tasks = (batch * pixels + kPixelsPerTask - 1) / kPixelsPerTask;
-  at::Tensor grad_phase_partial = at::empty({tasks, 2, half}, compute_options);
+  const int64_t total_pixels = shape.batch * shape.pixels();
+  const int64_t tasks = (total_pixels + kPixelsPerTask - 1) / kPixelsPerTask;
+  at::Tensor grad_phase_partial = at::empty({tasks, 2, shape.pairs()}, compute_options);
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, coef.scalar_type(),
-                                  "lte_basis_backward_cpu", [&] {
-    using T = at::opmath_type<scalar_t>;
-    const Grid<T> grid = make_grid<T>(height, width);
-    const T* coef_p = in.coef.const_data_ptr<T>();
-    const T* freq_p = in.freq.const_data_ptr<T>();
-    const T* phase_w_p = in.phase_w.const_data_ptr<T>();
-    const T* coord_p = in.coord.const_data_ptr<T>();
-    const T* cell_p = in.cell.const_data_ptr<T>();
-    const scalar_t* grad_x_p = grad_x_c.const_data_ptr<scalar_t>();
-    T* grad_coef_p = grad_coef_cl.mutable_data_ptr<T>();
-    T* grad_freq_p = grad_freq_cl.mutable_data_ptr<T>();
-    T* grad_phase_partial_p = grad_phase_partial.mutable_data_ptr<T>();
-    std::vector<int64_t> start, order;
-    group_entries_by_pixel(coord_p, batch, queries, pixels, grid, start, order);
-    const int64_t entries = static_cast<int64_t>(order.size());
-
-    at::parallel_for(0, tasks, 1, [&](int64_t task_begin, int64_t task_end) {
-      for (int64_t task = task_begin; task < task_end; ++task) {
-        const int64_t p_begin = task * kPixelsPerTask;
-        const int64_t p_end = std::min(batch * pixels, p_begin + kPixelsPerTask);
-        T* grad_phase_task = grad_phase_partial_p + task * channels;
-        std::fill(grad_phase_task, grad_phase_task + channels, T(0));
-        std::fill(grad_coef_p + p_begin * channels, grad_coef_p + p_end * channels, T(0));
-        std::fill(grad_freq_p + p_begin * channels, grad_freq_p + p_end * channels, T(0));
-        for (int64_t p = p_begin; p < p_end; ++p) {
-          for (int64_t j = start[p]; j < start[p + 1]; ++j) {
-            const int64_t entry = order[j];
-            // Entries are visited out of order: fetch the next one's grad_x row early.
-            if (j + 1 < entries) prefetch_row(grad_x_p + order[j + 1] * channels, channels);
-            const int64_t bq = entry / kNeighbours;
-            const int n = static_cast<int>(entry % kNeighbours);
-            const Neighbour<T> nb = locate_neighbour(coord_p[2 * bq], coord_p[2 * bq + 1], n,
-                                                     grid);
-            backward_channels(coef_p + p * channels, freq_p + p * channels, phase_w_p,
-                              nb.rel_row, nb.rel_col, cell_p[2 * bq] * grid.row.size_t,
-                              cell_p[2 * bq + 1] * grid.col.size_t,
-                              grad_x_p + entry * channels, grad_coef_p + p * channels,
-                              grad_freq_p + p * channels, grad_phase_task, half);
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, grad_x.scalar_type(), "lte_basis_backward_cpu", [&] {
+        using T = at::opmath_type<scalar_t>;
+        const at::Tensor keys = entry_keys<T>(shape, in);
+        const PixelGroups groups = sync_free ? group_by_pixel(keys, total_pixels)
+                                             : counting_sort_by_pixel(keys, total_pixels);
+        at::parallel_for(0, tasks, 1, [&](int64_t task_begin, int64_t task_end) {
+          for (int64_t task = task_begin; task < task_end; ++task) {
+            const int64_t p_begin = task * kPixelsPerTask;
+            backward_pixels(shape, in, groups, grad_x_c.const_data_ptr<scalar_t>(), p_begin,
+                            std::min(total_pixels, p_begin + kPixelsPerTask),
+                            grad_coef_cl.mutable_data_ptr<T>(), grad_freq_cl.mutable_data_ptr<T>(),
+                            grad_phase_partial.mutable_data_ptr<T>() + task * shape.channels);
           }
-        }
-      }
-    });
-  });
+        });
+      });
   const at::Tensor grad_phase_w = grad_phase_partial.sum(0);
   return {from_channels_last(grad_coef_cl, coef.scalar_type()),
           from_channels_last(grad_freq_cl, coef.scalar_type()),

@@ -1,7 +1,9 @@
 """Models in the published registry layout: ``make_model({'name': ..., 'args': {...}})``.
 
 Names: ``lte`` (the full model), encoders ``edsr-baseline``, ``rdn``, ``swinir``, and the
-decoder ``mlp``. :data:`PRESETS` holds the published LTE configurations.
+decoder ``mlp``. :data:`PRESETS` holds the published LTE configurations, :data:`BACKENDS`
+the implementations of the query step. Specs are checked against :mod:`.limits` before
+anything is built.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from typing import Any
 
 from torch import nn
 
-from .lte import ENCODERS, IMNETS, LTE, make_part
+from .limits import MAX_MODEL_NUMBERS, check_model_spec
+from .lte import BACKENDS, ENCODERS, IMNETS, LTE, make_part
 from .mlp import MLP
 
 MODELS = {"lte": LTE, **ENCODERS, **IMNETS}
@@ -31,7 +34,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def make_model(spec: dict, **extra_args: Any) -> nn.Module:
     """Build ``spec = {'name': ..., 'args': {...}}``; ``extra_args`` override ``spec['args']``
-    (e.g. ``backend="reference"`` for ``lte``). Unknown names raise ``ValueError``."""
+    (e.g. ``backend="reference"`` for ``lte``).
+
+    ``ValueError`` naming the key and value for an unknown name, an argument out of bounds,
+    or a model larger than :data:`MAX_MODEL_NUMBERS`, before anything is allocated.
+    """
+    if isinstance(spec, dict) and extra_args:
+        spec = {**spec, "args": {**(spec.get("args") or {}), **extra_args}}
+    check_model_spec(spec)
     return make_part(MODELS, spec, **extra_args)
 
 
@@ -49,4 +59,14 @@ def build_preset(name: str, encoder_args: dict | None = None, **overrides: Any) 
     return LTE(**args)
 
 
-__all__ = ["LTE", "MLP", "MODELS", "PRESETS", "build_preset", "make_model"]
+__all__ = [
+    "BACKENDS",
+    "LTE",
+    "MAX_MODEL_NUMBERS",
+    "MLP",
+    "MODELS",
+    "PRESETS",
+    "build_preset",
+    "check_model_spec",
+    "make_model",
+]

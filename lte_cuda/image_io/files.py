@@ -1,0 +1,499 @@
+"""Image files: the one place that reads and writes them.
+
+Reading applies the EXIF orientation (pixels come out upright), keeps the EXIF block (its
+orientation reset to 1), the ICC profile and the resolution (DPI) for writing, returns 16-bit
+PNG/TIFF pixels as ``uint16`` numpy arrays (gray and RGB alike; Pillow alone keeps only the high
+byte of 16-bit colour, see :func:`_read_16bit_colour`), and every frame of an animation.
+
+Writing is atomic: a partial file beside the target, named so that no image glob matches it
+(``.NAME.lte-partial-XXXXXXXX``), then a rename; SIGINT and SIGTERM while it exists remove it.
+Outputs get the permissions a new file normally gets (``0666 & ~umask``). Metadata goes where
+the format can hold it, with the DPI scaled by the upscaling factor so that the print size stays
+the same; ``uint16`` pixels are written as 16-bit PNG/TIFF and rounded to 8 bits elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import secrets
+import signal
+import struct
+import sys
+import threading
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import BinaryIO, Union
+
+import numpy as np
+from PIL import Image, ImageOps
+
+Pixels = Union[Image.Image, np.ndarray]
+
+# Files a folder run picks up; partial files end in PARTIAL_TAG + random hex, never in these.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+PARTIAL_TAG = ".lte-partial-"
+DEFAULT_QUALITY = 95
+
+# What each output format can hold (Pillow's save options).
+QUALITY_FORMATS = ("JPEG", "WEBP")
+EXIF_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF")
+ICC_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF")
+DPI_FORMATS = ("JPEG", "PNG", "TIFF", "BMP")
+# Formats that hold several frames (TIFF as pages, without durations).
+MULTI_FRAME_FORMATS = ("GIF", "WEBP", "PNG", "TIFF")
+DEEP_FORMATS = ("PNG", "TIFF")
+
+ORIENTATION_TAG = 0x0112
+EXIF_IFD_TAG, GPS_IFD_TAG = 0x8769, 0x8825
+# ImageDescription, Make, Model, Software, DateTime, Artist, Copyright.
+TIFF_DESCRIPTIVE_TAGS = (0x010E, 0x010F, 0x0110, 0x0131, 0x0132, 0x013B, 0x8298)
+PIXEL_X_DIMENSION, PIXEL_Y_DIMENSION = 0xA002, 0xA003
+# Orientations 5-8 swap rows and columns.
+TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+# Pillow decodes 16-bit colour to 8 bits by keeping each sample's high byte; the same decode
+# with the opposite byte order's raw mode keeps the low byte instead.
+LOW_BYTE_RAWMODES = {
+    "RGB;16B": "RGB;16L",
+    "RGB;16L": "RGB;16B",
+    "RGBA;16B": "RGBA;16L",
+    "RGBA;16L": "RGBA;16B",
+    "RGB;16N": "RGB;16B" if sys.byteorder == "little" else "RGB;16L",
+    "RGBA;16N": "RGBA;16B" if sys.byteorder == "little" else "RGBA;16L",
+}
+GRAY16_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+# ICC header bytes 16:20 name the profile's colour space; it must match the pixels written.
+ICC_SPACES = {b"RGB ": 3, b"GRAY": 1}
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFile:
+    """The content of one image file: upright frames and what outputs should keep of it.
+
+    ``frames`` are PIL images (8 bits per sample) or ``uint16`` numpy arrays ``(H, W)`` /
+    ``(H, W, C)`` (16-bit files); more than one for an animation, with ``durations`` (ms per
+    frame) and ``loop`` as the file gave them. ``exif`` has its orientation reset to 1.
+    """
+
+    frames: tuple[Pixels, ...]
+    exif: bytes | None = None
+    icc_profile: bytes | None = None
+    dpi: tuple[float, float] | None = None
+    durations: tuple[int, ...] | None = None
+    loop: int | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(width, height)`` of the frames."""
+        return pixel_size(self.frames[0])
+
+    def with_frames(self, frames: Sequence[Pixels]) -> ImageFile:
+        """The same file with new (e.g. upscaled) frames: the DPI is scaled by the change of
+        size, so that the print size stays the same, and EXIF's pixel dimensions follow."""
+        (old_w, old_h), (new_w, new_h) = self.size, pixel_size(frames[0])
+        dpi = None if self.dpi is None else (self.dpi[0] * new_w / old_w, self.dpi[1] * new_h / old_h)
+        exif = None if self.exif is None else _exif_with_size(self.exif, new_w, new_h)
+        return dataclasses.replace(self, frames=tuple(frames), dpi=dpi, exif=exif)
+
+
+def pixel_size(pixels: Pixels) -> tuple[int, int]:
+    """``(width, height)`` of a PIL image or an ``(H, W[, C])`` array."""
+    if isinstance(pixels, np.ndarray):
+        return pixels.shape[1], pixels.shape[0]
+    return pixels.size
+
+
+def is_image_path(path: Path) -> bool:
+    """Whether a folder run takes ``path`` as an input (partial files never match)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and PARTIAL_TAG not in path.name
+
+
+def same_file(first: str | os.PathLike, second: str | os.PathLike) -> bool:
+    """Whether two paths name one file (also through links or another spelling)."""
+    first, second = Path(first), Path(second)
+    if first.resolve() == second.resolve():
+        return True
+    return first.exists() and second.exists() and os.path.samefile(first, second)
+
+
+def read_image(path: str | os.PathLike) -> Pixels:
+    """The upright pixels of the image at ``path`` (the first frame of an animation): a PIL
+    image, or a ``uint16`` array for 16-bit files. ``ValueError`` naming ``path`` if it is
+    missing or unreadable."""
+    return read_image_file(path).frames[0]
+
+
+def read_image_file(path: str | os.PathLike) -> ImageFile:
+    """Read the image at ``path`` with its metadata and every frame (see :class:`ImageFile`).
+
+    Raises:
+        ValueError: naming ``path``, if it is missing, unreadable or of an unsupported kind.
+    """
+    try:
+        with Image.open(path) as image:
+            if getattr(image, "n_frames", 1) > 1:
+                frames, durations = _read_frames(image)
+            else:
+                frames, durations = (_read_pixels(image, path),), None
+            return ImageFile(
+                frames=frames,
+                exif=_upright_exif(image),
+                icc_profile=image.info.get("icc_profile") or None,
+                dpi=_upright_dpi(image),
+                durations=durations,
+                loop=image.info.get("loop") if durations else None,
+            )
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except (OSError, SyntaxError, EOFError, Image.DecompressionBombError) as err:
+        raise ValueError(f"{path}: not a readable image ({err})") from None
+
+
+def _read_pixels(image: Image.Image, path: str | os.PathLike) -> Pixels:
+    """The upright pixels of a single-frame image; 16-bit files as ``uint16`` arrays."""
+    low_rawmodes = [LOW_BYTE_RAWMODES.get(_rawmode(tile)) for tile in image.tile]
+    upright = ImageOps.exif_transpose(image)
+    if upright.mode in GRAY16_MODES:
+        return np.asarray(upright).astype(np.uint16)
+    if upright.mode == "I":
+        values = np.asarray(upright)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise ValueError(f"{path}: 32-bit integer pixels beyond 0..65535 are not supported")
+        return values.astype(np.uint16)
+    if upright.mode == "F":
+        raise ValueError(f"{path}: 32-bit float images are not supported")
+    if low_rawmodes and all(low_rawmodes):
+        return _read_16bit_colour(path, upright, low_rawmodes)
+    return upright
+
+
+def _read_16bit_colour(path: str | os.PathLike, high: Image.Image, low_rawmodes: list) -> np.ndarray:
+    """16-bit RGB/RGBA as ``uint16 (H, W, C)``: ``high`` holds each sample's high byte (Pillow
+    has no 16-bit colour mode); decoding the file again with the opposite byte order's raw
+    modes gives the low bytes. Works for every decoder Pillow uses (PNG zip, TIFF raw and
+    libtiff), compressed or not."""
+    with Image.open(path) as image:
+        image.tile = [
+            tile._replace(args=_with_rawmode(tile, raw)) for tile, raw in zip(image.tile, low_rawmodes)
+        ]
+        low = ImageOps.exif_transpose(image)
+    return (np.asarray(high).astype(np.uint16) << 8) | np.asarray(low)
+
+
+def _rawmode(tile) -> str | None:
+    args = tile.args
+    return args if isinstance(args, str) else (args[0] if args and isinstance(args[0], str) else None)
+
+
+def _with_rawmode(tile, rawmode: str):
+    return rawmode if isinstance(tile.args, str) else (rawmode, *tile.args[1:])
+
+
+def _read_frames(image: Image.Image) -> tuple[tuple[Image.Image, ...], tuple[int, ...] | None]:
+    """Every frame of an animation, composited (Pillow does that while seeking), upright, in
+    one mode (RGBA if any frame is transparent, else RGB); and the frame durations in ms."""
+    frames, durations, timed = [], [], False
+    for index in range(image.n_frames):
+        image.seek(index)
+        transparent = "A" in image.getbands() or "transparency" in image.info
+        frames.append(ImageOps.exif_transpose(image.convert("RGBA" if transparent else "RGB")))
+        durations.append(int(image.info.get("duration", 0)))
+        timed = timed or "duration" in image.info
+    image.seek(0)
+    if any(frame.mode == "RGBA" for frame in frames):
+        frames = [frame.convert("RGBA") for frame in frames]
+    return tuple(frames), tuple(durations) if timed else None
+
+
+def _orientation(image: Image.Image) -> int:
+    return int(image.getexif().get(ORIENTATION_TAG, 1) or 1)
+
+
+def _upright_exif(image: Image.Image) -> bytes | None:
+    """The file's EXIF block with orientation 1 (the pixels are made upright on reading).
+    A TIFF keeps EXIF in its own tags, most of which describe the TIFF's layout: only the
+    descriptive ones and the EXIF/GPS sub-directories are taken."""
+    exif = Image.Exif()
+    if image.info.get("exif"):
+        exif.load(image.info["exif"])
+    elif image.format == "TIFF":
+        own = image.getexif()
+        for tag in TIFF_DESCRIPTIVE_TAGS:
+            if tag in own:
+                exif[tag] = own[tag]
+        for tag in (EXIF_IFD_TAG, GPS_IFD_TAG):
+            if own.get_ifd(tag):
+                exif[tag] = dict(own.get_ifd(tag))
+    if not len(exif):
+        return None
+    if ORIENTATION_TAG in exif:
+        exif[ORIENTATION_TAG] = 1
+    return exif.tobytes()
+
+
+def _upright_dpi(image: Image.Image) -> tuple[float, float] | None:
+    dpi = image.info.get("dpi")
+    if not dpi or not all(value > 0 for value in dpi):
+        return None
+    x, y = float(dpi[0]), float(dpi[1])
+    return (y, x) if _orientation(image) in TRANSPOSING_ORIENTATIONS else (x, y)
+
+
+def _exif_with_size(raw: bytes, width: int, height: int) -> bytes:
+    """``raw`` EXIF with its pixel dimensions (if it states them) set to the new size."""
+    exif = Image.Exif()
+    exif.load(raw)
+    details = exif.get_ifd(EXIF_IFD_TAG)
+    if PIXEL_X_DIMENSION not in details and PIXEL_Y_DIMENSION not in details:
+        return raw
+    details[PIXEL_X_DIMENSION], details[PIXEL_Y_DIMENSION] = width, height
+    return exif.tobytes()
+
+
+def check_output(path: str | os.PathLike, frame_count: int = 1) -> str:
+    """The Pillow format that writes ``path``'s extension, checked to hold ``frame_count``
+    frames; ``ValueError`` naming ``path`` otherwise."""
+    suffix = Path(path).suffix
+    fmt = Image.registered_extensions().get(suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        raise ValueError(f"{path}: cannot tell the image format to write from the extension {suffix!r}")
+    if frame_count > 1 and fmt not in MULTI_FRAME_FORMATS:
+        raise ValueError(
+            f"{path}: {fmt} cannot hold the {frame_count} frames of an animation; "
+            f"write {', '.join('.' + f.lower() for f in MULTI_FRAME_FORMATS)}"
+        )
+    return fmt
+
+
+def check_quality(quality: object) -> int:
+    """``quality`` if it is an integer in 1..100 (JPEG/WebP), else ``ValueError``."""
+    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+        raise ValueError(f"quality must be an integer in 1..100, got {quality!r}")
+    return quality
+
+
+def write_image(pixels: Pixels, path: str | os.PathLike, *, quality: int = DEFAULT_QUALITY) -> None:
+    """Write one image without metadata to ``path``, atomically (see :func:`write_image_file`)."""
+    write_image_file(ImageFile(frames=(pixels,)), path, quality=quality)
+
+
+def write_image_file(image: ImageFile, path: str | os.PathLike, *, quality: int = DEFAULT_QUALITY) -> None:
+    """Write ``image`` to ``path`` (format from the extension), atomically.
+
+    EXIF, ICC profile and DPI go where the format holds them; ``quality`` (1..100) applies to
+    JPEG and WebP. ``uint16`` frames become 16-bit PNG/TIFF, 8-bit elsewhere. Animations need
+    a GIF, WebP, PNG (APNG) or TIFF (pages) output.
+
+    Raises:
+        ValueError: an unknown extension, a bad ``quality``, or an animation for a format
+            that cannot hold one. OSError: the file system's errors.
+    """
+    fmt = check_output(path, len(image.frames))
+    check_quality(quality)
+    first = image.frames[0]
+    if isinstance(first, np.ndarray) and fmt in DEEP_FORMATS and len(image.frames) == 1:
+        encode = _png16_bytes if fmt == "PNG" else _tiff16_bytes
+        icc = image.icc_profile if _icc_fits(image.icc_profile, first) else None
+        data = encode(_checked_16bit(first), icc, image.dpi, image.exif)
+        with atomic_output(path) as stream:
+            stream.write(data)
+        return
+    frames = [_for_format(frame, fmt) for frame in image.frames]
+    options = _save_options(image, fmt, frames, quality)
+    with atomic_output(path) as stream:
+        frames[0].save(stream, format=fmt, **options)
+
+
+def _save_options(image: ImageFile, fmt: str, frames: list[Image.Image], quality: int) -> dict:
+    """Pillow's save options for what ``fmt`` can hold of ``image``."""
+    options: dict = {}
+    if fmt in QUALITY_FORMATS:
+        options["quality"] = quality
+    # Given even when empty: Pillow would otherwise take them from the frame's own ``info``.
+    if fmt in EXIF_FORMATS:
+        options["exif"] = image.exif or b""
+    if fmt in ICC_FORMATS:
+        options["icc_profile"] = image.icc_profile if _icc_fits(image.icc_profile, frames[0]) else None
+    if fmt in DPI_FORMATS and image.dpi:
+        options["dpi"] = image.dpi
+    if len(frames) > 1:
+        options.update(save_all=True, append_images=frames[1:])
+        if image.durations:
+            options["duration"] = list(image.durations)
+        if image.loop is not None:
+            options["loop"] = image.loop
+        if fmt == "GIF" and frames[0].mode == "RGBA":
+            options["disposal"] = 2  # frames are whole pictures: clear before drawing the next
+    return options
+
+
+def _icc_fits(profile: bytes | None, pixels: Pixels) -> bool:
+    """Whether ``profile`` describes pixels with this many colour channels (a CMYK photo's
+    profile does not fit its RGB output)."""
+    if not profile:
+        return False
+    if isinstance(pixels, np.ndarray):
+        colours = 1 if pixels.ndim == 2 or pixels.shape[2] <= 2 else 3
+    else:
+        colours = 1 if pixels.mode in ("L", "LA", "I;16") else 3
+    return ICC_SPACES.get(bytes(profile[16:20])) == colours
+
+
+def to_8bit(pixels: Pixels) -> Image.Image:
+    """``pixels`` as a PIL image with 8 bits per sample (16-bit arrays rounded)."""
+    if not isinstance(pixels, np.ndarray):
+        return pixels
+    rounded = np.rint(_checked_16bit(pixels) / 257.0).astype(np.uint8)
+    return Image.fromarray(rounded[:, :, 0] if rounded.shape[2] == 1 else rounded)
+
+
+def _for_format(frame: Pixels, fmt: str) -> Image.Image:
+    """``frame`` as a PIL image ``fmt`` can store: 8 bits per sample, no alpha for JPEG."""
+    frame = to_8bit(frame)
+    if fmt == "JPEG" and frame.mode in ("LA", "RGBA"):
+        frame = frame.convert(frame.mode[:-1])
+    return frame
+
+
+def _checked_16bit(pixels: np.ndarray) -> np.ndarray:
+    """``pixels`` as ``(H, W, C)``, checked to be a uint16 image."""
+    if pixels.dtype != np.uint16 or not (pixels.ndim == 2 or (pixels.ndim == 3 and 1 <= pixels.shape[2] <= 4)):
+        raise TypeError(
+            f"image arrays to write must be uint16 (H, W) or (H, W, C), got {pixels.dtype} {pixels.shape}"
+        )
+    return pixels if pixels.ndim == 3 else pixels[:, :, None]
+
+
+def _png16_bytes(pixels: np.ndarray, icc: bytes | None, dpi, exif: bytes | None) -> bytes:
+    """A 16-bit PNG of ``pixels (H, W, C)`` (Pillow writes 16-bit gray only)."""
+    height, width, channels = pixels.shape
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+    samples = pixels.astype(">u2").reshape(height, -1).view(np.uint8)
+    # Every row with PNG's "Up" filter (2): its bytes minus the row above's, modulo 256; it
+    # shrinks smooth 16-bit images many times over at no cost to photos.
+    rows = np.full((height, 1 + samples.shape[1]), 2, np.uint8)
+    rows[0, 1:] = samples[0]
+    rows[1:, 1:] = samples[1:] - samples[:-1]
+    chunks = [(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0))]
+    if icc:
+        chunks.append((b"iCCP", b"ICC profile\0\0" + zlib.compress(icc)))
+    if dpi:
+        chunks.append((b"pHYs", struct.pack(">IIB", round(dpi[0] / 0.0254), round(dpi[1] / 0.0254), 1)))
+    if exif:
+        chunks.append((b"eXIf", exif[6:] if exif.startswith(b"Exif\0\0") else exif))
+    chunks += [(b"IDAT", zlib.compress(rows.tobytes(), 6)), (b"IEND", b"")]
+    body = b"".join(
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        for kind, data in chunks
+    )
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
+def _tiff16_bytes(pixels: np.ndarray, icc: bytes | None, dpi, exif: bytes | None) -> bytes:
+    """An uncompressed little-endian 16-bit TIFF of ``pixels (H, W, C)``, one strip (Pillow
+    writes 16-bit gray only). EXIF is not written (TIFF keeps it in a sub-IFD)."""
+    height, width, channels = pixels.shape
+    data = pixels.astype("<u2").tobytes()
+    if len(data) >= 2**32 - 2**20:
+        raise ValueError(f"a {width}x{height} 16-bit TIFF would exceed 4 GiB; write a PNG")
+    tags = {
+        256: _tiff_long(width), 257: _tiff_long(height), 258: _tiff_short(*[16] * channels),
+        259: _tiff_short(1), 262: _tiff_short(2 if channels >= 3 else 1), 273: _tiff_long(0),
+        277: _tiff_short(channels), 278: _tiff_long(height), 279: _tiff_long(len(data)),
+        284: _tiff_short(1),
+    }
+    if dpi:
+        tags.update({282: _tiff_rational(dpi[0]), 283: _tiff_rational(dpi[1]), 296: _tiff_short(2)})
+    if channels in (2, 4):
+        tags[338] = _tiff_short(2)  # unassociated alpha
+    if icc:
+        tags[34675] = (7, bytes(icc), len(icc))
+    return _tiff_layout(tags, data)
+
+
+def _tiff_short(*values: int) -> tuple[int, bytes, int]:
+    return 3, struct.pack(f"<{len(values)}H", *values), len(values)
+
+
+def _tiff_long(*values: int) -> tuple[int, bytes, int]:
+    return 4, struct.pack(f"<{len(values)}I", *values), len(values)
+
+
+def _tiff_rational(value: float) -> tuple[int, bytes, int]:
+    return 5, struct.pack("<II", round(value * 1000), 1000), 1
+
+
+def _tiff_layout(tags: dict, data: bytes) -> bytes:
+    """Header, one IFD of ``tags`` (tag -> (type, payload, count)), the values too long to
+    sit in the IFD, then the strip ``data`` (whose offset, tag 273, is filled in here)."""
+    values_at = 8 + 2 + 12 * len(tags) + 4
+    out_of_line = sum(len(payload) + len(payload) % 2 for _, payload, _ in tags.values() if len(payload) > 4)
+    tags[273] = _tiff_long(values_at + out_of_line)
+    entries, values = [], b""
+    for tag in sorted(tags):
+        kind, payload, count = tags[tag]
+        if len(payload) > 4:
+            inline = struct.pack("<I", values_at + len(values))
+            values += payload + b"\0" * (len(payload) % 2)
+        else:
+            inline = payload.ljust(4, b"\0")
+        entries.append(struct.pack("<HHI", tag, kind, count) + inline)
+    ifd = struct.pack("<H", len(entries)) + b"".join(entries) + struct.pack("<I", 0)
+    return b"II*\0" + struct.pack("<I", 8) + ifd + values + data
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary stream whose content replaces ``path`` only once the block completes.
+
+    The stream writes ``.NAME.lte-partial-XXXXXXXX`` beside ``path`` (no image glob matches
+    it), created with ``0666 & ~umask`` like any new file; on an exception, SIGINT or SIGTERM
+    it is removed. A process killed outright (SIGKILL) leaves it; folder runs ignore it.
+    """
+    path = Path(path)
+    with _termination_raises():
+        partial, fd = _create_partial(path)
+        try:
+            with os.fdopen(fd, "w+b") as stream:  # TIFF pages are appended by reading back
+                yield stream
+            os.replace(partial, path)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+
+
+def _create_partial(path: Path) -> tuple[Path, int]:
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        # Names stay under the usual 255-byte limit whatever the target's name.
+        partial = path.with_name(f".{path.name[:200]}{PARTIAL_TAG}{secrets.token_hex(4)}")
+        try:
+            return partial, os.open(partial, flags, 0o666)
+        except FileExistsError:
+            continue
+
+
+@contextlib.contextmanager
+def _termination_raises() -> Iterator[None]:
+    """While the block runs, SIGTERM (and SIGHUP) raise ``SystemExit(128 + signal)`` instead of
+    killing the process at once, so that ``finally`` blocks run; SIGINT already raises
+    KeyboardInterrupt. Handlers set by the application are left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signals = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    previous = {}
+    for number in signals:
+        if signal.getsignal(number) is signal.SIG_DFL:
+            previous[number] = signal.signal(number, _exit_on_signal)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _exit_on_signal(number: int, frame) -> None:
+    raise SystemExit(128 + number)

@@ -1,0 +1,103 @@
+"""``lte-sr view IMAGE``: zoom into a photo in the browser, every pixel rendered by LTE."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import webbrowser
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..image_io.files import Pixels, read_image
+from ..inference import resolve_device
+from ..upscale import resolve_model
+from .features import DEFAULT_FEATURE_BYTES
+from .renderer import TileRenderer
+from .server import ViewerServer, is_loopback
+
+DEFAULT_HOST = "127.0.0.1"
+
+
+def add_view_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``view`` subcommand to the ``lte-sr`` parser."""
+    parser = subparsers.add_parser(
+        "view",
+        help="zoom into an image in the browser, rendered by LTE at any scale",
+        description=(
+            "Serve IMAGE on a local web page that zooms continuously from fit-to-window to 64x; "
+            "what is on screen is rendered by LTE at the screen's pixel density, with PIL "
+            "bicubic beside it for comparison. Ctrl-C stops the server."
+        ),
+    )
+    parser.add_argument("image", metavar="IMAGE", help="the image to view")
+    parser.add_argument(
+        "--model", help="checkpoint (.pth) or preset name with bundled weights (default: the bundled default model)"
+    )
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    parser.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one)")
+    parser.add_argument(
+        "--host", default=DEFAULT_HOST, help=f"address to listen on (default: {DEFAULT_HOST}, this machine only)"
+    )
+    parser.add_argument("--open", action="store_true", help="open the page in the default browser")
+    parser.set_defaults(func=run_view_command)
+    return parser
+
+
+def start_viewer(
+    image: Image.Image,
+    model_source: str | None,
+    device: str,
+    host: str,
+    port: int,
+    *,
+    feature_bytes: int = DEFAULT_FEATURE_BYTES,
+    **server_options,
+) -> ViewerServer:
+    """A :class:`ViewerServer` for ``image`` listening at ``host:port``, its features being
+    prepared in the background; ``server_options`` go to ViewerServer (workers, cache_bytes).
+    ``ValueError``/``OSError`` for bad arguments."""
+    if not 0 <= port <= 65535:
+        raise ValueError(f"argument --port: expected 0-65535, got {port}")
+    model = resolve_model(model_source)
+    renderer = TileRenderer(image, model, resolve_device(device), feature_bytes)
+    model_name = Path(model_source).name if model_source else "bundled default.pth"
+    try:
+        server = ViewerServer(renderer, (host, port), model_name=model_name, **server_options)
+    except OSError as error:
+        raise OSError(f"cannot listen on {host}:{port} ({error.strerror or error})") from None
+    threading.Thread(target=renderer.prepare, name="prepare-features", daemon=True).start()
+    return server
+
+
+def as_8bit_rgb(pixels: Pixels) -> Image.Image:
+    """What the page shows and the model reads: ``pixels`` (as read_image returns them) as an
+    8-bit RGB image; 16-bit arrays are rounded to 8 bits, gray is repeated, alpha dropped."""
+    if isinstance(pixels, np.ndarray):
+        eight_bit = np.rint(pixels / 257.0).astype(np.uint8)
+        pixels = Image.fromarray(eight_bit if eight_bit.ndim == 2 else eight_bit[:, :, :3])
+    return pixels.convert("RGB")
+
+
+def run_view_command(args: argparse.Namespace) -> int:
+    """Run ``lte-sr view``; returns the exit status (0 after Ctrl-C)."""
+    image = as_8bit_rgb(read_image(args.image))
+    server = start_viewer(image, args.model, args.device, args.host, args.port)
+    if not is_loopback(args.host):
+        print(
+            f"lte-sr view: warning: listening on {args.host}, so other machines can reach this "
+            "viewer and the image; use --host 127.0.0.1 to keep it on this machine",
+            file=sys.stderr,
+        )
+    print(f"lte-sr view: serving {args.image} at {server.url} (Ctrl-C stops)", flush=True)
+    if args.open:
+        webbrowser.open(server.url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("lte-sr view: stopped", flush=True)
+    finally:
+        server.server_close()
+    return 0

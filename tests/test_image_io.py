@@ -1,0 +1,244 @@
+"""Tests of lte_cuda.image_io.files: reading and writing image files."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageCms
+
+from lte_cuda.image_io import files
+from lte_cuda.image_io.files import ImageFile, read_image, read_image_file, write_image, write_image_file
+
+ICC_RGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+MAKE_TAG = 0x010F
+
+
+def exif_bytes(orientation: int | None = None, pixel_size: tuple[int, int] | None = None) -> bytes:
+    exif = Image.Exif()
+    exif[MAKE_TAG] = "TestCam"
+    if orientation is not None:
+        exif[files.ORIENTATION_TAG] = orientation
+    if pixel_size is not None:
+        details = exif.get_ifd(files.EXIF_IFD_TAG)
+        details[files.PIXEL_X_DIMENSION], details[files.PIXEL_Y_DIMENSION] = pixel_size
+    return exif.tobytes()
+
+
+def left_red_right_blue(width: int = 20, height: int = 10) -> Image.Image:
+    pixels = np.zeros((height, width, 3), np.uint8)
+    pixels[:, : width // 2, 0] = 255
+    pixels[:, width // 2 :, 2] = 255
+    return Image.fromarray(pixels)
+
+
+def random_uint16(shape: tuple[int, ...]) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 65536, shape, dtype=np.uint16)
+
+
+def test_exif_orientation_is_applied_and_reset(tmp_path: Path) -> None:
+    path = tmp_path / "rotated.jpg"
+    left_red_right_blue().save(path, exif=exif_bytes(orientation=6), dpi=(300, 100), quality=95)
+    image = read_image_file(path)
+    upright = np.asarray(image.frames[0])
+    # Orientation 6: the stored image is shown turned 90 degrees clockwise; its left half (red) is on top.
+    assert image.size == (10, 20)
+    assert upright[:10, :, 0].mean() > 200 and upright[10:, :, 2].mean() > 200
+    exif = Image.Exif()
+    exif.load(image.exif)
+    assert exif[files.ORIENTATION_TAG] == 1 and exif[MAKE_TAG] == "TestCam"
+    assert image.dpi == (100, 300)  # rows and columns swapped with the pixels
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".webp", ".tif"])
+def test_metadata_round_trip_with_scaled_dpi(tmp_path: Path, suffix: str) -> None:
+    source = tmp_path / f"in{suffix}"
+    options = {"exif": exif_bytes(pixel_size=(20, 10)), "icc_profile": ICC_RGB}
+    if suffix != ".webp":
+        options["dpi"] = (72, 96)
+    left_red_right_blue().save(source, **options)
+    image = read_image_file(source)
+    assert image.icc_profile == ICC_RGB
+    bigger = image.with_frames([image.frames[0].resize((40, 30))])
+    write_image_file(bigger, tmp_path / f"out{suffix}")
+    with Image.open(tmp_path / f"out{suffix}") as out:
+        assert out.size == (40, 30)
+        assert out.info.get("icc_profile") == ICC_RGB
+        exif = out.getexif()
+        assert exif[MAKE_TAG] == "TestCam"
+        details = exif.get_ifd(files.EXIF_IFD_TAG)
+        assert (details[files.PIXEL_X_DIMENSION], details[files.PIXEL_Y_DIMENSION]) == (40, 30)
+        if suffix != ".webp":
+            assert out.info["dpi"] == pytest.approx((144, 288), abs=0.05)
+
+
+@pytest.mark.parametrize(
+    "suffix, shape",
+    [(".png", (9, 7)), (".png", (9, 7, 3)), (".png", (9, 7, 4)), (".tif", (9, 7)), (".tif", (9, 7, 3)),
+     (".tif", (9, 7, 4))],
+)
+def test_16bit_round_trip_is_exact(tmp_path: Path, suffix: str, shape: tuple) -> None:
+    pixels = random_uint16(shape)
+    path = tmp_path / f"deep{suffix}"
+    write_image_file(ImageFile(frames=(pixels,), icc_profile=ICC_RGB, dpi=(300.0, 300.0)), path)
+    image = read_image_file(path)
+    assert image.frames[0].dtype == np.uint16
+    np.testing.assert_array_equal(image.frames[0], pixels)
+    assert image.dpi == pytest.approx((300, 300), abs=0.05)
+    # The sRGB profile goes with colour only.
+    assert image.icc_profile == (ICC_RGB if len(shape) == 3 else None)
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"])
+@pytest.mark.parametrize("channels", [3, 4])
+def test_16bit_colour_tiff_from_another_writer(tmp_path: Path, compression: str | None, channels: int) -> None:
+    tifffile = pytest.importorskip("tifffile")
+    pixels = random_uint16((11, 13, channels))
+    path = tmp_path / "other.tif"
+    extra = {"extrasamples": [2]} if channels == 4 else {}
+    tifffile.imwrite(path, pixels, photometric="rgb", compression=compression, rowsperstrip=4, **extra)
+    np.testing.assert_array_equal(read_image(path), pixels)
+    # And the other way: our 16-bit TIFF as another reader sees it.
+    write_image(pixels, tmp_path / "ours.tif")
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "ours.tif"), pixels)
+
+
+def test_16bit_gray_png_from_pillow(tmp_path: Path) -> None:
+    pixels = random_uint16((6, 5))
+    Image.fromarray(pixels).save(tmp_path / "gray16.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "gray16.png"), pixels)
+
+
+def test_16bit_written_as_8bit_where_the_format_has_no_16bit(tmp_path: Path) -> None:
+    pixels = np.array([[0, 257 * 10, 65535]], np.uint16)
+    write_image(pixels, tmp_path / "gray.jpg")
+    write_image(np.stack([pixels] * 3, axis=-1), tmp_path / "rgb.bmp")
+    with Image.open(tmp_path / "rgb.bmp") as out:
+        assert out.mode == "RGB" and np.asarray(out)[0, :, 0].tolist() == [0, 10, 255]
+    with Image.open(tmp_path / "gray.jpg") as out:
+        assert out.mode == "L"
+
+
+def test_tiff_pages_are_frames(tmp_path: Path) -> None:
+    pages = [Image.new("RGB", (5, 4), colour) for colour in ("red", "blue")]
+    pages[0].save(tmp_path / "pages.tif", save_all=True, append_images=pages[1:])
+    image = read_image_file(tmp_path / "pages.tif")
+    assert len(image.frames) == 2 and image.durations is None
+    write_image_file(image.with_frames([page.resize((10, 8)) for page in image.frames]), tmp_path / "out.tif")
+    with Image.open(tmp_path / "out.tif") as out:
+        assert out.n_frames == 2 and out.size == (10, 8)
+        out.seek(1)
+        assert out.convert("RGB").getpixel((0, 0)) == (0, 0, 255)
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".webp", ".png"])
+def test_animation_keeps_every_frame_and_its_duration(tmp_path: Path, suffix: str) -> None:
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    frames = [Image.new("RGB", (8, 6), colour) for colour in colours]
+    source = tmp_path / f"anim{suffix}"
+    frames[0].save(source, save_all=True, append_images=frames[1:], duration=[50, 80, 120], loop=0)
+    image = read_image_file(source)
+    assert len(image.frames) == 3 and image.durations == (50, 80, 120) and image.loop == 0
+    write_image_file(image.with_frames([f.resize((16, 12)) for f in image.frames]), tmp_path / f"out{suffix}")
+    with Image.open(tmp_path / f"out{suffix}") as out:
+        assert out.n_frames == 3 and out.size == (16, 12) and out.info["loop"] == 0
+        for index, colour in enumerate(colours):
+            out.seek(index)
+            pixel = np.asarray(out.convert("RGB"))[0, 0].astype(int)  # WebP sets info on decoding
+            assert np.abs(pixel - colour).max() <= 8 and out.info["duration"] == [50, 80, 120][index]
+
+
+def test_animation_into_a_single_frame_format_is_refused(tmp_path: Path) -> None:
+    frames = (Image.new("RGB", (4, 4)), Image.new("RGB", (4, 4), "white"))
+    with pytest.raises(ValueError, match=r"out.jpg: JPEG cannot hold the 2 frames of an animation; write .gif"):
+        write_image_file(ImageFile(frames=frames, durations=(10, 10)), tmp_path / "out.jpg")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_jpeg_quality_default_95_and_chosen(tmp_path: Path) -> None:
+    image = left_red_right_blue(64, 48)
+    write_image(image, tmp_path / "default.jpg")
+    write_image(image, tmp_path / "q50.jpg", quality=50)
+    for quality in (95, 50, 75):
+        image.save(tmp_path / f"pillow{quality}.jpg", quality=quality)
+
+    def tables(name: str) -> dict:
+        with Image.open(tmp_path / name) as jpeg:
+            return jpeg.quantization
+
+    assert tables("default.jpg") == tables("pillow95.jpg") != tables("pillow75.jpg")
+    assert tables("q50.jpg") == tables("pillow50.jpg")
+    with pytest.raises(ValueError, match="quality must be an integer in 1..100, got 0"):
+        write_image(image, tmp_path / "bad.jpg", quality=0)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_permissions_follow_umask(tmp_path: Path, umask: int) -> None:
+    previous = os.umask(umask)
+    try:
+        write_image(left_red_right_blue(), tmp_path / "out.png")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "out.png").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_failed_write_leaves_nothing_and_keeps_the_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "out.png"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), files.atomic_output(target) as stream:
+        stream.write(b"half")
+        raise RuntimeError("disk trouble")
+    assert target.read_bytes() == b"old" and sorted(tmp_path.iterdir()) == [target]
+
+
+def test_sigterm_while_writing_removes_the_partial_file(tmp_path: Path) -> None:
+    target = tmp_path / "out.png"
+    with pytest.raises(SystemExit) as stopped, files.atomic_output(target) as stream:
+        stream.write(b"half")
+        partials = [p.name for p in tmp_path.iterdir()]
+        os.kill(os.getpid(), signal.SIGTERM)
+        stream.write(b"never")  # the handler raises before this line
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert len(partials) == 1 and partials[0].startswith(".out.png" + files.PARTIAL_TAG)
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_partial_files_are_not_images(tmp_path: Path) -> None:
+    assert files.is_image_path(tmp_path / "a.PNG") and files.is_image_path(tmp_path / ".hidden.jpg")
+    assert not files.is_image_path(tmp_path / f".a.png{files.PARTIAL_TAG}0123abcd")
+    assert not files.is_image_path(tmp_path / f".a.png{files.PARTIAL_TAG}0123abcd.png")
+
+
+def test_same_file_through_links_and_spellings(tmp_path: Path) -> None:
+    image = tmp_path / "a.png"
+    image.write_bytes(b"x")
+    (tmp_path / "link.png").symlink_to(image)
+    os.link(image, tmp_path / "hard.png")
+    assert files.same_file(image, tmp_path / "." / "a.png")
+    assert files.same_file(image, tmp_path / "link.png") and files.same_file(image, tmp_path / "hard.png")
+    assert not files.same_file(image, tmp_path / "b.png")
+
+
+def test_unreadable_files_name_the_path(tmp_path: Path) -> None:
+    (tmp_path / "fake.png").write_text("not an image")
+    with pytest.raises(ValueError, match="fake.png: not a readable image"):
+        read_image(tmp_path / "fake.png")
+    with pytest.raises(ValueError, match="missing.png: no such file"):
+        read_image(tmp_path / "missing.png")
+    Image.fromarray(np.ones((2, 2), np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(ValueError, match="float.tif: 32-bit float images are not supported"):
+        read_image(tmp_path / "float.tif")
+
+
+def test_a_profile_for_other_colours_is_not_written(tmp_path: Path) -> None:
+    cmyk_profile = ICC_RGB[:16] + b"CMYK" + ICC_RGB[20:]  # only the header's colour space is read
+    Image.new("CMYK", (6, 4), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg", icc_profile=cmyk_profile)
+    image = read_image_file(tmp_path / "cmyk.jpg")
+    assert image.icc_profile == cmyk_profile
+    write_image_file(image.with_frames([image.frames[0].convert("RGB")]), tmp_path / "rgb.png")
+    with Image.open(tmp_path / "rgb.png") as out:
+        assert "icc_profile" not in out.info
