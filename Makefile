@@ -1,7 +1,7 @@
 # make test  - a virtual environment with torch, the project built, and the whole test suite
 # make demo  - the project's main job: upscale a bundled photo with the bundled model
 # make lint  - ruff (format + lint) on the Python, clang-format on csrc/
-# make bench - the benchmarks (CPU); python benchmarks/gpu_check.py does the GPU checks
+# make bench - the benchmarks (CPU); python benchmarks/gpu_check.py --out DIR does the GPU checks
 #
 # TORCH picks the torch release installed into a new environment (2.13.0: the small CPU build;
 # 2.14.1: a CUDA build, with FORCE_CUDA=1 to compile the CUDA kernels without a GPU).
@@ -38,7 +38,7 @@ demo: install
 	$(PY) -m lte_cuda demo
 
 bench: install
-	$(PY) benchmarks/run.py --quick
+	$(PY) -m benchmarks.run --quick
 
 clean:
 	rm -rf build *.egg-info lte_cuda/_C*.so lte_cuda/_build_info.py
