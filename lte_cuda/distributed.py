@@ -50,6 +50,11 @@ def rank() -> int:
     return index
 
 
+def local_rank() -> int | None:
+    """This process's index on its machine (torchrun's ``LOCAL_RANK``; None outside torchrun)."""
+    return _env_int("LOCAL_RANK", -1) if "LOCAL_RANK" in os.environ else None
+
+
 def is_main() -> bool:
     """True on the process that reports (rank 0)."""
     return rank() == 0
@@ -60,14 +65,14 @@ def use_local_gpu() -> None:
     device, so ``"cuda"`` and ``"auto"`` mean one GPU per process. Otherwise does nothing."""
     if world_size() == 1 or not torch.cuda.is_available():
         return
-    local_rank = _env_int("LOCAL_RANK", 0)
+    index = local_rank() or 0
     gpus = torch.cuda.device_count()
-    if local_rank >= gpus:
+    if index >= gpus:
         raise ValueError(
-            f"process with LOCAL_RANK={local_rank} has no GPU of its own: this machine has {gpus}; "
+            f"process with LOCAL_RANK={index} has no GPU of its own: this machine has {gpus}; "
             "start at most that many processes per node (--nproc_per_node)"
         )
-    torch.cuda.set_device(local_rank)
+    torch.cuda.set_device(index)
 
 
 def shard(items: Sequence[T]) -> list[T]:

@@ -49,6 +49,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
+from . import distributed
 from .checkpoint import CheckpointError, load_model, read_checkpoint, save_model
 from .config import (
     ConfigError,
@@ -218,10 +219,9 @@ class DistEnv:
     """Process-group facts of this process (one process: rank 0 of 1)."""
 
     def __init__(self, device: str | None) -> None:
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        local_rank = os.environ.get("LOCAL_RANK")
-        self.device = rank_device(device, None if local_rank is None else int(local_rank))
+        self.world_size = distributed.world_size()
+        self.rank = distributed.rank()
+        self.device = rank_device(device, distributed.local_rank())
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.enabled = self.world_size > 1
