@@ -74,7 +74,9 @@ def compile_args(with_cuda: bool) -> dict[str, list[str]]:
     # multiply-adds on either device (-ffp-contract=off, --fmad=false), and no
     # --use_fast_math: both devices then round every operation of lte_basis.h as written, so
     # the CPU tests check the GPU's arithmetic.
-    cxx = opt + ([] if DEBUG else ["-g0"]) + ["-std=c++20", "-fno-trapping-math", "-ffp-contract=off"]
+    cxx = (
+        opt + ([] if DEBUG else ["-g0"]) + ["-std=c++20", "-fno-trapping-math", "-ffp-contract=off"]
+    )
     args = {"cxx": cxx}
     if with_cuda:
         args["nvcc"] = opt + ["-std=c++20", "--fmad=false"]
@@ -107,14 +109,20 @@ def extension_setup() -> dict:
     print(
         f"lte_cuda build: torch {torch.__version__}, CUDA kernels {'on' if with_cuda else 'off'}"
         f", {'debug' if DEBUG else 'release'}"
-        + (f", CUDA_HOME={cpp_extension.CUDA_HOME}, TORCH_CUDA_ARCH_LIST="
-           f"{os.environ.get('TORCH_CUDA_ARCH_LIST', '(all visible / default)')}"
-           if with_cuda else "")
+        + (
+            f", CUDA_HOME={cpp_extension.CUDA_HOME}, TORCH_CUDA_ARCH_LIST="
+            f"{os.environ.get('TORCH_CUDA_ARCH_LIST', '(all visible / default)')}"
+            if with_cuda
+            else ""
+        )
     )
     make = cpp_extension.CUDAExtension if with_cuda else cpp_extension.CppExtension
     sources = SOURCES + (CUDA_SOURCES if with_cuda else [])
     ext = make("lte_cuda._C", sources, extra_compile_args=compile_args(with_cuda))
-    return {"ext_modules": [ext], "cmdclass": {"build_ext": build_command(torch, cpp_extension, with_cuda)}}
+    return {
+        "ext_modules": [ext],
+        "cmdclass": {"build_ext": build_command(torch, cpp_extension, with_cuda)},
+    }
 
 
 # An sdist carries the sources (MANIFEST.in) and needs neither torch nor a compiler.

@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 import torch.utils.benchmark as benchmark
 
-from lte_cuda import ops, reference
 from benchmarks.memory import CHILD_ENV, peak_rss_above_current
+from lte_cuda import ops, reference
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,7 @@ class Shape:
     queries: int
 
     def describe(self) -> str:
-        return (f"B={self.batch} C={self.channels} {self.height}x{self.width} "
-                f"Q={self.queries:,}")
+        return f"B={self.batch} C={self.channels} {self.height}x{self.width} Q={self.queries:,}"
 
 
 SHAPES = {
@@ -96,8 +95,14 @@ def run_once(fn, inputs, mode: str, grad_x: torch.Tensor | None = None):
 
 
 def check_agreement(shape: Shape, device: str, paths: list[str]) -> None:
-    small = Shape(shape.name, min(shape.batch, 2), shape.channels, shape.height, shape.width,
-                  min(shape.queries, 4096))
+    small = Shape(
+        shape.name,
+        min(shape.batch, 2),
+        shape.channels,
+        shape.height,
+        shape.width,
+        min(shape.queries, 4096),
+    )
     outputs = {}
     for path in paths:
         inputs = make_inputs(small, device, requires_grad=True)
@@ -145,9 +150,18 @@ def peak_memory(shape: Shape, device: str, path: str, mode: str) -> int:
         run_once(fn, inputs, mode, grad_x)
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
-    cmd = [sys.executable, "-m", "benchmarks.bench_basis", "--peak-rss-child", json.dumps([asdict(shape), path, mode])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.bench_basis",
+        "--peak-rss-child",
+        json.dumps([asdict(shape), path, mode]),
+    ]
     root = Path(__file__).resolve().parent.parent
-    env = {**CHILD_ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **CHILD_ENV,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
+    }
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, cwd=root).stdout
     return int(out.strip().splitlines()[-1])
 
@@ -167,8 +181,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller shapes, short timing")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--no-compile", action="store_true",
-                        help="skip torch.compile of the reference (its first compile is slow)")
+    parser.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="skip torch.compile of the reference (its first compile is slow)",
+    )
     parser.add_argument("--shape", action="append", help="only these shapes (repeatable)")
     parser.add_argument("--mode", choices=["fwd", "fwd+bwd"], help="only this mode")
     parser.add_argument("--json", help="write the records to this file")
@@ -189,16 +206,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
     modes = [args.mode] if args.mode else ["fwd", "fwd+bwd"]
     paths = ["fused", "reference"] + ([] if args.no_compile else ["compiled"])
     min_run_time = 0.5 if args.quick else 2.0
-    print(f"torch {torch.__version__}, device {args.device}"
-          + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else
-             f", {torch.get_num_threads()} threads"))
+    print(
+        f"torch {torch.__version__}, device {args.device}"
+        + (
+            f" ({torch.cuda.get_device_name()})"
+            if args.device == "cuda"
+            else f", {torch.get_num_threads()} threads"
+        )
+    )
     records = []
     for shape in shapes.values():
         check_agreement(shape, args.device, paths)
         for mode in modes:
             for path in paths:
-                rec = {"bench": "basis", "shape": shape.name, "dims": shape.describe(),
-                       "mode": mode, "path": path, "device": args.device}
+                rec = {
+                    "bench": "basis",
+                    "shape": shape.name,
+                    "dims": shape.describe(),
+                    "mode": mode,
+                    "path": path,
+                    "device": args.device,
+                }
                 rec.update(measure(shape, args.device, path, mode, min_run_time))
                 rec["peak_bytes"] = peak_memory(shape, args.device, path, mode)
                 rec["us_per_query"] = rec["median_s"] / (shape.batch * shape.queries) * 1e6
@@ -211,14 +239,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 def print_record(rec: dict, records: list[dict]) -> None:
-    fused = next(r for r in records if r["shape"] == rec["shape"] and r["mode"] == rec["mode"]
-                 and r["path"] == "fused")
+    fused = next(
+        r
+        for r in records
+        if r["shape"] == rec["shape"] and r["mode"] == rec["mode"] and r["path"] == "fused"
+    )
     speedup = rec["median_s"] / fused["median_s"]
     compile_note = f"  (compile {rec['compile_s']:.1f} s)" if rec["compile_s"] else ""
-    print(f"{rec['shape']:>16} {rec['dims']:>28} {rec['mode']:>8} {rec['path']:>10}: "
-          f"{rec['median_s'] * 1e3:9.2f} ms  {rec['us_per_query']:7.3f} us/query  "
-          f"fused is {speedup:6.1f}x faster  peak {rec['peak_bytes'] / 2**20:8.1f} MiB"
-          f"{compile_note}")
+    print(
+        f"{rec['shape']:>16} {rec['dims']:>28} {rec['mode']:>8} {rec['path']:>10}: "
+        f"{rec['median_s'] * 1e3:9.2f} ms  {rec['us_per_query']:7.3f} us/query  "
+        f"fused is {speedup:6.1f}x faster  peak {rec['peak_bytes'] / 2**20:8.1f} MiB"
+        f"{compile_note}"
+    )
 
 
 if __name__ == "__main__":

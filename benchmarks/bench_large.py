@@ -124,7 +124,11 @@ def run_child(code: str, args: list[str], pythonpath: str | None = None) -> dict
         env["PYTHONPATH"] = pythonpath
     result = subprocess.run(
         [sys.executable, "-c", code, *args],
-        capture_output=True, text=True, env=env, check=False, cwd=pythonpath,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        cwd=pythonpath,
     )
     if result.returncode:
         raise SystemExit(f"benchmark child failed:\n{result.stderr[-3000:]}")
@@ -171,9 +175,13 @@ def small_case(repeats: int, baseline: str | None) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--case", choices=("photo", "scan", "small", "all"), default="all")
-    parser.add_argument("--regions", type=int, default=0, help="stop a large case after N regions (0: all)")
+    parser.add_argument(
+        "--regions", type=int, default=0, help="stop a large case after N regions (0: all)"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="runs of the small case")
-    parser.add_argument("--baseline", help="a checkout of an older commit to time the small case against")
+    parser.add_argument(
+        "--baseline", help="a checkout of an older commit to time the small case against"
+    )
     args = parser.parse_args()
     for name in ("photo", "scan"):
         if args.case in (name, "all"):

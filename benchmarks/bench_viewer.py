@@ -51,7 +51,9 @@ def make_photo(megapixels: float) -> Image.Image:
 
     photo = Image.fromarray(data.coffee())
     factor = math.sqrt(megapixels * 1e6 / (photo.width * photo.height))
-    return photo.resize((round(photo.width * factor), round(photo.height * factor)), Image.Resampling.BICUBIC)
+    return photo.resize(
+        (round(photo.width * factor), round(photo.height * factor)), Image.Resampling.BICUBIC
+    )
 
 
 def fetch(port: int, path: str) -> tuple[int, bytes, float]:
@@ -96,8 +98,13 @@ def measure_first_view(port: int, started: float, viewport: tuple[int, int]) -> 
 
     with ThreadPoolExecutor(BROWSER_CONNECTIONS) as pool:
         list(pool.map(get_tile, tiles))
-    return {"level": level, "scale": info["levels"][level][0] / info["width"], "tiles": len(tiles),
-            "first": min(arrivals), "all": max(arrivals)}
+    return {
+        "level": level,
+        "scale": info["levels"][level][0] / info["width"],
+        "tiles": len(tiles),
+        "first": min(arrivals),
+        "all": max(arrivals),
+    }
 
 
 def measure_further_tiles(port: int, info: dict, count: int) -> tuple[list[float], list[float]]:
@@ -126,7 +133,9 @@ def resident_mib() -> float:
     return float("nan")
 
 
-def measure_memory(server, info: dict, rounds: int, tiles_per_round: int) -> list[tuple[float, int, int]]:
+def measure_memory(
+    server, info: dict, rounds: int, tiles_per_round: int
+) -> list[tuple[float, int, int]]:
     """(VmRSS MiB, tile cache bytes, feature bytes) after each round of uncached tiles spread over all levels."""
     port = server.server_address[1]
     levels = len(info["levels"])
@@ -146,40 +155,67 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--megapixels", type=float, default=1.0, help="photo size (default 1.0)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
-    parser.add_argument("--viewport", default="1920x1080", help="browser window WxH (default 1920x1080)")
+    parser.add_argument(
+        "--viewport", default="1920x1080", help="browser window WxH (default 1920x1080)"
+    )
     parser.add_argument("--tiles", type=int, default=10, help="further tiles timed (default 10)")
-    parser.add_argument("--cache-mb", type=float, default=2.0,
-                        help="tile cache size; small, so the memory rounds overflow it (default 2)")
-    parser.add_argument("--feature-mb", type=float, default=2048, help="feature block memory (default 2048)")
+    parser.add_argument(
+        "--cache-mb",
+        type=float,
+        default=2.0,
+        help="tile cache size; small, so the memory rounds overflow it (default 2)",
+    )
+    parser.add_argument(
+        "--feature-mb", type=float, default=2048, help="feature block memory (default 2048)"
+    )
     parser.add_argument("--rounds", type=int, default=4, help="memory rounds (default 4)")
     args = parser.parse_args()
     viewport = tuple(int(v) for v in args.viewport.lower().split("x"))
 
     photo = make_photo(args.megapixels)
-    print(f"photo {photo.width}x{photo.height} ({photo.width * photo.height / 1e6:.2f} MP), "
-          f"bundled model, device {args.device}, viewport {viewport[0]}x{viewport[1]}")
-    server = start_viewer(photo, None, args.device, "127.0.0.1", 0, cache_bytes=int(args.cache_mb * MIB),
-                          feature_bytes=int(args.feature_mb * MIB))
+    print(
+        f"photo {photo.width}x{photo.height} ({photo.width * photo.height / 1e6:.2f} MP), "
+        f"bundled model, device {args.device}, viewport {viewport[0]}x{viewport[1]}"
+    )
+    server = start_viewer(
+        photo,
+        None,
+        args.device,
+        "127.0.0.1",
+        0,
+        cache_bytes=int(args.cache_mb * MIB),
+        feature_bytes=int(args.feature_mb * MIB),
+    )
     started = time.perf_counter()  # where `lte-sr view` prints the URL
     threading.Thread(target=server.serve_forever, daemon=True).start()
     port = server.server_address[1]
     try:
         first = measure_first_view(port, started, viewport)
         features = server.renderer.features
-        print(f"features: {'per block, by the tiles that need them' if features.blockwise else 'whole image'}; "
-              f"{features.bytes / MIB:.0f} MiB held after the first view")
-        print(f"first view: level {first['level']} ({first['scale']:.3f}x), {first['tiles']} tiles; "
-              f"first LTE tile {first['first']:.2f} s, all {first['all']:.2f} s after the URL "
-              f"(target < {TARGET_FIRST_VIEW_S} s)")
+        print(
+            f"features: {'per block, by the tiles that need them' if features.blockwise else 'whole image'}; "
+            f"{features.bytes / MIB:.0f} MiB held after the first view"
+        )
+        print(
+            f"first view: level {first['level']} ({first['scale']:.3f}x), {first['tiles']} tiles; "
+            f"first LTE tile {first['first']:.2f} s, all {first['all']:.2f} s after the URL "
+            f"(target < {TARGET_FIRST_VIEW_S} s)"
+        )
         info = json.loads(fetch(port, "/info")[1])
         requests, decodes = measure_further_tiles(port, info, args.tiles)
-        print(f"further 256x256 LTE tiles at {', '.join(f'{s}x' for s in DEEPER_SCALES)} ({len(requests)}): "
-              f"request median {statistics.median(requests):.3f} s, max {max(requests):.3f} s; "
-              f"decode median {statistics.median(decodes):.3f} s (target <= {TARGET_TILE_S} s)")
-        for r, (rss, cached, feature_bytes) in enumerate(measure_memory(server, info, args.rounds, 12)):
-            print(f"memory after round {r + 1} ({12 * (r + 1)} more tiles over all levels): "
-                  f"VmRSS {rss:.0f} MiB, tile cache {cached / MIB:.2f} MiB of {args.cache_mb:g}, "
-                  f"features {feature_bytes / MIB:.0f} MiB of {args.feature_mb:g}")
+        print(
+            f"further 256x256 LTE tiles at {', '.join(f'{s}x' for s in DEEPER_SCALES)} ({len(requests)}): "
+            f"request median {statistics.median(requests):.3f} s, max {max(requests):.3f} s; "
+            f"decode median {statistics.median(decodes):.3f} s (target <= {TARGET_TILE_S} s)"
+        )
+        for r, (rss, cached, feature_bytes) in enumerate(
+            measure_memory(server, info, args.rounds, 12)
+        ):
+            print(
+                f"memory after round {r + 1} ({12 * (r + 1)} more tiles over all levels): "
+                f"VmRSS {rss:.0f} MiB, tile cache {cached / MIB:.2f} MiB of {args.cache_mb:g}, "
+                f"features {feature_bytes / MIB:.0f} MiB of {args.feature_mb:g}"
+            )
     finally:
         server.shutdown()
         server.server_close()

@@ -46,9 +46,13 @@ MIB = 1 << 20
 PATHS = ("fused", "published", "lte-plus")
 # Agreement with the fused path: images within 1e-4 on [0, 1] in fp32 (fp16/bf16: 2e-2);
 # training predictions and encoder gradients as the suite checks them.
-TOLERANCES = {("upscale", "fp32"): (1e-4, 0.0), ("upscale", "fp16"): (2e-2, 0.0),
-              ("upscale", "bf16"): (5e-2, 0.0), ("train", "fp32"): (1e-5, 1e-3),
-              ("train", "bf16"): (5e-2, 5e-2)}
+TOLERANCES = {
+    ("upscale", "fp32"): (1e-4, 0.0),
+    ("upscale", "fp16"): (2e-2, 0.0),
+    ("upscale", "bf16"): (5e-2, 0.0),
+    ("train", "fp32"): (1e-5, 1e-3),
+    ("train", "bf16"): (5e-2, 5e-2),
+}
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -96,11 +100,14 @@ def setup_upscale(spec: dict, device: str) -> Callable[..., list[torch.Tensor]]:
     rgb = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0)).to(device)
     precision = spec["precision"]
     if spec["path"] == "fused":
-        return lambda check=False: [upscale(rgb, size=out_size[::-1], model=model, device=device,
-                                            precision=precision)]
+        return lambda check=False: [
+            upscale(rgb, size=out_size[::-1], model=model, device=device, precision=precision)
+        ]
     if spec["path"] == "published":
         published = published_path.PublishedLTE(model).eval()
-        return lambda check=False: [published_path.upscale(published, rgb, out_size, precision=precision)]
+        return lambda check=False: [
+            published_path.upscale(published, rgb, out_size, precision=precision)
+        ]
     plus = lte_plus.LTEPlus.from_lte(model).eval()
 
     def run(check: bool = False) -> list[torch.Tensor]:
@@ -114,7 +121,9 @@ def setup_train(spec: dict, device: str) -> Callable[..., list[torch.Tensor]]:
     """One training step (forward, L1, backward, Adam) at ``spec``'s shape on its path;
     ``run(check=True)`` returns the prediction and the encoder's gradients, else nothing."""
     model = make_model(device).train()
-    data = {k: v.to(device) for k, v in make_batch(spec["batch"], spec["lr"], spec["queries"]).items()}
+    data = {
+        k: v.to(device) for k, v in make_batch(spec["batch"], spec["lr"], spec["queries"]).items()
+    }
     if spec["path"] == "lte-plus":
         net = lte_plus.LTEPlus.from_lte(model).train()
         grid, grid_cell = data["coord"].unsqueeze(2), data["cell"][:, 0]
@@ -126,6 +135,7 @@ def setup_train(spec: dict, device: str) -> Callable[..., list[torch.Tensor]]:
 
         def predict() -> torch.Tensor:
             return net(data["inp"], data["coord"], data["cell"])
+
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
 
     def step(check: bool = False) -> list[torch.Tensor]:
@@ -136,8 +146,11 @@ def setup_train(spec: dict, device: str) -> Callable[..., list[torch.Tensor]]:
         loss.backward()
         kept = []
         if check:
-            kept = [pred.detach().float()] + [p.grad.detach().clone() for name, p in net.named_parameters()
-                                              if name.startswith("encoder.") and p.grad is not None]
+            kept = [pred.detach().float()] + [
+                p.grad.detach().clone()
+                for name, p in net.named_parameters()
+                if name.startswith("encoder.") and p.grad is not None
+            ]
         optimizer.step()
         return kept
 
@@ -181,8 +194,9 @@ def run_child(spec: dict, save: str | None = None) -> dict:
     python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     # The default malloc (not memory.CHILD_ENV's): its mmap threshold would slow the timed
     # calls; reset_peak's malloc_trim makes reused free memory count in the peak instead.
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": python_path})
+    done = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": python_path}
+    )
     if done.returncode != 0:
         if "OutOfMemoryError" in done.stderr or "out of memory" in done.stderr.lower():
             return {"skipped": "out of memory"}
@@ -197,8 +211,9 @@ def compare_outputs(got_file: str, want_file: str, spec: dict) -> float:
     got, want = torch.load(got_file), torch.load(want_file)
     worst = 0.0
     for g, w in zip(got, want, strict=True):
-        torch.testing.assert_close(g, w, atol=atol, rtol=rtol,
-                                   msg=lambda m: f"{spec['path']} disagrees with fused: {m}")
+        torch.testing.assert_close(
+            g, w, atol=atol, rtol=rtol, msg=lambda m: f"{spec['path']} disagrees with fused: {m}"
+        )
         worst = max(worst, (g - w).abs().max().item())
     return worst
 
@@ -212,7 +227,9 @@ def label(spec: dict) -> str:
 
 def shape_of(spec: dict) -> dict:
     """The size part of a spec (input and scale, or batch, LR side and queries)."""
-    return {k: v for k, v in spec.items() if k not in ("path", "device", "calls", "bench", "precision")}
+    return {
+        k: v for k, v in spec.items() if k not in ("path", "device", "calls", "bench", "precision")
+    }
 
 
 def summarize(spec: dict, samples: list[dict], diff: float | None) -> dict:
@@ -220,16 +237,35 @@ def summarize(spec: dict, samples: list[dict], diff: float | None) -> dict:
     times = [t for s in samples for t in s["times_s"]]
     peaks = [p for s in samples for p in s["peaks_bytes"]]
     quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-    queries = (spec["input"] * spec["scale"]) ** 2 if spec["bench"] == "upscale" else spec["batch"] * spec["queries"]
+    queries = (
+        (spec["input"] * spec["scale"]) ** 2
+        if spec["bench"] == "upscale"
+        else spec["batch"] * spec["queries"]
+    )
     shape = shape_of(spec)
-    return {"bench": spec["bench"], "path": spec["path"], "mode": spec["precision"], "shape": shape,
-            "label": label(spec), "device": spec["device"], "queries": queries, "work": queries,
-            "max_abs_diff": diff, "median_s": statistics.median(times), "iqr_s": quartiles[2] - quartiles[0],
-            "samples": len(times), "processes": len(samples), "times_s": times, "peaks_bytes": peaks,
-            "peak_bytes": int(statistics.median(peaks))}
+    return {
+        "bench": spec["bench"],
+        "path": spec["path"],
+        "mode": spec["precision"],
+        "shape": shape,
+        "label": label(spec),
+        "device": spec["device"],
+        "queries": queries,
+        "work": queries,
+        "max_abs_diff": diff,
+        "median_s": statistics.median(times),
+        "iqr_s": quartiles[2] - quartiles[0],
+        "samples": len(times),
+        "processes": len(samples),
+        "times_s": times,
+        "peaks_bytes": peaks,
+        "peak_bytes": int(statistics.median(peaks)),
+    }
 
 
-def measure(base: dict, paths: list[str], runs: int, log: Callable[[str], None] = print) -> list[dict]:
+def measure(
+    base: dict, paths: list[str], runs: int, log: Callable[[str], None] = print
+) -> list[dict]:
     """Records of each path of ``base`` (fused first): round one checked, then ``runs - 1`` more."""
     specs = {p: {**base, "path": p} for p in paths}
     samples: dict[str, list[dict]] = {p: [] for p in paths}
@@ -244,7 +280,9 @@ def measure(base: dict, paths: list[str], runs: int, log: Callable[[str], None] 
                 continue
             samples[p].append(result)
             diffs[p] = 0.0 if p == "fused" else compare_outputs(saved[p], saved["fused"], specs[p])
-            log(f"  check {label(base)} {base['precision']} {p}: max |diff| vs fused {diffs[p]:.2e}")
+            log(
+                f"  check {label(base)} {base['precision']} {p}: max |diff| vs fused {diffs[p]:.2e}"
+            )
     for _ in range(runs - 1):
         for p in paths:
             if p not in skipped:
@@ -252,8 +290,17 @@ def measure(base: dict, paths: list[str], runs: int, log: Callable[[str], None] 
     records = []
     for p in paths:
         if p in skipped:
-            records.append({"bench": base["bench"], "path": p, "mode": base["precision"], "label": label(base),
-                            "shape": shape_of(base), "device": base["device"], "skipped": skipped[p]})
+            records.append(
+                {
+                    "bench": base["bench"],
+                    "path": p,
+                    "mode": base["precision"],
+                    "label": label(base),
+                    "shape": shape_of(base),
+                    "device": base["device"],
+                    "skipped": skipped[p],
+                }
+            )
         else:
             records.append(summarize(specs[p], samples[p], diffs[p]))
     return records
@@ -268,12 +315,16 @@ def format_records(records: list[dict]) -> list[str]:
         if "skipped" in r:
             lines.append(f"{head} skipped, {r['skipped']}")
             continue
-        line = (f"{head} {r['median_s']:.3f} s [{min(r['times_s']):.3f}-{max(r['times_s']):.3f}], "
-                f"peak {r['peak_bytes'] / MIB:.0f} MiB [{min(r['peaks_bytes']) / MIB:.0f}-"
-                f"{max(r['peaks_bytes']) / MIB:.0f}], n={r['samples']}")
+        line = (
+            f"{head} {r['median_s']:.3f} s [{min(r['times_s']):.3f}-{max(r['times_s']):.3f}], "
+            f"peak {r['peak_bytes'] / MIB:.0f} MiB [{min(r['peaks_bytes']) / MIB:.0f}-"
+            f"{max(r['peaks_bytes']) / MIB:.0f}], n={r['samples']}"
+        )
         if fused is not None and r is not fused:
-            line += (f"; {r['median_s'] / fused['median_s']:.2f}x fused's time, "
-                     f"{r['peak_bytes'] / max(fused['peak_bytes'], 1):.2f}x its peak")
+            line += (
+                f"; {r['median_s'] / fused['median_s']:.2f}x fused's time, "
+                f"{r['peak_bytes'] / max(fused['peak_bytes'], 1):.2f}x its peak"
+            )
         lines.append(line)
     return lines
 
@@ -285,12 +336,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS))
     parser.add_argument("--paths", nargs="+", default=["fused", "published"], choices=PATHS)
     parser.add_argument("--runs", type=int, default=5, help="fresh processes per path (default 5)")
-    parser.add_argument("--calls", type=int, default=1, help="measured calls per process (default 1)")
+    parser.add_argument(
+        "--calls", type=int, default=1, help="measured calls per process (default 1)"
+    )
     parser.add_argument("--input", type=int, default=128, help="upscale: input side (default 128)")
     parser.add_argument("--scale", type=int, default=4, help="upscale: integer factor (default 4)")
     parser.add_argument("--batch", type=int, default=16, help="train: batch (default 16)")
     parser.add_argument("--lr", type=int, default=48, help="train: LR side (default 48)")
-    parser.add_argument("--queries", type=int, default=2304, help="train: queries per image (default 2304)")
+    parser.add_argument(
+        "--queries", type=int, default=2304, help="train: queries per image (default 2304)"
+    )
     parser.add_argument("--json", help="write the records (run.py's results.json format) here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--save", help=argparse.SUPPRESS)
@@ -300,12 +355,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.runs < 1 or args.calls < 1:
         parser.error(f"--runs and --calls must be >= 1, got {args.runs} and {args.calls}")
     if "fused" not in args.paths:
-        parser.error(f"--paths must include fused (the others are checked against it), got {args.paths}")
+        parser.error(
+            f"--paths must include fused (the others are checked against it), got {args.paths}"
+        )
     return args
 
 
 def base_spec(args: argparse.Namespace) -> dict:
-    spec = {"bench": args.bench, "device": args.device, "precision": args.precision, "calls": args.calls}
+    spec = {
+        "bench": args.bench,
+        "device": args.device,
+        "precision": args.precision,
+        "calls": args.calls,
+    }
     if args.bench == "upscale":
         return {**spec, "input": args.input, "scale": args.scale}
     return {**spec, "batch": args.batch, "lr": args.lr, "queries": args.queries}
@@ -323,7 +385,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         from benchmarks.run import machine_info
 
         machine = machine_info("cuda" if args.device.startswith("cuda") else "cpu")
-        Path(args.json).write_text(json.dumps({"machine": machine, "plan": "end-to-end", "records": records}, indent=1))
+        Path(args.json).write_text(
+            json.dumps({"machine": machine, "plan": "end-to-end", "records": records}, indent=1)
+        )
     return records
 
 

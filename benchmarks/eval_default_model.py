@@ -61,7 +61,9 @@ def shaved_psnr(sr: np.ndarray, hr: np.ndarray, shave: int) -> float:
         raise ValueError(f"images differ in shape: {sr.shape} vs {hr.shape}")
     if shave > 0:
         sr, hr = sr[shave:-shave, shave:-shave], hr[shave:-shave, shave:-shave]
-    pair = [torch.from_numpy(np.ascontiguousarray(a)).double().div(255).unsqueeze(0) for a in (sr, hr)]
+    pair = [
+        torch.from_numpy(np.ascontiguousarray(a)).double().div(255).unsqueeze(0) for a in (sr, hr)
+    ]
     return float(psnr(*pair)[0])
 
 
@@ -100,13 +102,23 @@ def markdown_tables(results: dict[tuple[str, int], tuple[float, float]]) -> str:
         lte = np.mean([results[name, scale][1] for name in photos])
         gain = lte - bicubic
         target = TARGETS.get(scale)
-        verdict = "-" if target is None else f">= +{target:.1f} {'met' if gain >= target else 'MISSED'}"
+        verdict = (
+            "-" if target is None else f">= +{target:.1f} {'met' if gain >= target else 'MISSED'}"
+        )
         lines.append(f"| x{scale} | {bicubic:.2f} | {lte:.2f} | {gain:+.2f} | {verdict} |")
-    lines += ["", "Per photo:", "", "| photo | scale | PIL bicubic | LTE | gain |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Per photo:",
+        "",
+        "| photo | scale | PIL bicubic | LTE | gain |",
+        "|---|---|---|---|---|",
+    ]
     for name in photos:
         for scale in scales:
             bicubic, lte = results[name, scale]
-            lines.append(f"| {name} | x{scale} | {bicubic:.2f} | {lte:.2f} | {lte - bicubic:+.2f} |")
+            lines.append(
+                f"| {name} | x{scale} | {bicubic:.2f} | {lte:.2f} | {lte - bicubic:+.2f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -114,15 +126,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help=f"checkpoint to evaluate (default: {DEFAULT_WEIGHTS})")
     parser.add_argument("--out", help="also write the tables to this markdown file")
-    parser.add_argument("--scales", type=int, nargs="+", default=list(SCALES), help="default: 2 3 4 6 8")
-    parser.add_argument("--self-ensemble", action="store_true", help="upscale with self_ensemble=True")
+    parser.add_argument(
+        "--scales", type=int, nargs="+", default=list(SCALES), help="default: 2 3 4 6 8"
+    )
+    parser.add_argument(
+        "--self-ensemble", action="store_true", help="upscale with self_ensemble=True"
+    )
     args = parser.parse_args()
 
     start = time.perf_counter()
     results = evaluate(args.model, scales=args.scales, self_ensemble=args.self_ensemble)
     tables = markdown_tables(results)
     ensemble = ", self-ensemble" if args.self_ensemble else ""
-    print(f"model: {args.model or DEFAULT_WEIGHTS}{ensemble} ({time.perf_counter() - start:.0f} s)\n")
+    print(
+        f"model: {args.model or DEFAULT_WEIGHTS}{ensemble} ({time.perf_counter() - start:.0f} s)\n"
+    )
     print(tables, end="")
     if args.out:
         Path(args.out).write_text(tables)

@@ -84,7 +84,9 @@ def python_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def build_env() -> dict[str, str]:
     import torch
 
-    cuda_home = os.environ.get("CUDA_HOME") or str(Path(shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc").parent.parent)
+    cuda_home = os.environ.get("CUDA_HOME") or str(
+        Path(shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc").parent.parent
+    )
     env = {"FORCE_CUDA": "1", "CUDA_HOME": cuda_home, "MAX_JOBS": str(os.cpu_count() or 4)}
     if torch.cuda.is_available():
         major, minor = torch.cuda.get_device_capability()
@@ -94,67 +96,170 @@ def build_env() -> dict[str, str]:
     return env
 
 
-def bench_steps(out: Path, device: str, tiny: bool, variants: list[tuple[str, dict]], runs: int = RUNS) -> list[Step]:
+def bench_steps(
+    out: Path, device: str, tiny: bool, variants: list[tuple[str, dict]], runs: int = RUNS
+) -> list[Step]:
     """Steps 7-10: the op's variants, the training step, evaluation memory and upscale."""
 
     def end_to_end(name: str, bench_args: list[str]) -> list[str]:
-        return [sys.executable, "-m", "benchmarks.end_to_end", *bench_args, "--device", device,
-                "--runs", str(runs), "--json", str(out / f"{name}.json")]
+        return [
+            sys.executable,
+            "-m",
+            "benchmarks.end_to_end",
+            *bench_args,
+            "--device",
+            device,
+            "--runs",
+            str(runs),
+            "--json",
+            str(out / f"{name}.json"),
+        ]
 
     steps = []
     for variant, env in variants:
         path = out / f"op-{variant}.json"
-        steps.append(Step(f"op variant {variant}", 40, [sys.executable, "-m", "benchmarks.op_variants", "--variant",
-                          variant, "--device", device, "--json", str(path), *(["--tiny"] if tiny else [])],
-                          env=env, records_file=path))
+        steps.append(
+            Step(
+                f"op variant {variant}",
+                40,
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.op_variants",
+                    "--variant",
+                    variant,
+                    "--device",
+                    device,
+                    "--json",
+                    str(path),
+                    *(["--tiny"] if tiny else []),
+                ],
+                env=env,
+                records_file=path,
+            )
+        )
     train = ["train", "--batch", "2", "--lr", "8", "--queries", "16"] if tiny else ["train"]
-    sizes = [("upscale-256", 8), ("upscale-1024", 16)] if tiny else [("upscale-256", 256), ("upscale-1024", 1024)]
+    sizes = (
+        [("upscale-256", 8), ("upscale-1024", 16)]
+        if tiny
+        else [("upscale-256", 256), ("upscale-1024", 1024)]
+    )
     for precision in ("fp32", "bf16"):
         name = f"train-{precision}"
-        steps.append(Step(f"train step {precision}", 60, end_to_end(name, [*train, "--precision", precision]),
-                          records_file=out / f"{name}.json"))
+        steps.append(
+            Step(
+                f"train step {precision}",
+                60,
+                end_to_end(name, [*train, "--precision", precision]),
+                records_file=out / f"{name}.json",
+            )
+        )
     side = 8 if tiny else 256
     args = ["upscale", "--input", str(side), "--scale", "2", "--paths", "fused", "lte-plus"]
-    steps.append(Step(f"evaluation memory x2 {side}->{side * 2}", 30, end_to_end("evaluate", args),
-                      records_file=out / "evaluate.json"))
+    steps.append(
+        Step(
+            f"evaluation memory x2 {side}->{side * 2}",
+            30,
+            end_to_end("evaluate", args),
+            records_file=out / "evaluate.json",
+        )
+    )
     for stem, side in sizes:
         for precision in ("fp32", "fp16"):
             name = f"{stem}-{precision}"
-            args = ["upscale", "--input", str(side), "--scale", "4", "--precision", precision,
-                    "--paths", "fused", "published", "lte-plus"]
-            steps.append(Step(f"upscale x4 {side}->{side * 4} {precision}", 45 if side < 1000 else 90,
-                              end_to_end(name, args), records_file=out / f"{name}.json"))
+            args = [
+                "upscale",
+                "--input",
+                str(side),
+                "--scale",
+                "4",
+                "--precision",
+                precision,
+                "--paths",
+                "fused",
+                "published",
+                "lte-plus",
+            ]
+            steps.append(
+                Step(
+                    f"upscale x4 {side}->{side * 4} {precision}",
+                    45 if side < 1000 else 90,
+                    end_to_end(name, args),
+                    records_file=out / f"{name}.json",
+                )
+            )
     return steps
 
 
 def plan(args: argparse.Namespace) -> list[Step]:
     """Steps 1-6 (the bench steps are planned after the build, which fixes the variants)."""
-    py, out, me = sys.executable, Path(args.out), str(Path(__file__).resolve())
+    py, me = sys.executable, str(Path(__file__).resolve())
     steps = []
     if args.wheels:
         wheels = sorted(str(p) for p in Path(args.wheels).glob("*.whl"))
-        steps.append(Step("wheels", 60, [py, "-m", "pip", "install", "--no-index", "--find-links", args.wheels, *wheels]))
+        steps.append(
+            Step(
+                "wheels",
+                60,
+                [py, "-m", "pip", "install", "--no-index", "--find-links", args.wheels, *wheels],
+            )
+        )
     cuda = args.device == "cuda"
-    steps.append(Step("build", 180, [py, "setup.py", "build_ext", "--inplace"], needs_cuda=True,
-                      env=build_env() if cuda and not args.dry_run else {}))
-    steps.append(Step("bad input raises, no crash", 30, [py, me, "--case", "bad-input"], "bad input ok", needs_cuda=True))
+    steps.append(
+        Step(
+            "build",
+            180,
+            [py, "setup.py", "build_ext", "--inplace"],
+            needs_cuda=True,
+            env=build_env() if cuda and not args.dry_run else {},
+        )
+    )
+    steps.append(
+        Step(
+            "bad input raises, no crash",
+            30,
+            [py, me, "--case", "bad-input"],
+            "bad input ok",
+            needs_cuda=True,
+        )
+    )
     tests = [py, "-m", "pytest", "-q", "-ra", "tests"] + ([] if args.all_tests else ["-m", "cuda"])
-    steps.append(Step("tests (CUDA cases)", 240 if args.all_tests else 90, tests, r"\d+ passed", needs_cuda=True))
-    steps.append(Step("CPU vs CUDA parity", 40, [py, me, "--case", "parity"], "parity ok", needs_cuda=True))
+    steps.append(
+        Step(
+            "tests (CUDA cases)",
+            240 if args.all_tests else 90,
+            tests,
+            r"\d+ passed",
+            needs_cuda=True,
+        )
+    )
+    steps.append(
+        Step("CPU vs CUDA parity", 40, [py, me, "--case", "parity"], "parity ok", needs_cuda=True)
+    )
     sanitizer = shutil.which("compute-sanitizer") or "/usr/local/cuda/bin/compute-sanitizer"
     for tool in ("memcheck", "racecheck"):
-        steps.append(Step(f"compute-sanitizer {tool}", 40,
-                          [sanitizer, "--tool", tool, "--error-exitcode", "1", py, me, "--case", "sanitizer"],
-                          r"ERROR SUMMARY: 0 errors|RACECHECK SUMMARY: 0 hazards", needs_cuda=True))
+        steps.append(
+            Step(
+                f"compute-sanitizer {tool}",
+                40,
+                [sanitizer, "--tool", tool, "--error-exitcode", "1", py, me, "--case", "sanitizer"],
+                r"ERROR SUMMARY: 0 errors|RACECHECK SUMMARY: 0 hazards",
+                needs_cuda=True,
+            )
+        )
     return steps
 
 
 def probe_variants() -> list[tuple[str, dict]]:
     """(name, environment) of every kernel variant the built lte_cuda.ops offers, asked in a
     fresh process (this one may predate the build)."""
-    code = ("import json; from benchmarks.op_variants import available_variants as a; "
-            "print(json.dumps(a()))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=python_env(), capture_output=True, text=True)
+    code = (
+        "import json; from benchmarks.op_variants import available_variants as a; "
+        "print(json.dumps(a()))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=python_env(), capture_output=True, text=True
+    )
     if done.returncode != 0:
         return [("default", {})]
     names, env = json.loads(done.stdout.strip().splitlines()[-1])
@@ -166,8 +271,15 @@ def run_step(step: Step, seconds: float, log) -> None:
     print(f"\n=== {step.name} (budget {seconds:.0f} s): {' '.join(step.command)}", flush=True)
     start = time.perf_counter()
     try:
-        proc = subprocess.run(step.command, cwd=ROOT, env=python_env(step.env), text=True, timeout=seconds,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = subprocess.run(
+            step.command,
+            cwd=ROOT,
+            env=python_env(step.env),
+            text=True,
+            timeout=seconds,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         output, returncode = proc.stdout, proc.returncode
     except subprocess.TimeoutExpired as expired:
         output, returncode = expired.output or "", None
@@ -178,12 +290,16 @@ def run_step(step: Step, seconds: float, log) -> None:
     elapsed = time.perf_counter() - start
     print(output[-6000:], flush=True)
     log.write(f"\n=== {step.name} ({elapsed:.1f} s, exit {returncode})\n{output}")
-    passed = returncode == 0 and (step.ok_pattern is None or re.search(step.ok_pattern, output) is not None)
+    passed = returncode == 0 and (
+        step.ok_pattern is None or re.search(step.ok_pattern, output) is not None
+    )
     last = [line for line in output.strip().splitlines() if line.strip()]
     if returncode is None:
         note = f"stopped after {seconds:.0f} s (its budget)"
     elif returncode < 0:
-        note = f"killed by signal {-returncode}" + (f"; last output: {last[-1][:100]}" if last else "")
+        note = f"killed by signal {-returncode}" + (
+            f"; last output: {last[-1][:100]}" if last else ""
+        )
     else:
         note = last[-1][:160] if last else ""
     step.outcome = {"status": "PASS" if passed else "FAIL", "seconds": elapsed, "note": note}
@@ -201,9 +317,11 @@ def run_all(steps: list[Step], budget_s: float, device: str, log, only: str | No
         elif left < MIN_STEP_S:
             step.outcome = {"status": "NOT RUN", "seconds": 0.0, "note": "out of time (--budget)"}
         else:
-            run_step(step, min(step.budget_s * (1 if device == "cuda" else CPU_BUDGET_FACTOR), left), log)
+            run_step(
+                step, min(step.budget_s * (1 if device == "cuda" else CPU_BUDGET_FACTOR), left), log
+            )
         if step.name == "build" and step.outcome["status"] == "FAIL":
-            for later in steps[steps.index(step) + 1:]:
+            for later in steps[steps.index(step) + 1 :]:
                 later.outcome = {"status": "NOT RUN", "seconds": 0.0, "note": "the build failed"}
             return
 
@@ -241,8 +359,12 @@ def bad_input_case() -> None:
 
     for device in ("cpu", "cuda"):
         coef = torch.randn(2, 8, 5, device=device)  # 3-D: must be (B, C, h, w)
-        others = (torch.randn(2, 8, 5, device=device), torch.randn(4, 2, device=device),
-                  torch.rand(2, 10, 2, device=device), torch.rand(2, 10, 2, device=device))
+        others = (
+            torch.randn(2, 8, 5, device=device),
+            torch.randn(4, 2, device=device),
+            torch.rand(2, 10, 2, device=device),
+            torch.rand(2, 10, 2, device=device),
+        )
         try:
             ops.lte_basis(coef, *others)
         except RuntimeError as error:
@@ -260,11 +382,13 @@ def parity_case() -> None:
 
     for dtype, atol in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
         g = torch.Generator().manual_seed(1)
-        inputs = [torch.randn(4, 128, 24, 31, generator=g, dtype=dtype),
-                  3 * torch.randn(4, 128, 24, 31, generator=g, dtype=dtype),
-                  torch.randn(64, 2, generator=g, dtype=dtype),
-                  torch.rand(4, 20000, 2, generator=g, dtype=dtype) * 2.2 - 1.1,
-                  torch.rand(4, 20000, 2, generator=g, dtype=dtype) * 0.1]
+        inputs = [
+            torch.randn(4, 128, 24, 31, generator=g, dtype=dtype),
+            3 * torch.randn(4, 128, 24, 31, generator=g, dtype=dtype),
+            torch.randn(64, 2, generator=g, dtype=dtype),
+            torch.rand(4, 20000, 2, generator=g, dtype=dtype) * 2.2 - 1.1,
+            torch.rand(4, 20000, 2, generator=g, dtype=dtype) * 0.1,
+        ]
         cuda_inputs = [t.cuda() for t in inputs]
         x, w = ops.lte_basis(*inputs)
         x_gpu, w_gpu = ops.lte_basis(*cuda_inputs)
@@ -272,10 +396,13 @@ def parity_case() -> None:
         grads = torch.ops.lte_cuda.lte_basis_backward(grad_x, *inputs)
         grads_gpu = torch.ops.lte_cuda.lte_basis_backward(grad_x.cuda(), *cuda_inputs)
         diffs = [(a.cpu() - b).abs().max().item() for a, b in zip((x_gpu, w_gpu), (x, w))]
-        grad_diffs = [((a.cpu() - b).abs().max() / b.abs().max()).item()
-                      for a, b in zip(grads_gpu, grads)]
-        print(f"{dtype}: max |x| diff {diffs[0]:.2e}, |weights| {diffs[1]:.2e}, "
-              f"relative grad diffs {', '.join(f'{d:.2e}' for d in grad_diffs)}")
+        grad_diffs = [
+            ((a.cpu() - b).abs().max() / b.abs().max()).item() for a, b in zip(grads_gpu, grads)
+        ]
+        print(
+            f"{dtype}: max |x| diff {diffs[0]:.2e}, |weights| {diffs[1]:.2e}, "
+            f"relative grad diffs {', '.join(f'{d:.2e}' for d in grad_diffs)}"
+        )
         assert max(diffs) <= atol and max(grad_diffs) <= 100 * atol, "CPU/CUDA mismatch"
     print("parity ok")
 
@@ -304,58 +431,105 @@ def winners(records: list[dict]) -> list[str]:
         rows = [r for r in ops_records if (r["label"], r["mode"]) == key]
         best = min(rows, key=lambda r: r["median_s"])
         default = next((r for r in rows if r["path"] == "fused"), best)
-        lines.append(f"op {key[0]} {key[1]}: {best['variant']} wins, {best['median_s'] * 1e3:.3f} ms "
-                     f"({default['median_s'] / best['median_s']:.2f}x the default, "
-                     f"{best['times_copy_bound']:.2f}x the copy-bound time, "
-                     f"{'bit-identical to CPU' if best['bit_identical_to_cpu'] else 'max diff vs CPU %.1e' % best['max_abs_diff']})")
+        agreement = (
+            "bit-identical to CPU"
+            if best["bit_identical_to_cpu"]
+            else f"max diff vs CPU {best['max_abs_diff']:.1e}"
+        )
+        lines.append(
+            f"op {key[0]} {key[1]}: {best['variant']} wins, {best['median_s'] * 1e3:.3f} ms "
+            f"({default['median_s'] / best['median_s']:.2f}x the default, "
+            f"{best['times_copy_bound']:.2f}x the copy-bound time, "
+            f"{agreement})"
+        )
     return lines
 
 
 def summary_lines(steps: list[Step], records: list[dict]) -> list[str]:
     from benchmarks.end_to_end import format_records
 
-    lines = ["=== gpu_check summary", f"{'status':<8} {'step':<36} {'seconds':>8} {'budget':>7}  note"]
+    lines = [
+        "=== gpu_check summary",
+        f"{'status':<8} {'step':<36} {'seconds':>8} {'budget':>7}  note",
+    ]
     for step in steps:
-        o = step.outcome or {"status": "PLANNED", "seconds": 0.0, "note": " ".join(step.command)[:160]}
-        lines.append(f"{o['status']:<8} {step.name:<36} {o['seconds']:8.1f} {step.budget_s:7d}  {o['note']}")
+        o = step.outcome or {
+            "status": "PLANNED",
+            "seconds": 0.0,
+            "note": " ".join(step.command)[:160],
+        }
+        lines.append(
+            f"{o['status']:<8} {step.name:<36} {o['seconds']:8.1f} {step.budget_s:7d}  {o['note']}"
+        )
     lines += ["", *winners(records)]
     for bench in ("train", "upscale"):
         groups = dict.fromkeys((r["label"], r["mode"]) for r in records if r["bench"] == bench)
         for key in groups:
-            lines += format_records([r for r in records if r["bench"] == bench and (r["label"], r["mode"]) == key])
+            lines += format_records(
+                [r for r in records if r["bench"] == bench and (r["label"], r["mode"]) == key]
+            )
     failed = [s.name for s in steps if s.outcome.get("status") == "FAIL"]
     lines.append("all steps that ran passed" if not failed else f"failed: {', '.join(failed)}")
     return lines
 
 
-def write_results(out: Path, steps: list[Step], records: list[dict], device: str, started: float) -> None:
+def write_results(
+    out: Path, steps: list[Step], records: list[dict], device: str, started: float
+) -> None:
     """results.json (run.py's format plus the steps), results.md and summary.txt in ``out``."""
     from benchmarks.run import machine_info, write_markdown
 
     machine = machine_info(device)
     machine.update(suite_s=time.perf_counter() - started, load_average_end=os.getloadavg()[0])
-    step_rows = [{"name": s.name, "budget_s": s.budget_s, "command": s.command, **s.outcome} for s in steps]
-    (out / "results.json").write_text(json.dumps({"machine": machine, "plan": "gpu-check", "steps": step_rows,
-                                                  "records": records}, indent=1))
+    step_rows = [
+        {"name": s.name, "budget_s": s.budget_s, "command": s.command, **s.outcome} for s in steps
+    ]
+    (out / "results.json").write_text(
+        json.dumps(
+            {"machine": machine, "plan": "gpu-check", "steps": step_rows, "records": records},
+            indent=1,
+        )
+    )
     if records:
-        write_markdown(records, machine, "gpu-check", out / "results.md",
-                       command=f"python benchmarks/gpu_check.py --device {device} --out DIR")
+        write_markdown(
+            records,
+            machine,
+            "gpu-check",
+            out / "results.md",
+            command=f"python benchmarks/gpu_check.py --device {device} --out DIR",
+        )
     (out / "summary.txt").write_text("\n".join(summary_lines(steps, records)) + "\n")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", help="folder for results.json, results.md, summary.txt and steps.log")
+    parser.add_argument(
+        "--out", help="folder for results.json, results.md, summary.txt and steps.log"
+    )
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    parser.add_argument("--dry-run", action="store_true", help="print and write the plan, run nothing")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print and write the plan, run nothing"
+    )
     parser.add_argument("--wheels", help="folder of wheels to install offline first")
-    parser.add_argument("--budget", type=int, default=DEFAULT_BUDGET_S,
-                        help="seconds for the whole run (default %(default)s)")
+    parser.add_argument(
+        "--budget",
+        type=int,
+        default=DEFAULT_BUDGET_S,
+        help="seconds for the whole run (default %(default)s)",
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny shapes: a test of the harness")
-    parser.add_argument("--runs", type=int, default=RUNS,
-                        help="fresh processes per path in the end-to-end steps (default %(default)s)")
-    parser.add_argument("--all-tests", action="store_true", help="the whole test suite, not only its CUDA cases")
-    parser.add_argument("--only", metavar="REGEX", help="run only the steps whose name matches (others: SKIP)")
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=RUNS,
+        help="fresh processes per path in the end-to-end steps (default %(default)s)",
+    )
+    parser.add_argument(
+        "--all-tests", action="store_true", help="the whole test suite, not only its CUDA cases"
+    )
+    parser.add_argument(
+        "--only", metavar="REGEX", help="run only the steps whose name matches (others: SKIP)"
+    )
     parser.add_argument("--case", choices=sorted(CASES), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not args.case and not args.out:
@@ -365,7 +539,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.runs < 1:
         parser.error(f"--runs must be >= 1, got {args.runs}")
     if args.budget < MIN_STEP_S + RESERVE_S:
-        parser.error(f"--budget must be at least {MIN_STEP_S + RESERVE_S} seconds, got {args.budget}")
+        parser.error(
+            f"--budget must be at least {MIN_STEP_S + RESERVE_S} seconds, got {args.budget}"
+        )
     return args
 
 
@@ -382,8 +558,10 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         if not torch.cuda.is_available():
-            print("gpu_check: --device cuda but no CUDA device is visible (--device cpu runs the rest)",
-                  file=sys.stderr)
+            print(
+                "gpu_check: --device cuda but no CUDA device is visible (--device cpu runs the rest)",
+                file=sys.stderr,
+            )
             return 2
     steps = plan(args)
     with open(out / "steps.log", "w") as log:
@@ -392,7 +570,9 @@ def main(argv: list[str] | None = None) -> int:
         # The variants are those of the fresh build.
         later = bench_steps(out, args.device, args.tiny, probe_variants(), args.runs)
         if not args.dry_run:
-            run_all(later, args.budget - (time.perf_counter() - started), args.device, log, args.only)
+            run_all(
+                later, args.budget - (time.perf_counter() - started), args.device, log, args.only
+            )
     steps += later
     records = collect_records(steps)
     write_results(out, steps, records, args.device, started)

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lte_cuda.coords import make_coord
+from lte_cuda.inference import TRAINED_MAX_SCALE
 from lte_cuda.models import LTE
 from lte_cuda.reference import EPS_SHIFT, NEIGHBOUR_OFFSETS
-from lte_cuda.inference import TRAINED_MAX_SCALE
 
 
 def split_permutation(channels: int) -> torch.Tensor:
@@ -103,7 +103,12 @@ class LTEPlus(nn.Module):
     -> (B, 3, H, W)``, normalised values as in :class:`~lte_cuda.models.LTE`."""
 
     def __init__(
-        self, encoder: nn.Module, coef: nn.Conv2d, freq: nn.Conv2d, phase: nn.Linear, layers: nn.Sequential
+        self,
+        encoder: nn.Module,
+        coef: nn.Conv2d,
+        freq: nn.Conv2d,
+        phase: nn.Linear,
+        layers: nn.Sequential,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -158,7 +163,9 @@ class LTEPlus(nn.Module):
         for x, area in _neighbours(coef, freq, self.phase.weight, coord, cell):
             preds.append(self.layers(x))
             areas.append(area)
-        rgb = sum(pred * weight.unsqueeze(1) for pred, weight in zip(preds, _ensemble_weights(areas)))
+        rgb = sum(
+            pred * weight.unsqueeze(1) for pred, weight in zip(preds, _ensemble_weights(areas))
+        )
         bilinear = F.grid_sample(
             self.inp, coord.flip(-1), mode="bilinear", padding_mode="border", align_corners=False
         )
@@ -176,9 +183,11 @@ def super_resolve(model: LTEPlus, rgb: torch.Tensor, out_size: tuple[int, int]) 
     trained scales as :func:`lte_cuda.upscale.upscale` enlarges it, so the two agree."""
     (out_h, out_w), (in_h, in_w), batch = out_size, rgb.shape[-2:], rgb.shape[0]
     coord = make_coord((out_h, out_w), device=rgb.device).unsqueeze(0).expand(batch, -1, -1, -1)
-    cell = rgb.new_tensor([
-        2.0 / out_h * max(out_h / in_h / TRAINED_MAX_SCALE, 1.0),
-        2.0 / out_w * max(out_w / in_w / TRAINED_MAX_SCALE, 1.0),
-    ]).expand(batch, 2)
+    cell = rgb.new_tensor(
+        [
+            2.0 / out_h * max(out_h / in_h / TRAINED_MAX_SCALE, 1.0),
+            2.0 / out_w * max(out_w / in_w / TRAINED_MAX_SCALE, 1.0),
+        ]
+    ).expand(batch, 2)
     model.gen_feat((rgb - 0.5) / 0.5)
     return (model.query_rgb(coord, cell) * 0.5 + 0.5).clamp_(0, 1)

@@ -71,8 +71,14 @@ def moved_bytes(inputs: list[torch.Tensor], shape: Shape, with_backward: bool) -
 def check_against_cpu(shape: Shape, device: str) -> tuple[float, bool]:
     """Largest abs difference of x, weights and the gradients from the CPU kernel's, and
     whether all are bit-identical (on at most CHECK_QUERIES queries: the CPU's share)."""
-    shape = Shape(shape.name, shape.batch, shape.channels, shape.height, shape.width,
-                  min(shape.queries, CHECK_QUERIES))
+    shape = Shape(
+        shape.name,
+        shape.batch,
+        shape.channels,
+        shape.height,
+        shape.width,
+        min(shape.queries, CHECK_QUERIES),
+    )
     results = []
     for dev in ("cpu", device):
         inputs = make_inputs(shape, dev, requires_grad=True)
@@ -91,7 +97,9 @@ def measure_shape(shape: Shape, device: str, variant: str, bandwidth: float) -> 
         backward = mode.startswith("fwd+bwd")
         inputs = make_inputs(shape, device, requires_grad=backward)
         grad_x = upstream_gradient(shape, device) if backward else None
-        autocast = torch.autocast(torch.device(device).type, dtype=AUTOCAST, enabled=mode.endswith("bf16"))
+        autocast = torch.autocast(
+            torch.device(device).type, dtype=AUTOCAST, enabled=mode.endswith("bf16")
+        )
 
         def call():
             with autocast:
@@ -113,20 +121,40 @@ def measure_shape(shape: Shape, device: str, variant: str, bandwidth: float) -> 
             torch.cuda.synchronize()
             peak = torch.cuda.max_memory_allocated() - base
         copy_s = moved_bytes(inputs, shape, backward) / bandwidth
-        records.append({
-            "bench": "op", "path": "fused" if variant == available_variants()[0][0] else f"fused:{variant}", "variant": variant,
-            "mode": mode, "shape": {"batch": shape.batch, "channels": shape.channels, "lr": shape.height,
-                                    "queries": shape.queries},
-            "label": f"{shape.name} {shape.describe()}", "device": device, "queries": shape.batch * shape.queries,
-            "work": shape.batch * shape.queries * shape.channels, "max_abs_diff": diff, "bit_identical_to_cpu": identical,
-            "median_s": m.median, "iqr_s": m.iqr, "samples": len(m.times), "peak_bytes": peak,
-            "copy_bound_s": copy_s, "times_copy_bound": m.median / copy_s})
+        records.append(
+            {
+                "bench": "op",
+                "path": "fused" if variant == available_variants()[0][0] else f"fused:{variant}",
+                "variant": variant,
+                "mode": mode,
+                "shape": {
+                    "batch": shape.batch,
+                    "channels": shape.channels,
+                    "lr": shape.height,
+                    "queries": shape.queries,
+                },
+                "label": f"{shape.name} {shape.describe()}",
+                "device": device,
+                "queries": shape.batch * shape.queries,
+                "work": shape.batch * shape.queries * shape.channels,
+                "max_abs_diff": diff,
+                "bit_identical_to_cpu": identical,
+                "median_s": m.median,
+                "iqr_s": m.iqr,
+                "samples": len(m.times),
+                "peak_bytes": peak,
+                "copy_bound_s": copy_s,
+                "times_copy_bound": m.median / copy_s,
+            }
+        )
     return records
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variant", help="the variant this process runs (default: the default one)")
+    parser.add_argument(
+        "--variant", help="the variant this process runs (default: the default one)"
+    )
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tiny", action="store_true", help="one tiny shape: a test of the harness")
     parser.add_argument("--json", help="write the records here")
@@ -136,16 +164,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.variant not in names:
         parser.error(f"--variant must be one of {names}, got {args.variant!r}")
     if env and args.variant != names[0] and os.environ.get(env) != args.variant:
-        parser.error(f"run with {env}={args.variant} in the environment to measure variant {args.variant!r}")
+        parser.error(
+            f"run with {env}={args.variant} in the environment to measure variant {args.variant!r}"
+        )
     bandwidth = copy_bandwidth(args.device)
-    print(f"device copy: {bandwidth / 1e12:.2f} TB/s (read + write); variant {args.variant}", flush=True)
+    print(
+        f"device copy: {bandwidth / 1e12:.2f} TB/s (read + write); variant {args.variant}",
+        flush=True,
+    )
     records = []
     for shape in (TINY_SHAPES if args.tiny else SHAPES).values():
         for r in measure_shape(shape, args.device, args.variant, bandwidth):
             records.append(r)
-            print(f"{r['label']:<40} {r['mode']:>8} {r['median_s'] * 1e3:9.3f} ms  "
-                  f"{r['times_copy_bound']:5.2f}x the copy-bound time  diff vs CPU {r['max_abs_diff']:.1e}"
-                  f"{' (bit-identical)' if r['bit_identical_to_cpu'] else ''}", flush=True)
+            print(
+                f"{r['label']:<40} {r['mode']:>8} {r['median_s'] * 1e3:9.3f} ms  "
+                f"{r['times_copy_bound']:5.2f}x the copy-bound time  diff vs CPU {r['max_abs_diff']:.1e}"
+                f"{' (bit-identical)' if r['bit_identical_to_cpu'] else ''}",
+                flush=True,
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(records, indent=1))
     return records

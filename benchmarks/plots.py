@@ -21,10 +21,20 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: 
 
 BENCHES = ("op", "upscale", "train")
 PATHS = ("fused", "reference", "published", "compiled", "lte-plus")
-NAMES = {"fused": "fused", "reference": "reference (grid_sample)", "published": "published (per neighbour)",
-         "compiled": "torch.compile", "lte-plus": "LTE+ (lte-fast)"}
-COLORS = {"fused": "tab:green", "reference": "tab:gray", "published": "tab:red", "compiled": "tab:blue",
-          "lte-plus": "tab:orange"}
+NAMES = {
+    "fused": "fused",
+    "reference": "reference (grid_sample)",
+    "published": "published (per neighbour)",
+    "compiled": "torch.compile",
+    "lte-plus": "LTE+ (lte-fast)",
+}
+COLORS = {
+    "fused": "tab:green",
+    "reference": "tab:gray",
+    "published": "tab:red",
+    "compiled": "tab:blue",
+    "lte-plus": "tab:orange",
+}
 TITLES = {"op": "query step (op)", "upscale": "end-to-end upscale", "train": "training step"}
 
 
@@ -60,18 +70,38 @@ def _op_time(op: list[dict], device: str, path: Path) -> Path:
     fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 4.5), squeeze=False)
     for ax, mode in zip(axes[0], modes):
         for name in PATHS:
-            rows = sorted((r for r in sweep if r["mode"] == mode and r["path"] == name), key=lambda r: r["queries"])
+            rows = sorted(
+                (r for r in sweep if r["mode"] == mode and r["path"] == name),
+                key=lambda r: r["queries"],
+            )
             if not rows:
                 continue
             q = [r["queries"] for r in rows]
-            ax.errorbar(q, [r["median_s"] for r in rows], yerr=[r["iqr_s"] / 2 for r in rows],
-                        marker="o", color=COLORS[name], label=NAMES[name], capsize=3)
+            ax.errorbar(
+                q,
+                [r["median_s"] for r in rows],
+                yerr=[r["iqr_s"] / 2 for r in rows],
+                marker="o",
+                color=COLORS[name],
+                label=NAMES[name],
+                capsize=3,
+            )
             if name == "fused":
                 last = rows[-1]
-                ax.plot(q, [last["median_s"] * x / last["queries"] for x in q], ":", color=COLORS[name],
-                        label="linear in queries")
-        ax.set(xscale="log", yscale="log", xlabel="queries", ylabel="time per call (s)",
-               title=f"{mode}, C={channels}, {device}")
+                ax.plot(
+                    q,
+                    [last["median_s"] * x / last["queries"] for x in q],
+                    ":",
+                    color=COLORS[name],
+                    label="linear in queries",
+                )
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="queries",
+            ylabel="time per call (s)",
+            title=f"{mode}, C={channels}, {device}",
+        )
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -84,35 +114,62 @@ def _bars(records: list[dict], kind: str, path: Path, device: str) -> Path:
     """Grouped bars per bench: speed-ups of the fused path (kind "speedup") or peak MiB."""
     table = {(r["bench"], r["label"], r["mode"], r["path"]): r for r in records}
     # A case gets a group if some bar of it has a value.
-    cases = {b: [c for c in ordered_cases(records, b) if any(_value(table, b, c, p, kind) for p in PATHS)]
-             for b in BENCHES}
+    cases = {
+        b: [
+            c for c in ordered_cases(records, b) if any(_value(table, b, c, p, kind) for p in PATHS)
+        ]
+        for b in BENCHES
+    }
     benches = [b for b in BENCHES if cases[b]]
-    fig, axes = plt.subplots(1, len(benches), figsize=(2 + 1.1 * sum(len(cases[b]) for b in benches), 5.2),
-                             gridspec_kw={"width_ratios": [len(cases[b]) for b in benches]}, squeeze=False)
+    fig, axes = plt.subplots(
+        1,
+        len(benches),
+        figsize=(2 + 1.1 * sum(len(cases[b]) for b in benches), 5.2),
+        gridspec_kw={"width_ratios": [len(cases[b]) for b in benches]},
+        squeeze=False,
+    )
     handles = {}
     for ax, bench in zip(axes[0], benches):
         names = [p for p in PATHS if any(_value(table, bench, c, p, kind) for c in cases[bench])]
         step = 0.8 / len(names)
         for i, name in enumerate(names):
-            bars = [(j + (i - (len(names) - 1) / 2) * step, _value(table, bench, case, name, kind))
-                    for j, case in enumerate(cases[bench])]
+            bars = [
+                (j + (i - (len(names) - 1) / 2) * step, _value(table, bench, case, name, kind))
+                for j, case in enumerate(cases[bench])
+            ]
             bars = [(x, y) for x, y in bars if y]
-            drawn = ax.bar([x for x, _ in bars], [y for _, y in bars], width=step, color=COLORS[name])
+            drawn = ax.bar(
+                [x for x, _ in bars], [y for _, y in bars], width=step, color=COLORS[name]
+            )
             ax.bar_label(drawn, fmt="%.1f" if kind == "speedup" else "%.0f", fontsize=6)
             handles[name] = drawn
         if kind == "speedup":
             ax.axhline(1.0, color="black", linewidth=0.8)
-        ax.set_xticks(range(len(cases[bench])), [f"{lbl}\n{mode}" for lbl, mode in cases[bench]],
-                      rotation=60, ha="right", fontsize=7)
+        ax.set_xticks(
+            range(len(cases[bench])),
+            [f"{lbl}\n{mode}" for lbl, mode in cases[bench]],
+            rotation=60,
+            ha="right",
+            fontsize=7,
+        )
         ax.set_yscale("log")
         ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_title(f"{TITLES[bench]}, {device}", fontsize=9)
         ax.grid(True, axis="y", which="both", alpha=0.3)
-    axes[0][0].set_ylabel("time / fused time (above 1: fused faster)" if kind == "speedup"
-                          else "peak memory of one call (MiB)")
-    fig.legend(handles.values(), [NAMES[n] for n in handles], loc="upper center", ncol=len(handles), fontsize=8)
+    axes[0][0].set_ylabel(
+        "time / fused time (above 1: fused faster)"
+        if kind == "speedup"
+        else "peak memory of one call (MiB)"
+    )
+    fig.legend(
+        handles.values(),
+        [NAMES[n] for n in handles],
+        loc="upper center",
+        ncol=len(handles),
+        fontsize=8,
+    )
     fig.tight_layout(rect=(0, 0, 1, 0.92))
     fig.savefig(path, dpi=120)
     plt.close(fig)

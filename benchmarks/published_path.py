@@ -38,7 +38,9 @@ PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 def _gather_nearest(maps: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """``maps (B, K, h, w)`` at the nearest pixel of ``grid (B, 1, Q, 2)`` (x, y) -> (B, Q, K)."""
-    return F.grid_sample(maps, grid, mode="nearest", align_corners=False)[:, :, 0, :].permute(0, 2, 1)
+    return F.grid_sample(maps, grid, mode="nearest", align_corners=False)[:, :, 0, :].permute(
+        0, 2, 1
+    )
 
 
 class PublishedLTE(nn.Module):
@@ -49,7 +51,12 @@ class PublishedLTE(nn.Module):
 
     def __init__(self, model: LTE) -> None:
         super().__init__()
-        self.encoder, self.coef, self.freq, self.phase = model.encoder, model.coef, model.freq, model.phase
+        self.encoder, self.coef, self.freq, self.phase = (
+            model.encoder,
+            model.coef,
+            model.freq,
+            model.phase,
+        )
         layers: list[nn.Module] = []
         for layer in model.imnet.layers:
             layers.append(layer if isinstance(layer, nn.Linear) else nn.ReLU())
@@ -69,7 +76,12 @@ class PublishedLTE(nn.Module):
         coef, freq = self.coef_map, self.freq_map
         batch, _, h, w = coef.shape
         queries = coord.shape[1]
-        centres = make_coord((h, w), device=coef.device).permute(2, 0, 1).unsqueeze(0).expand(batch, 2, h, w)
+        centres = (
+            make_coord((h, w), device=coef.device)
+            .permute(2, 0, 1)
+            .unsqueeze(0)
+            .expand(batch, 2, h, w)
+        )
         preds, areas = [], []
         for v_row in (-1, 1):
             for v_col in (-1, 1):
@@ -92,15 +104,22 @@ class PublishedLTE(nn.Module):
                 phi = phi + self.phase(rel_cell.view(batch * queries, -1)).view(batch, queries, -1)
                 basis = torch.cat((torch.cos(math.pi * phi), torch.sin(math.pi * phi)), dim=-1)
                 x = q_coef * basis
-                preds.append(self.imnet(x.contiguous().view(batch * queries, -1)).view(batch, queries, -1))
+                preds.append(
+                    self.imnet(x.contiguous().view(batch * queries, -1)).view(batch, queries, -1)
+                )
                 areas.append(torch.abs(rel[:, :, 0] * rel[:, :, 1]) + 1e-9)
         total = torch.stack(areas).sum(dim=0)
         rgb = 0
         # Each neighbour weighted by the area of the diagonally opposite one (the swap).
         for pred, area in zip(preds, reversed(areas)):
             rgb = rgb + pred * (area / total).unsqueeze(-1)
-        bilinear = F.grid_sample(self.inp, coord.flip(-1).unsqueeze(1), mode="bilinear",
-                                 padding_mode="border", align_corners=False)
+        bilinear = F.grid_sample(
+            self.inp,
+            coord.flip(-1).unsqueeze(1),
+            mode="bilinear",
+            padding_mode="border",
+            align_corners=False,
+        )
         return rgb + bilinear[:, :, 0, :].permute(0, 2, 1)
 
     def forward(self, inp: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
@@ -109,16 +128,30 @@ class PublishedLTE(nn.Module):
 
 
 @torch.no_grad()
-def batched_predict(model: PublishedLTE, inp: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor,
-                    chunk: int = PUBLISHED_CHUNK) -> torch.Tensor:
+def batched_predict(
+    model: PublishedLTE,
+    inp: torch.Tensor,
+    coord: torch.Tensor,
+    cell: torch.Tensor,
+    chunk: int = PUBLISHED_CHUNK,
+) -> torch.Tensor:
     """The published test's decode: features once, queries in chunks, predictions concatenated."""
     model.gen_feat(inp)
-    preds = [model.query_rgb(coord[:, i:i + chunk], cell[:, i:i + chunk]) for i in range(0, coord.shape[1], chunk)]
+    preds = [
+        model.query_rgb(coord[:, i : i + chunk], cell[:, i : i + chunk])
+        for i in range(0, coord.shape[1], chunk)
+    ]
     return torch.cat(preds, dim=1)
 
 
-def upscale(model: PublishedLTE, rgb: torch.Tensor, out_size: tuple[int, int], *,
-            precision: str = "fp32", chunk: int = PUBLISHED_CHUNK) -> torch.Tensor:
+def upscale(
+    model: PublishedLTE,
+    rgb: torch.Tensor,
+    out_size: tuple[int, int],
+    *,
+    precision: str = "fp32",
+    chunk: int = PUBLISHED_CHUNK,
+) -> torch.Tensor:
     """``rgb (1, 3, h, w)`` in [0, 1] on the model's device -> ``(1, 3, H, W)`` in [0, 1], as
     the published demo does it (whole coordinate grid, cell enlarged beyond the trained
     scales per axis as :func:`lte_cuda.upscale.upscale` enlarges it, chunks of 30,000).

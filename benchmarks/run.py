@@ -70,9 +70,11 @@ MODES = {"op": ("fwd", "fwd+bwd"), "upscale": ("inference",), "train": ("step",)
 PATHS = ("fused", "reference", "published", "compiled", "lte-plus")
 # The op is compared with the published math as one op (reference); end to end, with the
 # published code's per-neighbour decode (published_path.py).
-BENCH_PATHS = {"op": ("fused", "reference", "compiled", "lte-plus"),
-               "upscale": ("fused", "published", "compiled", "lte-plus"),
-               "train": ("fused", "published", "compiled", "lte-plus")}
+BENCH_PATHS = {
+    "op": ("fused", "reference", "compiled", "lte-plus"),
+    "upscale": ("fused", "published", "compiled", "lte-plus"),
+    "train": ("fused", "published", "compiled", "lte-plus"),
+}
 # Near the published 30,000 but a power of two: every chunk of the outputs below has the same
 # size, so torch.compile (static shapes) compiles once per case.
 CHUNK = 32768
@@ -85,8 +87,13 @@ CHECK_QUERIES = 4096
 TOLERANCES = {"op": (2e-3, 1e-3), "upscale": (1e-4, 0.0), "train": (1e-5, 1e-3)}
 MIB = 1 << 20
 ROOT = Path(__file__).resolve().parent.parent
-NAMES = {"fused": "fused", "reference": "reference", "published": "published", "compiled": "torch.compile",
-         "lte-plus": "LTE+"}
+NAMES = {
+    "fused": "fused",
+    "reference": "reference",
+    "published": "published",
+    "compiled": "torch.compile",
+    "lte-plus": "LTE+",
+}
 
 
 @dataclass
@@ -133,7 +140,8 @@ PLANS = {
     ),
     "quick": Plan(
         shapes={
-            "op": [_op(256, q) for q in (1_000, 10_000, 100_000)] + [_op(c, 1_000) for c in (64, 512)],
+            "op": [_op(256, q) for q in (1_000, 10_000, 100_000)]
+            + [_op(c, 1_000) for c in (64, 512)],
             "upscale": [_upscale(s, 64) for s in (2, 4, 8)],
             "train": [_train(2, 24, 576)],
         },
@@ -216,7 +224,9 @@ def op_digest(x: torch.Tensor, weights: torch.Tensor, params: list[torch.Tensor]
 
 def setup_op(case: Case, device: str) -> Prepared:
     s = case.shape
-    shape = bench_basis.Shape(label("op", s), s["batch"], s["channels"], s["lr"], s["lr"], s["queries"])
+    shape = bench_basis.Shape(
+        label("op", s), s["batch"], s["channels"], s["lr"], s["lr"], s["queries"]
+    )
     inputs = bench_basis.make_inputs(shape, device, requires_grad=case.mode == "fwd+bwd")
     grad_x = bench_basis.upstream_gradient(shape, device) if case.mode == "fwd+bwd" else None
     if case.path != "lte-plus":
@@ -256,15 +266,21 @@ def setup_op(case: Case, device: str) -> Prepared:
 def setup_upscale(case: Case, device: str) -> Prepared:
     s = case.shape
     model = make_model(device).eval()
-    image = torch.rand(1, 3, s["input"], s["input"], generator=torch.Generator().manual_seed(0)).to(device)
+    image = torch.rand(1, 3, s["input"], s["input"], generator=torch.Generator().manual_seed(0)).to(
+        device
+    )
     out_size = (s["output"], s["output"])
     if case.path == "lte-plus":
         plus = lte_plus.LTEPlus.from_lte(model).eval()
         run = partial(lte_plus.super_resolve, plus, image, out_size)
     elif case.path == "fused":
-        run = partial(upscale, image, size=out_size[::-1], model=model, device=device, chunk_size=CHUNK)
+        run = partial(
+            upscale, image, size=out_size[::-1], model=model, device=device, chunk_size=CHUNK
+        )
     else:
-        run = partial(published_path.upscale, published_model(model, case.path).eval(), image, out_size)
+        run = partial(
+            published_path.upscale, published_model(model, case.path).eval(), image, out_size
+        )
     return Prepared(run=run, check=lambda: [run()])
 
 
@@ -293,8 +309,11 @@ def setup_train(case: Case, device: str) -> Prepared:
         # Prediction and the encoder's gradients: the encoder is the same module in every path.
         pred = predict()
         F.l1_loss(pred, data["gt"]).backward()
-        grads = [p.grad.clone() for name, p in model.named_parameters()
-                 if name.startswith("encoder.") and p.grad is not None]
+        grads = [
+            p.grad.clone()
+            for name, p in model.named_parameters()
+            if name.startswith("encoder.") and p.grad is not None
+        ]
         optimizer.zero_grad(set_to_none=True)
         return [pred.detach(), *grads]
 
@@ -321,9 +340,15 @@ def time_paths(prepared: dict[str, tuple[Prepared, float]], min_run_time: float)
     parts: dict[str, list[benchmark.Measurement]] = {path: [] for path in prepared}
     for _ in range(ROUNDS):
         for path, (job, warm_s) in prepared.items():
-            timer = benchmark.Timer("run()", globals={"run": job.run}, num_threads=torch.get_num_threads())
-            parts[path].append(timer.blocked_autorange(min_run_time=max(min_run_time / ROUNDS, warm_s)))
-    return {path: benchmark.Measurement.merge(measurements)[0] for path, measurements in parts.items()}
+            timer = benchmark.Timer(
+                "run()", globals={"run": job.run}, num_threads=torch.get_num_threads()
+            )
+            parts[path].append(
+                timer.blocked_autorange(min_run_time=max(min_run_time / ROUNDS, warm_s))
+            )
+    return {
+        path: benchmark.Measurement.merge(measurements)[0] for path, measurements in parts.items()
+    }
 
 
 def cuda_peak(job: Prepared) -> int:
@@ -339,13 +364,18 @@ def cuda_peak(job: Prepared) -> int:
 def cpu_peak(case: Case) -> int:
     """Peak resident bytes of one call above those before it, in a fresh process."""
     cmd = [sys.executable, "-m", "benchmarks.run", "--peak-child", json.dumps(asdict(case))]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=child_env(), cwd=ROOT).stdout
+    out = subprocess.run(
+        cmd, check=True, capture_output=True, text=True, env=child_env(), cwd=ROOT
+    ).stdout
     return int(out.strip().splitlines()[-1])
 
 
 def child_env() -> dict[str, str]:
     """The measuring child's environment: memory.py's, with the project root importable."""
-    return {**CHILD_ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    return {
+        **CHILD_ENV,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
 
 
 def peak_child(spec: str) -> int:
@@ -372,18 +402,29 @@ def skip_reason(case: Case, records: list[dict], plan: Plan, cap: int) -> str | 
     """Why ``case`` should not run: its time or memory extrapolated linearly from the same
     path's largest measured smaller case exceeds the caps."""
     size = work(case.bench, case.shape)
-    done = [r for r in records if r["bench"] == case.bench and r["path"] == case.path
-            and r["mode"] == case.mode and "median_s" in r and r["work"] < size]
+    done = [
+        r
+        for r in records
+        if r["bench"] == case.bench
+        and r["path"] == case.path
+        and r["mode"] == case.mode
+        and "median_s" in r
+        and r["work"] < size
+    ]
     if not done:
         return None
     prev = max(done, key=lambda r: r["work"])
     ratio = size / prev["work"]
     if prev["median_s"] * ratio > plan.max_call_s:
-        return (f"predicted {prev['median_s'] * ratio:.0f} s per call (from {prev['label']}) "
-                f"> cap {plan.max_call_s:g} s")
+        return (
+            f"predicted {prev['median_s'] * ratio:.0f} s per call (from {prev['label']}) "
+            f"> cap {plan.max_call_s:g} s"
+        )
     if prev["peak_bytes"] and prev["peak_bytes"] * ratio > cap:
-        return (f"predicted peak {prev['peak_bytes'] * ratio / MIB:,.0f} MiB (from {prev['label']}) "
-                f"> cap {cap / MIB:,.0f} MiB")
+        return (
+            f"predicted peak {prev['peak_bytes'] * ratio / MIB:,.0f} MiB (from {prev['label']}) "
+            f"> cap {cap / MIB:,.0f} MiB"
+        )
     return None
 
 
@@ -392,7 +433,9 @@ def compare(got: list[torch.Tensor], want: list[torch.Tensor], bench: str, what:
     atol, rtol = TOLERANCES[bench]
     worst = 0.0
     for g, w in zip(got, want, strict=True):
-        torch.testing.assert_close(g, w, atol=atol, rtol=rtol, msg=lambda m: f"{what} disagrees with fused: {m}")
+        torch.testing.assert_close(
+            g, w, atol=atol, rtol=rtol, msg=lambda m: f"{what} disagrees with fused: {m}"
+        )
         worst = max(worst, (g.float() - w.float()).abs().max().item())
     return worst
 
@@ -407,12 +450,21 @@ def seconds_of(fn: Callable[[], object], device: str) -> tuple[object, float]:
 
 
 def new_record(case: Case, device: str) -> dict:
-    return {"bench": case.bench, "path": case.path, "mode": case.mode, "shape": case.shape,
-            "label": label(case.bench, case.shape), "device": device,
-            "queries": queries(case.bench, case.shape), "work": work(case.bench, case.shape)}
+    return {
+        "bench": case.bench,
+        "path": case.path,
+        "mode": case.mode,
+        "shape": case.shape,
+        "label": label(case.bench, case.shape),
+        "device": device,
+        "queries": queries(case.bench, case.shape),
+        "work": work(case.bench, case.shape),
+    }
 
 
-def measure_paths(cases: list[Case], device: str, plan: Plan, records: list[dict], cap: int) -> list[dict]:
+def measure_paths(
+    cases: list[Case], device: str, plan: Plan, records: list[dict], cap: int
+) -> list[dict]:
     """The records of one bench, shape and mode on each path of ``cases`` (fused first): every
     path is checked against the fused path, then all are timed together, then their peak
     memory is measured. Cases predicted past the caps, or out of memory, are skipped."""
@@ -428,8 +480,16 @@ def measure_paths(cases: list[Case], device: str, plan: Plan, records: list[dict
             try:
                 job = setup(case, device)
                 result, first_call_s = seconds_of(job.check, device)
-                record["max_abs_diff"] = 0.0 if baseline is None else compare(
-                    result, baseline, case.bench, f"{case.bench} {record['label']} {case.mode} {case.path}")
+                record["max_abs_diff"] = (
+                    0.0
+                    if baseline is None
+                    else compare(
+                        result,
+                        baseline,
+                        case.bench,
+                        f"{case.bench} {record['label']} {case.mode} {case.path}",
+                    )
+                )
                 if baseline is None:
                     baseline = result
                 # The check call was the warm-up, unless it compiled: then time a warm call.
@@ -450,7 +510,9 @@ def measure_paths(cases: list[Case], device: str, plan: Plan, records: list[dict
         record = done[case.path]
         record.update(median_s=m.median, iqr_s=m.iqr, samples=len(m.times), peak_bytes=None)
         if plan.peak is None or case.shape in plan.peak[case.bench]:
-            record["peak_bytes"] = cuda_peak(prepared[case.path][0]) if device == "cuda" else cpu_peak(case)
+            record["peak_bytes"] = (
+                cuda_peak(prepared[case.path][0]) if device == "cuda" else cpu_peak(case)
+            )
     return [done[case.path] for case in cases]
 
 
@@ -481,12 +543,19 @@ def print_record(record: dict) -> None:
         return
     peak = f"peak {record['peak_bytes'] / MIB:9.1f} MiB" if record["peak_bytes"] is not None else ""
     compile_note = f"  first call {record['compile_s']:.0f} s" if "compile_s" in record else ""
-    print(f"{head} {record['median_s'] * 1e3:10.2f} ms (IQR {record['iqr_s'] * 1e3:.2f}, "
-          f"n={record['samples']})  {peak}  diff {record['max_abs_diff']:.1e}{compile_note}", flush=True)
+    print(
+        f"{head} {record['median_s'] * 1e3:10.2f} ms (IQR {record['iqr_s'] * 1e3:.2f}, "
+        f"n={record['samples']})  {peak}  diff {record['max_abs_diff']:.1e}{compile_note}",
+        flush=True,
+    )
 
 
 def run_suite(
-    plan: Plan, device: str, benches: list[str], with_compile: bool, write: Callable[[list[dict]], None]
+    plan: Plan,
+    device: str,
+    benches: list[str],
+    with_compile: bool,
+    write: Callable[[list[dict]], None],
 ) -> list[dict]:
     """Every case of ``plan``, smaller shapes first; ``write`` gets the records as they come."""
     records: list[dict] = []
@@ -495,9 +564,14 @@ def run_suite(
         start = time.perf_counter()
         for shape in sorted(plan.shapes[bench], key=lambda s: work(bench, s)):
             for mode in MODES[bench]:
-                paths = [p for p in BENCH_PATHS[bench]
-                         if p != "compiled" or (with_compile and shape in plan.compiled[bench])]
-                for record in measure_paths([Case(bench, p, mode, shape) for p in paths], device, plan, records, cap):
+                paths = [
+                    p
+                    for p in BENCH_PATHS[bench]
+                    if p != "compiled" or (with_compile and shape in plan.compiled[bench])
+                ]
+                for record in measure_paths(
+                    [Case(bench, p, mode, shape) for p in paths], device, plan, records, cap
+                ):
                     records.append(record)
                     print_record(record)
                 write(records)
@@ -517,7 +591,9 @@ def ordered_modes(rows: list[dict], bench: str) -> list[str]:
     return [m for m in MODES[bench] if m in present] + [m for m in present if m not in MODES[bench]]
 
 
-def write_markdown(records: list[dict], machine: dict, plan_name: str, path: Path, command: str | None = None) -> None:
+def write_markdown(
+    records: list[dict], machine: dict, plan_name: str, path: Path, command: str | None = None
+) -> None:
     """The README's Performance tables: time (and how many times the fused path's), memory.
     ``command`` is the reproducing command (default: this suite's)."""
     quick = {"quick": " --quick", "smoke": " --smoke"}.get(plan_name, "")
@@ -538,9 +614,13 @@ def write_markdown(records: list[dict], machine: dict, plan_name: str, path: Pat
         "Times are medians from torch.utils.benchmark, the paths of a case timed in turns over 3 "
         "rounds (IQR in results.json); `(xN)` is the path's "
         "time over the fused path's. Every path's results matched the fused path's before timing. "
-        "Peak memory: " + ("torch.cuda.max_memory_allocated per call." if machine["device"] == "cuda" else
-                           "peak resident memory during one call above the resident memory just before "
-                           "it, each in a fresh process (VmHWM)."),
+        "Peak memory: "
+        + (
+            "torch.cuda.max_memory_allocated per call."
+            if machine["device"] == "cuda"
+            else "peak resident memory during one call above the resident memory just before "
+            "it, each in a fresh process (VmHWM)."
+        ),
         "End to end, `published` is the published code's decode (one neighbour at a time through "
         "the MLP, queries in chunks of 30,000), with the same weights; the op is compared with "
         "`reference`, the published query step's math as one op. "
@@ -555,11 +635,16 @@ def write_markdown(records: list[dict], machine: dict, plan_name: str, path: Pat
     titles = {
         "op": f"Query step (lte_basis), batch 1, random queries on {lr}x{lr} LR maps",
         "upscale": f"End-to-end upscale, EDSR-baseline-LTE, chunks of {CHUNK:,} queries "
-                   "(LTE+: the whole output grid at once, as published)",
+        "(LTE+: the whole output grid at once, as published)",
         "train": "One training step (forward, L1, backward, Adam), EDSR-baseline-LTE",
     }
-    lines += ["Headlines (the largest case measured on the most paths; time and peak memory relative "
-              "to the fused path):", "", *[f"- {line}" for line in headlines(records)], ""]
+    lines += [
+        "Headlines (the largest case measured on the most paths; time and peak memory relative "
+        "to the fused path):",
+        "",
+        *[f"- {line}" for line in headlines(records)],
+        "",
+    ]
     for bench in BENCHES:
         rows = [r for r in records if r["bench"] == bench]
         if not rows:
@@ -583,16 +668,30 @@ def write_markdown(records: list[dict], machine: dict, plan_name: str, path: Pat
             lines += ["", "Peak memory (MiB):", "", header, rule, *memory_rows]
         compiles = [r for r in rows if "compile_s" in r]
         if compiles:
-            lines += ["", "torch.compile first call (compilation included): " + ", ".join(
-                f"{r['label']} {r['mode']} {r['compile_s']:.0f} s" for r in compiles) + "."]
+            lines += [
+                "",
+                "torch.compile first call (compilation included): "
+                + ", ".join(f"{r['label']} {r['mode']} {r['compile_s']:.0f} s" for r in compiles)
+                + ".",
+            ]
         lines.append("")
     skipped = [r for r in records if "skipped" in r]
     if skipped:
-        lines += ["Skipped:", ""] + [f"- {r['bench']} {r['label']} {r['mode']} {NAMES.get(r['path'], r['path'])}: "
-                                     f"{r['skipped']}" for r in skipped] + [""]
+        lines += (
+            ["Skipped:", ""]
+            + [
+                f"- {r['bench']} {r['label']} {r['mode']} {NAMES.get(r['path'], r['path'])}: "
+                f"{r['skipped']}"
+                for r in skipped
+            ]
+            + [""]
+        )
     if not any(r["path"] == "compiled" for r in records):
-        lines += ["torch.compile was not run (its compile takes minutes on a small CPU; the full run "
-                  "measures it on a few shapes).", ""]
+        lines += [
+            "torch.compile was not run (its compile takes minutes on a small CPU; the full run "
+            "measures it on a few shapes).",
+            "",
+        ]
     path.write_text("\n".join(lines))
 
 
@@ -603,20 +702,36 @@ def headlines(records: list[dict]) -> list[str]:
     lines = []
     for bench in BENCHES:
         for mode in ordered_modes(measured, bench):
-            cases = {r["label"]: r for r in measured if r["bench"] == bench and r["mode"] == mode
-                     and r["path"] == "fused"}
+            cases = {
+                r["label"]: r
+                for r in measured
+                if r["bench"] == bench and r["mode"] == mode and r["path"] == "fused"
+            }
             if not cases:
                 continue
-            by_case = {lbl: [r for r in measured if r["bench"] == bench and r["mode"] == mode
-                             and r["label"] == lbl] for lbl in cases}
+            by_case = {
+                lbl: [
+                    r
+                    for r in measured
+                    if r["bench"] == bench and r["mode"] == mode and r["label"] == lbl
+                ]
+                for lbl in cases
+            }
             best = max(cases, key=lambda lbl: (len(by_case[lbl]), cases[lbl]["work"]))
             fused = cases[best]
             parts = [f"fused {_seconds(fused['median_s'])}" + _mib(fused["peak_bytes"])]
-            for r in sorted(by_case[best], key=lambda r: ordered_paths(by_case[best]).index(r["path"])):
+            for r in sorted(
+                by_case[best], key=lambda r: ordered_paths(by_case[best]).index(r["path"])
+            ):
                 if r["path"] != "fused":
-                    memory = (f", x{r['peak_bytes'] / fused['peak_bytes']:.2f} memory"
-                              if r["peak_bytes"] and fused["peak_bytes"] else "")
-                    parts.append(f"{NAMES.get(r['path'], r['path'])} x{r['median_s'] / fused['median_s']:.1f} time{memory}")
+                    memory = (
+                        f", x{r['peak_bytes'] / fused['peak_bytes']:.2f} memory"
+                        if r["peak_bytes"] and fused["peak_bytes"]
+                        else ""
+                    )
+                    parts.append(
+                        f"{NAMES.get(r['path'], r['path'])} x{r['median_s'] / fused['median_s']:.1f} time{memory}"
+                    )
             lines.append(f"{bench} {mode} {best}: " + "; ".join(parts))
     return lines
 
@@ -636,7 +751,9 @@ def _time_cell(record: dict | None, fused_s: float | None) -> str:
         return "–" if record is None else "skipped"
     seconds = record["median_s"]
     text = _seconds(seconds)
-    return text if record["path"] == "fused" or not fused_s else f"{text} (x{seconds / fused_s:.1f})"
+    return (
+        text if record["path"] == "fused" or not fused_s else f"{text} (x{seconds / fused_s:.1f})"
+    )
 
 
 def _memory_cell(record: dict | None) -> str:
@@ -648,14 +765,24 @@ def _memory_cell(record: dict | None) -> str:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true",
-                      help="fewer and smaller shapes, no torch.compile (a few minutes on 2 cores)")
+    size.add_argument(
+        "--quick",
+        action="store_true",
+        help="fewer and smaller shapes, no torch.compile (a few minutes on 2 cores)",
+    )
     size.add_argument("--smoke", action="store_true", help="tiny shapes: tests the harness only")
-    parser.add_argument("--out", default="bench-results", help="output folder (default bench-results)")
+    parser.add_argument(
+        "--out", default="bench-results", help="output folder (default bench-results)"
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile path")
-    parser.add_argument("--bench", nargs="+", choices=BENCHES, default=list(BENCHES),
-                        help="which benches to run (default all)")
+    parser.add_argument(
+        "--bench",
+        nargs="+",
+        choices=BENCHES,
+        default=list(BENCHES),
+        help="which benches to run (default all)",
+    )
     parser.add_argument("--peak-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.peak_child:
@@ -671,13 +798,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     machine = machine_info(args.device)
-    print(f"{plan_name} run on {machine['cpu']} ({machine['cores']} cores, {machine['threads']} threads)"
-          f"{', ' + machine['gpu'] if args.device == 'cuda' else ''}, torch {machine['torch']}, "
-          f"device {args.device}; results in {out}", flush=True)
+    print(
+        f"{plan_name} run on {machine['cpu']} ({machine['cores']} cores, {machine['threads']} threads)"
+        f"{', ' + machine['gpu'] if args.device == 'cuda' else ''}, torch {machine['torch']}, "
+        f"device {args.device}; results in {out}",
+        flush=True,
+    )
 
     def write(records: list[dict]) -> None:
-        (out / "results.json").write_text(json.dumps({"machine": machine, "plan": plan_name,
-                                                      "records": records}, indent=1))
+        (out / "results.json").write_text(
+            json.dumps({"machine": machine, "plan": plan_name, "records": records}, indent=1)
+        )
 
     start = time.perf_counter()
     records = run_suite(plan, args.device, args.bench, not args.no_compile, write)
@@ -685,7 +816,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     write(records)
     write_markdown(records, machine, plan_name, out / "results.md")
     figures = plots.write_plots(records, out)
-    print(f"wrote {out / 'results.json'}, {out / 'results.md'}, " + ", ".join(str(f) for f in figures))
+    print(
+        f"wrote {out / 'results.json'}, {out / 'results.md'}, " + ", ".join(str(f) for f in figures)
+    )
     print("\n".join(headlines(records)))
     print(f"suite time {machine['suite_s']:.0f} s")
     return records

@@ -40,7 +40,10 @@ def _target_site_folder() -> str | None:
     try:
         found = subprocess.run(
             [sys.executable, "-I", "-c", _PROBE],
-            capture_output=True, text=True, timeout=120, check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None

@@ -73,27 +73,40 @@ def add_upscale_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     parser.add_argument("output", metavar="OUT", help="output image, or folder when IN is one")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument(
-        "--scale", help="factor, e.g. 2.7, or SY,SX for different height and width factors, e.g. 1.5,3.2"
+        "--scale",
+        help="factor, e.g. 2.7, or SY,SX for different height and width factors, e.g. 1.5,3.2",
     )
     target.add_argument("--size", help="exact output size WIDTHxHEIGHT, e.g. 1920x1080")
     parser.add_argument(
-        "--model", help="checkpoint (.pth) or preset name with bundled weights (default: the bundled default model)"
+        "--model",
+        help="checkpoint (.pth) or preset name with bundled weights (default: the bundled default model)",
     )
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
-    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32", help="default: fp32")
-    parser.add_argument("--tile", type=int, help="encoder tile side in input pixels (default: from free memory)")
-    parser.add_argument("--chunk", type=int, help="output pixels decoded per step (default: from free memory)")
+    parser.add_argument(
+        "--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)"
+    )
+    parser.add_argument(
+        "--precision", choices=sorted(PRECISIONS), default="fp32", help="default: fp32"
+    )
+    parser.add_argument(
+        "--tile", type=int, help="encoder tile side in input pixels (default: from free memory)"
+    )
+    parser.add_argument(
+        "--chunk", type=int, help="output pixels decoded per step (default: from free memory)"
+    )
     parser.add_argument(
         "--self-ensemble",
         action="store_true",
         help="average over the 8 flips/transposes of the input (8x slower, slightly sharper)",
     )
     parser.add_argument(
-        "--quality", type=_quality, default=DEFAULT_QUALITY,
+        "--quality",
+        type=_quality,
+        default=DEFAULT_QUALITY,
         help=f"JPEG/WebP output quality, 1..100 (default: {DEFAULT_QUALITY})",
     )
     parser.add_argument(
-        "--skip-existing", action="store_true",
+        "--skip-existing",
+        action="store_true",
         help="leave outputs that already exist as they are (continues a stopped folder run)",
     )
     parser.set_defaults(func=run_upscale_command)
@@ -107,7 +120,14 @@ def _quality(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer in 1..100, got {text!r}") from None
 
 
-SUBCOMMANDS = (add_upscale_parser, add_train_parser, add_test_parser, add_demo_parser, add_inspect_parser, add_view_parser)
+SUBCOMMANDS = (
+    add_upscale_parser,
+    add_train_parser,
+    add_test_parser,
+    add_demo_parser,
+    add_inspect_parser,
+    add_view_parser,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,7 +166,9 @@ def run_upscale_command(args: argparse.Namespace) -> int:
     """Run ``lte-sr upscale``; returns the exit status."""
     scale, size = _parse_scale(args.scale), _parse_size(args.size)
     source = Path(args.input)
-    pairs = distributed.shard(_plan(source, Path(args.output)))  # under torchrun: this process's files
+    pairs = distributed.shard(
+        _plan(source, Path(args.output))
+    )  # under torchrun: this process's files
     todo = [(src, dst) for src, dst in pairs if not (args.skip_existing and dst.exists())]
     skipped = len(pairs) - len(todo)
     if not todo:
@@ -162,20 +184,31 @@ def run_upscale_command(args: argparse.Namespace) -> int:
         try:
             frames = [
                 upscale(
-                    frame, scale=scale, size=size, model=model, device=args.device, precision=args.precision,
-                    chunk_size=args.chunk, tile_size=args.tile, self_ensemble=args.self_ensemble,
+                    frame,
+                    scale=scale,
+                    size=size,
+                    model=model,
+                    device=args.device,
+                    precision=args.precision,
+                    chunk_size=args.chunk,
+                    tile_size=args.tile,
+                    self_ensemble=args.self_ensemble,
                 )
                 for frame in image.frames
             ]
         except NonFiniteOutputError as err:  # name the file the model came from
-            raise NonFiniteOutputError(f"{args.model or 'the bundled default model'}: {err}") from None
+            raise NonFiniteOutputError(
+                f"{args.model or 'the bundled default model'}: {err}"
+            ) from None
         write_image_file(image.with_frames(frames), dst, quality=args.quality)
 
     if not source.is_dir():
         upscale_one(*todo[0])  # one file: its error is the command's error
         return 0
     failed = _run_folder(todo, upscale_one)
-    print(f"{PROG}: {len(todo) - failed} written, {skipped} skipped, {failed} failed", file=sys.stderr)
+    print(
+        f"{PROG}: {len(todo) - failed} written, {skipped} skipped, {failed} failed", file=sys.stderr
+    )
     return 1 if failed else 0
 
 
@@ -205,7 +238,9 @@ def _parse_scale(text: str | None) -> float | tuple[float, float] | None:
     except ValueError:
         values = []
     if len(values) not in (1, 2):
-        raise UsageError(f"argument --scale: expected a number or SY,SX (e.g. 2.7 or 1.5,3.2), got {text!r}")
+        raise UsageError(
+            f"argument --scale: expected a number or SY,SX (e.g. 2.7 or 1.5,3.2), got {text!r}"
+        )
     return values[0] if len(values) == 1 else (values[0], values[1])
 
 
@@ -243,6 +278,10 @@ def _plan(source: Path, target: Path) -> list[tuple[Path, Path]]:
     try:
         output_folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        reason = "a file of that name exists" if isinstance(error, FileExistsError) else error.strerror
-        raise CLIError(f"{pairs[0][1]}: cannot create its folder {output_folder} ({reason})") from None
+        reason = (
+            "a file of that name exists" if isinstance(error, FileExistsError) else error.strerror
+        )
+        raise CLIError(
+            f"{pairs[0][1]}: cannot create its folder {output_folder} ({reason})"
+        ) from None
     return pairs

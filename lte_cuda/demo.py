@@ -99,7 +99,9 @@ def comparison_image(bicubic: Image.Image, lte: Image.Image, title: str) -> Imag
             (x + box[0] - 1, y + box[1] - 1, x + box[2], y + box[3]), outline=BOX_COLOUR, width=2
         )
         y += height + MARGIN
-        draw.text((x, y + 4), f"{label}, red box enlarged {ZOOM}x (nearest)", fill="black", font=font)
+        draw.text(
+            (x, y + 4), f"{label}, red box enlarged {ZOOM}x (nearest)", fill="black", font=font
+        )
         y += line
         canvas.paste(image.crop(box).resize(zoom_size, Image.Resampling.NEAREST), (x, y))
     return canvas
@@ -141,9 +143,14 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     )
     parser.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
     parser.add_argument(
-        "--scale", type=float, default=DEFAULT_SCALE, help=f"upscaling factor (default: {DEFAULT_SCALE})"
+        "--scale",
+        type=float,
+        default=DEFAULT_SCALE,
+        help=f"upscaling factor (default: {DEFAULT_SCALE})",
     )
-    parser.add_argument("--model", help="checkpoint (.pth) to use instead of the bundled default model")
+    parser.add_argument(
+        "--model", help="checkpoint (.pth) to use instead of the bundled default model"
+    )
     parser.set_defaults(func=run_demo_command)
     return parser
 

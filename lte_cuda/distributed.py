@@ -46,7 +46,9 @@ def rank() -> int:
     """This process's index among them (torchrun's ``RANK``; 0 outside torchrun)."""
     index = _env_int("RANK", 0)
     if not 0 <= index < world_size():
-        raise ValueError(f"environment variable RANK must be in [0, WORLD_SIZE={world_size()}), got {index}")
+        raise ValueError(
+            f"environment variable RANK must be in [0, WORLD_SIZE={world_size()}), got {index}"
+        )
     return index
 
 
@@ -78,7 +80,7 @@ def use_local_gpu() -> None:
 def shard(items: Sequence[T]) -> list[T]:
     """This process's share of ``items``: every ``world_size()``-th one from ``rank()``, so
     each item goes to exactly one process and the shares differ in size by at most one."""
-    return list(items[rank()::world_size()])
+    return list(items[rank() :: world_size()])
 
 
 def gather_in_order(values: Sequence[float], indices: Sequence[int], total: int) -> list[float]:
@@ -90,7 +92,9 @@ def gather_in_order(values: Sequence[float], indices: Sequence[int], total: int)
     of the list then equals the one-process figure bit for bit.
     """
     if len(values) != len(indices):
-        raise ValueError(f"values and indices must have the same length, got {len(values)} and {len(indices)}")
+        raise ValueError(
+            f"values and indices must have the same length, got {len(values)} and {len(indices)}"
+        )
     slots = torch.zeros(total, dtype=torch.float64)
     filled = torch.zeros(total, dtype=torch.float64)
     if len(indices):
@@ -109,5 +113,7 @@ def gather_in_order(values: Sequence[float], indices: Sequence[int], total: int)
                 dist.destroy_process_group()
     if not torch.equal(filled, torch.ones(total, dtype=torch.float64)):
         missing = (filled != 1).nonzero().flatten().tolist()[:5]
-        raise ValueError(f"items {missing} were done by no process or by several (world size {world_size()})")
+        raise ValueError(
+            f"items {missing} were done by no process or by several (world size {world_size()})"
+        )
     return slots.tolist()

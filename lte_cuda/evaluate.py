@@ -156,7 +156,10 @@ def run_test(
         if verbose:
             mean = sum(r["psnr"] for r in records) / len(records)
             width = len(str(count))
-            print(f"[{i + 1:>{width}}/{count}] {name_of(i)}: {value:.4f} dB (mean {mean:.4f})", flush=True)
+            print(
+                f"[{i + 1:>{width}}/{count}] {name_of(i)}: {value:.4f} dB (mean {mean:.4f})",
+                flush=True,
+            )
 
     start = time.perf_counter()
     local_values = evaluate(
@@ -229,8 +232,10 @@ def run_test_command(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         verbose=not args.quiet,
     )
-    print(f"result: {result['mean_psnr']:.4f} dB ({result['eval_type'] or 'rgb'}, "
-          f"{len(result['images'])} images, {result['seconds']:.1f} s)")
+    print(
+        f"result: {result['mean_psnr']:.4f} dB ({result['eval_type'] or 'rgb'}, "
+        f"{len(result['images'])} images, {result['seconds']:.1f} s)"
+    )
     if args.out and distributed.is_main():  # under torchrun every process has the result
         result.update(config=os.path.abspath(args.config), model=os.path.abspath(args.model))
         directory = os.path.dirname(os.path.abspath(args.out))

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -33,7 +33,9 @@ TRAINED_MAX_SCALE = 4.0
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 # The eight flips and transposes of the image plane, (transpose, flip_y, flip_x); the first is
 # the identity. Self-ensemble averages the model's outputs over them.
-DIHEDRAL_TRANSFORMS = [(t, fy, fx) for t in (False, True) for fy in (False, True) for fx in (False, True)]
+DIHEDRAL_TRANSFORMS = [
+    (t, fy, fx) for t in (False, True) for fy in (False, True) for fx in (False, True)
+]
 # Encoders built only from stride-1 convolutions and pointwise ops: tiling them with an
 # overlap of their receptive radius reproduces the untiled features.
 LOCAL_ENCODERS = ("edsr-baseline", "rdn")
@@ -88,7 +90,9 @@ def settings_for(
     dev = resolve_device(device)
     budget = memory_budget(dev) if budget is None else budget
     chunk = chunk_size or default_chunk(budget)
-    return InferenceSettings(dev, budget, chunk, precision, tile_size, tile_overlap, self_ensemble, progress)
+    return InferenceSettings(
+        dev, budget, chunk, precision, tile_size, tile_overlap, self_ensemble, progress
+    )
 
 
 def default_chunk(budget: int) -> int:
@@ -107,7 +111,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}") from err
+        raise ValueError(
+            f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}"
+        ) from err
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}")
     if dev.type == "cuda":
@@ -254,7 +260,12 @@ def encode_box(
                 like = {"dtype": coef.dtype, "device": coef.device}
                 coef_map = torch.empty(shape, memory_format=torch.channels_last, **like)
                 freq_map = torch.empty(shape, memory_format=torch.channels_last, **like)
-            place = (slice(None), slice(None), slice(y0 - top, y1 - top), slice(x0 - left, x1 - left))
+            place = (
+                slice(None),
+                slice(None),
+                slice(y0 - top, y1 - top),
+                slice(x0 - left, x1 - left),
+            )
             coef_map[place] = coef
             freq_map[place] = freq
     inp = normalise(source[:, top:bottom, left:right], device)
@@ -262,7 +273,11 @@ def encode_box(
 
 
 def encode_image(
-    model: LTE, rgb: torch.Tensor, *, device: str | torch.device | None = None, precision: str = "fp32"
+    model: LTE,
+    rgb: torch.Tensor,
+    *,
+    device: str | torch.device | None = None,
+    precision: str = "fp32",
 ) -> LTEFeatures:
     """rgb (1, 3, h, w) in [0, 1] -> features of the whole image (normalised, SwinIR-padded).
 
@@ -296,11 +311,15 @@ def decode_region(
     top, left, bottom, right = box
     if not (0 <= top < bottom <= out_size[0] and 0 <= left < right <= out_size[1]):
         raise ValueError(f"box must lie inside the output {out_size} and be non-empty, got {box}")
-    out = torch.empty((3, bottom - top, right - left), dtype=torch.float32, device=features.inp.device)
+    out = torch.empty(
+        (3, bottom - top, right - left), dtype=torch.float32, device=features.inp.device
+    )
     frame = (0, 0, *features.inp.shape[-2:])
     chunk = chunk_size or default_chunk(memory_budget(out.device))
     with torch.inference_mode():
-        decode_box(model, features, frame, image_size, out_size, box, chunk, _writer(out, (top, left)))
+        decode_box(
+            model, features, frame, image_size, out_size, box, chunk, _writer(out, (top, left))
+        )
     return out
 
 
@@ -333,12 +352,16 @@ def decode_box(
         coord = torch.stack((rows[index // width], cols[index % width]), dim=-1).unsqueeze(0)
         pred = model.query(features, coord, cell.expand_as(coord).contiguous())
         if not torch.isfinite(pred).all():
-            raise NonFiniteOutputError("the model produced NaN or infinite values (corrupt weights?)")
+            raise NonFiniteOutputError(
+                "the model produced NaN or infinite values (corrupt weights?)"
+            )
         values = (pred[0].float() * 0.5 + 0.5).clamp_(0, 1).t()
         _write_run(write, top, left, width, start, values)
 
 
-def _write_run(write: Writer, top: int, left: int, width: int, start: int, values: torch.Tensor) -> None:
+def _write_run(
+    write: Writer, top: int, left: int, width: int, start: int, values: torch.Tensor
+) -> None:
     """Hand ``values (3, n)``, the row-major pixels ``start:start+n`` of a box ``width``
     wide at (top, left), to ``write`` as at most three rectangles."""
     n = values.shape[1]
@@ -375,7 +398,9 @@ def _writer(dest: torch.Tensor, origin: tuple[int, int] = (0, 0)) -> Writer:
 # ----------------------------------------------------------------------------- whole images
 
 
-def upscale_into(model: LTE, source: torch.Tensor, dest: torch.Tensor, settings: InferenceSettings) -> None:
+def upscale_into(
+    model: LTE, source: torch.Tensor, dest: torch.Tensor, settings: InferenceSettings
+) -> None:
     """Upscale ``source (3, h, w)`` (uint8/uint16, or float in [0, 1]) into ``dest (C, H, W)``
     (C 3, or 1 for the mean of the channels; float in [0, 1], or uint8/uint16 rounded).
 
@@ -398,7 +423,9 @@ def upscale_into(model: LTE, source: torch.Tensor, dest: torch.Tensor, settings:
                 # The identity decodes in place; the others into a buffer turned back.
                 size = out_size[::-1] if transform[0] else out_size
                 target = total if n == 0 else total.new_empty((3, *size))
-                _stream(model, _dihedral(source, *transform), size, _writer(target), settings, report)
+                _stream(
+                    model, _dihedral(source, *transform), size, _writer(target), settings, report
+                )
                 if n > 0:
                     total += _undo_dihedral(target, *transform)
             total /= len(DIHEDRAL_TRANSFORMS)
@@ -423,8 +450,16 @@ def _stream(
     tile, overlap = _tiling(model, frame_size, settings)
     if not _needs_streaming(model, frame_size, tile, settings):
         features = encode_box(model, source, (0, 0, *frame_size), tile, overlap, settings.device)
-        decode_box(model, features, (0, 0, *frame_size), image_size, out_size,
-                   (0, 0, *out_size), settings.chunk, write)
+        decode_box(
+            model,
+            features,
+            (0, 0, *frame_size),
+            image_size,
+            out_size,
+            (0, 0, *out_size),
+            settings.chunk,
+            write,
+        )
         report()
         return
     h, w = frame_size
@@ -452,7 +487,9 @@ def _region_count(model: LTE, source: torch.Tensor, settings: InferenceSettings)
     return math.ceil(frame_size[0] / tile) * math.ceil(frame_size[1] / tile)
 
 
-def _progress_counter(progress: Callable[[int, int], None] | None, total: int) -> Callable[[], None]:
+def _progress_counter(
+    progress: Callable[[int, int], None] | None, total: int
+) -> Callable[[], None]:
     """A function that counts one region done and tells ``progress``."""
     done = 0
 
@@ -485,7 +522,9 @@ def _encoder_source(model: LTE, rgb: torch.Tensor) -> torch.Tensor:
     return reflect_pad_to_window(image, window)
 
 
-def _needs_streaming(model: LTE, frame_size: tuple[int, int], tile: int, settings: InferenceSettings) -> bool:
+def _needs_streaming(
+    model: LTE, frame_size: tuple[int, int], tile: int, settings: InferenceSettings
+) -> bool:
     """Whether the maps of the whole input exceed half the budget (then they are streamed)."""
     if encoder_name(model) not in LOCAL_ENCODERS or tile >= max(frame_size):
         return False
@@ -531,7 +570,9 @@ def _dihedral(image: torch.Tensor, transpose: bool, flip_y: bool, flip_x: bool) 
     return _flip(image.transpose(-1, -2) if transpose else image, flip_y, flip_x)
 
 
-def _undo_dihedral(image: torch.Tensor, transpose: bool, flip_y: bool, flip_x: bool) -> torch.Tensor:
+def _undo_dihedral(
+    image: torch.Tensor, transpose: bool, flip_y: bool, flip_x: bool
+) -> torch.Tensor:
     image = _flip(image, flip_y, flip_x)
     return image.transpose(-1, -2) if transpose else image
 

@@ -91,15 +91,22 @@ def library_available() -> bool:
 
 def _check_inputs(coef, freq, phase_weight, coord, cell) -> None:
     """The C++ argument checks, mirrored for fake tensors and the reference fallback."""
-    torch._check(coef.dim() == 4, lambda: f"lte_basis: coef must have shape (B, C, h, w), got {tuple(coef.shape)}")
+    torch._check(
+        coef.dim() == 4,
+        lambda: f"lte_basis: coef must have shape (B, C, h, w), got {tuple(coef.shape)}",
+    )
     torch._check(
         freq.shape == coef.shape,
-        lambda: f"lte_basis: freq must have the shape of coef (B, C, h, w) = {tuple(coef.shape)}, got {tuple(freq.shape)}",
+        lambda: (
+            f"lte_basis: freq must have the shape of coef (B, C, h, w) = {tuple(coef.shape)}, got {tuple(freq.shape)}"
+        ),
     )
     batch, channels = coef.shape[0], coef.shape[1]
     torch._check(
         channels > 0 and channels % 2 == 0,
-        lambda: f"lte_basis: the channel count C of coef must be even and positive, got C={channels}",
+        lambda: (
+            f"lte_basis: the channel count C of coef must be even and positive, got C={channels}"
+        ),
     )
     torch._check(
         coef.shape[2] >= 1 and coef.shape[3] >= 1,
@@ -107,7 +114,9 @@ def _check_inputs(coef, freq, phase_weight, coord, cell) -> None:
     )
     torch._check(
         tuple(phase_weight.shape) == (channels // 2, 2),
-        lambda: f"lte_basis: phase_weight must have shape (C/2, 2) = ({channels // 2}, 2), got {tuple(phase_weight.shape)}",
+        lambda: (
+            f"lte_basis: phase_weight must have shape (C/2, 2) = ({channels // 2}, 2), got {tuple(phase_weight.shape)}"
+        ),
     )
     torch._check(
         coord.dim() == 3 and coord.shape[2] == 2,
@@ -115,7 +124,9 @@ def _check_inputs(coef, freq, phase_weight, coord, cell) -> None:
     )
     torch._check(
         cell.shape == coord.shape,
-        lambda: f"lte_basis: cell must have the shape of coord {tuple(coord.shape)}, got {tuple(cell.shape)}",
+        lambda: (
+            f"lte_basis: cell must have the shape of coord {tuple(coord.shape)}, got {tuple(cell.shape)}"
+        ),
     )
     torch._check(
         coord.shape[0] == batch,
@@ -128,24 +139,32 @@ def _check_inputs(coef, freq, phase_weight, coord, cell) -> None:
     )
     torch._check(
         freq.dtype == coef.dtype and phase_weight.dtype == coef.dtype,
-        lambda: "lte_basis: coef, freq and phase_weight must have one dtype, got coef "
-        f"{coef.dtype}, freq {freq.dtype}, phase_weight {phase_weight.dtype}",
+        lambda: (
+            "lte_basis: coef, freq and phase_weight must have one dtype, got coef "
+            f"{coef.dtype}, freq {freq.dtype}, phase_weight {phase_weight.dtype}"
+        ),
     )
     torch._check(
         coord.dtype == cell.dtype,
-        lambda: f"lte_basis: coord and cell must have one dtype, got coord {coord.dtype}, cell {cell.dtype}",
+        lambda: (
+            f"lte_basis: coord and cell must have one dtype, got coord {coord.dtype}, cell {cell.dtype}"
+        ),
     )
     low_precision = coef.dtype in (torch.float16, torch.bfloat16)
     torch._check(
         coord.dtype == coef.dtype or (low_precision and coord.dtype == torch.float32),
-        lambda: f"lte_basis: coord and cell must have the dtype of coef ({coef.dtype}) or float32 "
-        f"when coef is float16/bfloat16, got {coord.dtype}",
+        lambda: (
+            f"lte_basis: coord and cell must have the dtype of coef ({coef.dtype}) or float32 "
+            f"when coef is float16/bfloat16, got {coord.dtype}"
+        ),
     )
     devices = [t.device for t in (coef, freq, phase_weight, coord, cell)]
     torch._check(
         all(d == devices[0] for d in devices),
-        lambda: "lte_basis: all tensors must be on one device, got coef {}, freq {}, "
-        "phase_weight {}, coord {}, cell {}".format(*devices),
+        lambda: (
+            "lte_basis: all tensors must be on one device, got coef {}, freq {}, "
+            "phase_weight {}, coord {}, cell {}".format(*devices)
+        ),
     )
 
 
@@ -157,8 +176,10 @@ def _check_output_dtype(what: str, dtype: torch.dtype, coef: torch.Tensor) -> to
     )
     torch._check(
         allowed,
-        lambda: f"{what} the dtype of coef ({coef.dtype}) or float16/bfloat16 when coef "
-        f"is float32, got {dtype}",
+        lambda: (
+            f"{what} the dtype of coef ({coef.dtype}) or float16/bfloat16 when coef "
+            f"is float32, got {dtype}"
+        ),
     )
     return dtype
 
@@ -168,14 +189,18 @@ def _check_grad_x(grad_x, coef, coord) -> None:
     expected = (coef.shape[0], coord.shape[1], 4, coef.shape[1])
     torch._check(
         tuple(grad_x.shape) == expected,
-        lambda: f"lte_basis_backward: grad_x must have shape (B, Q, 4, C) = {expected}, got "
-        f"{tuple(grad_x.shape)}",
+        lambda: (
+            f"lte_basis_backward: grad_x must have shape (B, Q, 4, C) = {expected}, got "
+            f"{tuple(grad_x.shape)}"
+        ),
     )
     _check_output_dtype("lte_basis_backward: grad_x must have", grad_x.dtype, coef)
     torch._check(
         grad_x.device == coef.device,
-        lambda: f"lte_basis_backward: grad_x must be on the device of coef ({coef.device}), got "
-        f"{grad_x.device}",
+        lambda: (
+            f"lte_basis_backward: grad_x must be on the device of coef ({coef.device}), got "
+            f"{grad_x.device}"
+        ),
     )
 
 

@@ -88,7 +88,10 @@ def render_texture_figure(
     ax.set_title(f"input ({width}x{height})")
     _show_map(fig, axes[0, 1], total, "amplitude: norm of all sinusoids", "viridis")
     _show_map(
-        fig, axes[0, 2], magnitude, "dominant sinusoid: frequency |f|\n(cycles per input pixel)",
+        fig,
+        axes[0, 2],
+        magnitude,
+        "dominant sinusoid: frequency |f|\n(cycles per input pixel)",
         "magma",
     )
     ax = axes[1, 0]
@@ -142,7 +145,9 @@ def _scatter_points(ax, amplitude: np.ndarray, frequency: np.ndarray) -> float:
     colours[:, 2] = 0.6
     colours[:, 3] = 0.02 + 0.3 * weight
     for sign in (1, -1):
-        ax.scatter(sign * freq[:, 1], sign * freq[:, 0], s=0.5 + 6 * weight, c=colours, linewidths=0)
+        ax.scatter(
+            sign * freq[:, 1], sign * freq[:, 0], s=0.5 + 6 * weight, c=colours, linewidths=0
+        )
     limit = max(0.6, float(np.percentile(np.abs(freq), 99.5)) * 1.1)
     _fourier_axes(ax, limit)
     ax.add_patch(_nyquist_square())
@@ -161,8 +166,10 @@ def _input_spectrum(ax, image: np.ndarray, limit: float) -> None:
     spectrum = np.log1p(np.abs(np.fft.fftshift(np.fft.fft2((grey - grey.mean()) * window))))
     # fftshift puts frequency 0 at index n // 2; bins are 1 / n cycles per pixel wide.
     extent = (
-        -(width // 2 + 0.5) / width, (width - width // 2 - 0.5) / width,
-        (height - height // 2 - 0.5) / height, -(height // 2 + 0.5) / height,
+        -(width // 2 + 0.5) / width,
+        (width - width // 2 - 0.5) / width,
+        (height - height // 2 - 0.5) / height,
+        -(height // 2 + 0.5) / height,
     )
     ax.imshow(spectrum, cmap="gray", extent=extent)
     _fourier_axes(ax, limit)
@@ -181,7 +188,9 @@ def _fourier_axes(ax, limit: float) -> None:
 def _nyquist_square():
     from matplotlib.patches import Rectangle
 
-    return Rectangle((-0.5, -0.5), 1, 1, fill=False, linestyle="--", edgecolor="tab:red", linewidth=1)
+    return Rectangle(
+        (-0.5, -0.5), 1, 1, fill=False, linestyle="--", edgecolor="tab:red", linewidth=1
+    )
 
 
 def inspect_image(
@@ -221,13 +230,17 @@ def add_inspect_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
             "and direction, the estimated frequencies in Fourier space, and the image's spectrum."
         ),
     )
-    parser.add_argument("image", metavar="IMAGE", help="input image (at most 512x512 pixels' worth)")
+    parser.add_argument(
+        "image", metavar="IMAGE", help="input image (at most 512x512 pixels' worth)"
+    )
     parser.add_argument("output", metavar="OUT", help="output figure, e.g. textures.png")
     parser.add_argument(
         "--model",
         help="checkpoint (.pth) or preset name with bundled weights (default: the bundled default model)",
     )
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    parser.add_argument(
+        "--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)"
+    )
     parser.set_defaults(func=run_inspect_command)
     return parser
 

@@ -101,7 +101,9 @@ def upscale(
     pixels, new_output, restore = to_pixels(image)
     height, width = pixels.shape[-2:]
     out_h, out_w = output_size(height, width, scale, size)
-    settings = _settings(device, precision, chunk_size, tile_size, tile_overlap, self_ensemble, memory_budget)
+    settings = _settings(
+        device, precision, chunk_size, tile_size, tile_overlap, self_ensemble, memory_budget
+    )
     lte = resolve_model(model)
 
     channels = pixels.shape[1]
@@ -162,7 +164,9 @@ def super_resolve(
         raise TypeError(f"model must be an LTE module, got {type(model).__name__}")
     if rgb.dim() != 4 or rgb.shape[1] != 3:
         raise ValueError(f"rgb must have shape (B, 3, h, w), got {tuple(rgb.shape)}")
-    settings = _settings(device, precision, chunk_size, tile_size, tile_overlap, self_ensemble, memory_budget)
+    settings = _settings(
+        device, precision, chunk_size, tile_size, tile_overlap, self_ensemble, memory_budget
+    )
     out = torch.empty((rgb.shape[0], 3, *out_size), dtype=torch.float32, device=rgb.device)
     for image, target in zip(rgb, out):
         upscale_into(model, image, target, settings)
@@ -188,7 +192,9 @@ def _settings(
         precision=precision,
         chunk_size=None if chunk_size is None else _positive_int(chunk_size, "chunk_size"),
         tile_size=None if tile_size is None else _positive_int(tile_size, "tile_size"),
-        tile_overlap=None if tile_overlap is None else _non_negative_int(tile_overlap, "tile_overlap"),
+        tile_overlap=None
+        if tile_overlap is None
+        else _non_negative_int(tile_overlap, "tile_overlap"),
         self_ensemble=self_ensemble,
         budget=None if memory_budget is None else _positive_int(memory_budget, "memory_budget"),
     )

@@ -20,8 +20,9 @@ TINY_IMNET = {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [32, 32]}}
 
 def tiny_lte():
     torch.manual_seed(0)
-    return build_preset("edsr-baseline-lte", {"n_resblocks": 2, "n_feats": 16}, hidden_dim=16,
-                        imnet_spec=TINY_IMNET).eval()
+    return build_preset(
+        "edsr-baseline-lte", {"n_resblocks": 2, "n_feats": 16}, hidden_dim=16, imnet_spec=TINY_IMNET
+    ).eval()
 
 
 def grid_queries(batch: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,9 +44,13 @@ def test_lte_plus_from_lte_computes_the_lte_function() -> None:
     coord, cell = grid_queries(2, 17, 20)
     with torch.no_grad():
         flat = coord.reshape(2, -1, 2)
-        want = model(inp, flat, cell[:, None].expand_as(flat)).view(2, 17, 20, 3).permute(0, 3, 1, 2)
+        want = (
+            model(inp, flat, cell[:, None].expand_as(flat)).view(2, 17, 20, 3).permute(0, 3, 1, 2)
+        )
         got = lte_plus.LTEPlus.from_lte(model).eval()(inp, coord, cell)
-        unpermuted = lte_plus.LTEPlus.from_lte(model, split_frequencies=False).eval()(inp, coord, cell)
+        unpermuted = lte_plus.LTEPlus.from_lte(model, split_frequencies=False).eval()(
+            inp, coord, cell
+        )
     torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
     # LTE weights read in LTE+'s split layout are a different function.
     assert (unpermuted - want).abs().max() > 1e-3
@@ -107,7 +112,8 @@ def check_suite_output(out: Path, records: list[dict], benches: tuple[str, ...])
 def test_smoke_run_of_the_op_bench(tmp_path) -> None:
     records = run.main(["--smoke", "--bench", "op", "--out", str(tmp_path)])
     assert {(r["shape"]["queries"], r["mode"]) for r in records} == {
-        (q, m) for q in (64, 256) for m in ("fwd", "fwd+bwd")}
+        (q, m) for q in (64, 256) for m in ("fwd", "fwd+bwd")
+    }
     check_suite_output(tmp_path, records, ("op",))
 
 
@@ -130,14 +136,26 @@ def test_peak_memory_sees_the_call_and_not_the_parent() -> None:
 
 def test_cases_extrapolated_past_the_caps_are_skipped() -> None:
     plan = run.Plan(shapes={}, compiled={}, peak=None, min_run_time=0.1, max_call_s=5.0)
-    done = [{"bench": "op", "path": "reference", "mode": "fwd", "label": "C=64 Q=1,000",
-             "work": 64_000, "median_s": 0.1, "peak_bytes": 1 << 20}]
+    done = [
+        {
+            "bench": "op",
+            "path": "reference",
+            "mode": "fwd",
+            "label": "C=64 Q=1,000",
+            "work": 64_000,
+            "median_s": 0.1,
+            "peak_bytes": 1 << 20,
+        }
+    ]
     small = run.Case("op", "reference", "fwd", run._op(64, 10_000))
     large = run.Case("op", "reference", "fwd", run._op(64, 100_000))
     assert run.skip_reason(small, done, plan, cap=1 << 30) is None
     assert "per call" in run.skip_reason(large, done, plan, cap=1 << 30)
     assert "peak" in run.skip_reason(small, done, plan, cap=4 << 20)
-    assert run.skip_reason(run.Case("op", "fused", "fwd", run._op(64, 100_000)), done, plan, 1 << 30) is None
+    assert (
+        run.skip_reason(run.Case("op", "fused", "fwd", run._op(64, 100_000)), done, plan, 1 << 30)
+        is None
+    )
 
 
 @pytest.mark.slow
@@ -154,10 +172,14 @@ def test_compiled_path_is_checked_timed_and_its_compilation_reported_apart() -> 
 def test_gpu_check_reports_a_crashed_or_stalled_step_and_goes_on(tmp_path):
     # A lent GPU comes with minutes: one bad step must fail with its reason, not stop the rest.
     py = sys.executable
-    steps = [gpu_check.Step("stalls", 1, [py, "-c", "import time; time.sleep(30)"]),
-             gpu_check.Step("crashes", 10, [py, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"]),
-             gpu_check.Step("passes", 10, [py, "-c", "print('parity ok')"], ok_pattern="parity ok"),
-             gpu_check.Step("needs a GPU", 10, [py, "-c", "pass"], needs_cuda=True)]
+    steps = [
+        gpu_check.Step("stalls", 1, [py, "-c", "import time; time.sleep(30)"]),
+        gpu_check.Step(
+            "crashes", 10, [py, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"]
+        ),
+        gpu_check.Step("passes", 10, [py, "-c", "print('parity ok')"], ok_pattern="parity ok"),
+        gpu_check.Step("needs a GPU", 10, [py, "-c", "pass"], needs_cuda=True),
+    ]
     with open(tmp_path / "log", "w") as log:
         gpu_check.run_all(steps, 60, "cpu", log)
     assert [s.outcome["status"] for s in steps] == ["FAIL", "FAIL", "PASS", "SKIP"]
@@ -168,7 +190,10 @@ def test_gpu_check_reports_a_crashed_or_stalled_step_and_goes_on(tmp_path):
 
 def test_gpu_check_keeps_inside_its_budget(tmp_path):
     py = sys.executable
-    steps = [gpu_check.Step(f"sleeps {i}", 60, [py, "-c", "import time; time.sleep(5)"]) for i in range(3)]
+    steps = [
+        gpu_check.Step(f"sleeps {i}", 60, [py, "-c", "import time; time.sleep(5)"])
+        for i in range(3)
+    ]
     with open(tmp_path / "log", "w") as log:
         # 9 s to spend: the first step leaves less than a step needs to start.
         gpu_check.run_all(steps, gpu_check.RESERVE_S + gpu_check.MIN_STEP_S + 4, "cpu", log)
@@ -179,9 +204,16 @@ def test_gpu_check_dry_run_writes_the_plan(tmp_path):
     assert gpu_check.main(["--out", str(tmp_path), "--dry-run"]) == 0
     saved = json.loads((tmp_path / "results.json").read_text())
     names = [step["name"] for step in saved["steps"]]
-    for expected in ("build", "tests (CUDA cases)", "CPU vs CUDA parity", "compute-sanitizer memcheck",
-                     "train step fp32", "train step bf16", "upscale x4 1024->4096 fp16",
-                     "evaluation memory x2 256->512"):
+    for expected in (
+        "build",
+        "tests (CUDA cases)",
+        "CPU vs CUDA parity",
+        "compute-sanitizer memcheck",
+        "train step fp32",
+        "train step bf16",
+        "upscale x4 1024->4096 fp16",
+        "evaluation memory x2 256->512",
+    ):
         assert expected in names
     assert any(name.startswith("op variant ") for name in names)
     assert saved["records"] == [] and all("status" not in step for step in saved["steps"])
@@ -191,17 +223,40 @@ def test_gpu_check_dry_run_writes_the_plan(tmp_path):
 @pytest.mark.slow
 def test_gpu_check_tiny_cpu_run_records_every_path(tmp_path):
     """A tiny --device cpu run of an op, a training and an evaluation step (about a minute)."""
-    status = gpu_check.main(["--out", str(tmp_path), "--device", "cpu", "--tiny", "--runs", "1", "--budget", "900",
-                             "--only", "op variant default|train step fp32|evaluation"])
+    status = gpu_check.main(
+        [
+            "--out",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            "--tiny",
+            "--runs",
+            "1",
+            "--budget",
+            "900",
+            "--only",
+            "op variant default|train step fp32|evaluation",
+        ]
+    )
     assert status == 0
     saved = json.loads((tmp_path / "results.json").read_text())
     records = saved["records"]
     assert {(r["bench"], r["path"]) for r in records} >= {
-        ("op", "fused"), ("train", "fused"), ("train", "published"), ("upscale", "fused"), ("upscale", "lte-plus")}
+        ("op", "fused"),
+        ("train", "fused"),
+        ("train", "published"),
+        ("upscale", "fused"),
+        ("upscale", "lte-plus"),
+    }
     for r in records:
         assert r["median_s"] > 0 and r["max_abs_diff"] is not None and r["device"] == "cpu"
     assert {s["status"] for s in saved["steps"]} == {"PASS", "SKIP"}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json", "results.md", "steps.log", "summary.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "results.json",
+        "results.md",
+        "steps.log",
+        "summary.txt",
+    ]
     assert "train B=2 8x8 Q=16 fp32 published" in (tmp_path / "summary.txt").read_text()
 
 
@@ -229,7 +284,9 @@ def test_published_upscale_matches_lte_upscale_in_chunks_beyond_the_trained_scal
     image = torch.rand(1, 3, 6, 5)
     out_size = (31, 27)  # x5.2 and x5.4: the cell is enlarged on both axes
     want = upscale(image, size=out_size[::-1], model=model, device="cpu")
-    got = published_path.upscale(published_path.PublishedLTE(model).eval(), image, out_size, chunk=100)
+    got = published_path.upscale(
+        published_path.PublishedLTE(model).eval(), image, out_size, chunk=100
+    )
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 

@@ -46,7 +46,12 @@ def _pixel_index(coord: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def test_registry_has_the_published_names():
-    for name in ("image-folder", "paired-image-folders", "sr-implicit-downsampled", "sr-implicit-paired"):
+    for name in (
+        "image-folder",
+        "paired-image-folders",
+        "sr-implicit-downsampled",
+        "sr-implicit-paired",
+    ):
         assert name in DATASETS
     with pytest.raises(KeyError, match="unknown dataset 'nope'"):
         make_dataset({"name": "nope", "args": {}})
@@ -111,7 +116,9 @@ def test_downsampled_crop_queries_and_cells(folder):
 
 
 def test_downsampled_lr_is_bicubic_of_the_hr_crop(folder):
-    wrapper = SRImplicitDownsampled(ImageFolder(str(folder)), inp_size=8, scale_min=2, scale_max=3.5)
+    wrapper = SRImplicitDownsampled(
+        ImageFolder(str(folder)), inp_size=8, scale_min=2, scale_max=3.5
+    )
     wrapper.set_seed(3)
     s = wrapper[1]
     hr = round(2 / s["cell"][0, 0].item())
@@ -167,8 +174,10 @@ def test_paired_wrapper_crops_aligned_windows(folder, tmp_path_factory):
 
 
 def test_seeded_samples_do_not_depend_on_workers(folder):
-    spec = {"name": "sr-implicit-downsampled",
-            "args": {"inp_size": 6, "scale_max": 4, "augment": True, "sample_q": 20}}
+    spec = {
+        "name": "sr-implicit-downsampled",
+        "args": {"inp_size": 6, "scale_max": 4, "augment": True, "sample_q": 20},
+    }
     wrapper = make_dataset(spec, {"dataset": ImageFolder(str(folder), repeat=2)})
     wrapper.set_seed(5)
     wrapper.set_epoch(2)

@@ -64,9 +64,14 @@ def test_bundled_photo_is_small() -> None:
 
 
 def test_demo_writes_result_and_comparison(tmp_path: Path, checkpoint: Path, capsys) -> None:
-    status, out, _ = run(capsys, "demo", "--out", tmp_path / "demo", "--scale", "1.5", "--model", checkpoint)
+    status, out, _ = run(
+        capsys, "demo", "--out", tmp_path / "demo", "--scale", "1.5", "--model", checkpoint
+    )
     assert status == 0
-    result, compare = tmp_path / "demo" / "demo_lte_x1.5.png", tmp_path / "demo" / "demo_compare.png"
+    result, compare = (
+        tmp_path / "demo" / "demo_lte_x1.5.png",
+        tmp_path / "demo" / "demo_compare.png",
+    )
     assert str(result) in out and str(compare) in out
     assert Image.open(result).size == (240, 225)
     # Two columns of the result's width, each with the image and its zoomed crop below.
@@ -112,21 +117,29 @@ def test_estimate_textures_pairs_channels() -> None:
     k = 3
     torch.testing.assert_close(torch.from_numpy(frequency[:, :, k, 0]), freq[2 * k])
     torch.testing.assert_close(torch.from_numpy(frequency[:, :, k, 1]), freq[2 * k + 1])
-    torch.testing.assert_close(torch.from_numpy(amplitude[:, :, k]), torch.hypot(coef[k], coef[k + 8]))
+    torch.testing.assert_close(
+        torch.from_numpy(amplitude[:, :, k]), torch.hypot(coef[k], coef[k + 8])
+    )
     assert not hasattr(model, "coef_map")  # the model keeps no features
 
 
 def test_inspect_writes_figure(tmp_path: Path, checkpoint: Path, capsys) -> None:
     image = tmp_path / "in.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(image)
-    status, out, err = run(capsys, "inspect", image, tmp_path / "textures.png", "--model", checkpoint)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(
+        image
+    )
+    status, out, err = run(
+        capsys, "inspect", image, tmp_path / "textures.png", "--model", checkpoint
+    )
     assert status == 0, err
     assert str(tmp_path / "textures.png") in out
     assert Image.open(tmp_path / "textures.png").size == (1200, 800)
 
 
 def test_inspect_missing_image(tmp_path: Path, checkpoint: Path, capsys) -> None:
-    status, _, err = run(capsys, "inspect", tmp_path / "none.png", tmp_path / "out.png", "--model", checkpoint)
+    status, _, err = run(
+        capsys, "inspect", tmp_path / "none.png", tmp_path / "out.png", "--model", checkpoint
+    )
     assert status == 1
     assert_one_line_error(err, "none.png: no such file")
 
@@ -134,7 +147,9 @@ def test_inspect_missing_image(tmp_path: Path, checkpoint: Path, capsys) -> None
 def test_inspect_missing_model(tmp_path: Path, capsys) -> None:
     image = tmp_path / "in.png"
     Image.new("RGB", (8, 8)).save(image)
-    status, _, err = run(capsys, "inspect", image, tmp_path / "out.png", "--model", tmp_path / "none.pth")
+    status, _, err = run(
+        capsys, "inspect", image, tmp_path / "out.png", "--model", tmp_path / "none.pth"
+    )
     assert status == 1
     assert_one_line_error(err, "none.pth: no such file")
     assert not (tmp_path / "out.png").exists()

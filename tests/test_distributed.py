@@ -63,7 +63,9 @@ def test_bad_environment_and_arguments_are_named(monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    model = build_preset("edsr-baseline-lte", {"n_resblocks": 1, "n_feats": 8}, hidden_dim=8, imnet_spec=TINY_IMNET)
+    model = build_preset(
+        "edsr-baseline-lte", {"n_resblocks": 1, "n_feats": 8}, hidden_dim=8, imnet_spec=TINY_IMNET
+    )
     path = tmp_path_factory.mktemp("model") / "tiny.pth"
     save_model(model, path)
     return path
@@ -84,8 +86,17 @@ def torchrun(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     """``torchrun --nproc_per_node 2 --no-python lte-sr ARGS`` on CPU; fails the test if it fails."""
     lte_sr = shutil.which("lte-sr", path=str(Path(sys.executable).parent))
     assert lte_sr, "lte-sr is not installed beside this Python"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "--no-python", lte_sr, *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "--no-python",
+        lte_sr,
+        *args,
+    ]
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return done
@@ -93,13 +104,26 @@ def torchrun(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_torchrun_upscale_writes_every_file_once(tmp_path, tiny_checkpoint):
     names = write_images(tmp_path / "in", 5, (12, 9), seed=1)
-    done = torchrun(tmp_path, "upscale", "in", "out", "--scale", "2", "--model", str(tiny_checkpoint),
-                    "--device", "cpu")
+    done = torchrun(
+        tmp_path,
+        "upscale",
+        "in",
+        "out",
+        "--scale",
+        "2",
+        "--model",
+        str(tiny_checkpoint),
+        "--device",
+        "cpu",
+    )
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == names
     for name in names:
         assert Image.open(tmp_path / "out" / name).size == (24, 18)
     # Each process reports its own share: 3 and 2 files (every second one), never all 5.
-    assert "3 written, 0 skipped, 0 failed" in done.stderr and "2 written, 0 skipped, 0 failed" in done.stderr
+    assert (
+        "3 written, 0 skipped, 0 failed" in done.stderr
+        and "2 written, 0 skipped, 0 failed" in done.stderr
+    )
 
 
 def test_torchrun_test_mean_equals_the_one_process_mean(tmp_path, tiny_checkpoint):
@@ -111,8 +135,10 @@ def test_torchrun_test_mean_equals_the_one_process_mean(tmp_path, tiny_checkpoin
         Image.open(path).resize((8, 6), Image.BICUBIC).save(lr / path.name)
     config = {
         "test_dataset": {
-            "dataset": {"name": "paired-image-folders",
-                        "args": {"root_path_1": str(lr), "root_path_2": str(hr)}},
+            "dataset": {
+                "name": "paired-image-folders",
+                "args": {"root_path_1": str(lr), "root_path_2": str(hr)},
+            },
             "wrapper": {"name": "sr-implicit-paired", "args": {}},
             "batch_size": 1,
         },
@@ -122,8 +148,13 @@ def test_torchrun_test_mean_equals_the_one_process_mean(tmp_path, tiny_checkpoin
     }
     (tmp_path / "test.yaml").write_text(yaml.safe_dump(config))
     common = ["test", "--config", "test.yaml", "--model", str(tiny_checkpoint), "--device", "cpu"]
-    one = subprocess.run([sys.executable, "-m", "lte_cuda", *common, "--quiet", "--out", "one.json"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120)
+    one = subprocess.run(
+        [sys.executable, "-m", "lte_cuda", *common, "--quiet", "--out", "one.json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert one.returncode == 0, one.stderr
     done = torchrun(tmp_path, *common, "--out", "two.json")
     # Every image scored by one process only (each prints a line per image it scores).

@@ -11,7 +11,13 @@ import pytest
 from PIL import Image, ImageCms
 
 from lte_cuda.image_io import files
-from lte_cuda.image_io.files import ImageFile, read_image, read_image_file, write_image, write_image_file
+from lte_cuda.image_io.files import (
+    ImageFile,
+    read_image,
+    read_image_file,
+    write_image,
+    write_image_file,
+)
 
 ICC_RGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 MAKE_TAG = 0x010F
@@ -77,8 +83,14 @@ def test_metadata_round_trip_with_scaled_dpi(tmp_path: Path, suffix: str) -> Non
 
 @pytest.mark.parametrize(
     "suffix, shape",
-    [(".png", (9, 7)), (".png", (9, 7, 3)), (".png", (9, 7, 4)), (".tif", (9, 7)), (".tif", (9, 7, 3)),
-     (".tif", (9, 7, 4))],
+    [
+        (".png", (9, 7)),
+        (".png", (9, 7, 3)),
+        (".png", (9, 7, 4)),
+        (".tif", (9, 7)),
+        (".tif", (9, 7, 3)),
+        (".tif", (9, 7, 4)),
+    ],
 )
 def test_16bit_round_trip_is_exact(tmp_path: Path, suffix: str, shape: tuple) -> None:
     pixels = random_uint16(shape)
@@ -94,12 +106,16 @@ def test_16bit_round_trip_is_exact(tmp_path: Path, suffix: str, shape: tuple) ->
 
 @pytest.mark.parametrize("compression", [None, "zlib"])
 @pytest.mark.parametrize("channels", [3, 4])
-def test_16bit_colour_tiff_from_another_writer(tmp_path: Path, compression: str | None, channels: int) -> None:
+def test_16bit_colour_tiff_from_another_writer(
+    tmp_path: Path, compression: str | None, channels: int
+) -> None:
     tifffile = pytest.importorskip("tifffile")
     pixels = random_uint16((11, 13, channels))
     path = tmp_path / "other.tif"
     extra = {"extrasamples": [2]} if channels == 4 else {}
-    tifffile.imwrite(path, pixels, photometric="rgb", compression=compression, rowsperstrip=4, **extra)
+    tifffile.imwrite(
+        path, pixels, photometric="rgb", compression=compression, rowsperstrip=4, **extra
+    )
     np.testing.assert_array_equal(read_image(path), pixels)
     # And the other way: our 16-bit TIFF as another reader sees it.
     write_image(pixels, tmp_path / "ours.tif")
@@ -127,7 +143,9 @@ def test_tiff_pages_are_frames(tmp_path: Path) -> None:
     pages[0].save(tmp_path / "pages.tif", save_all=True, append_images=pages[1:])
     image = read_image_file(tmp_path / "pages.tif")
     assert len(image.frames) == 2 and image.durations is None
-    write_image_file(image.with_frames([page.resize((10, 8)) for page in image.frames]), tmp_path / "out.tif")
+    write_image_file(
+        image.with_frames([page.resize((10, 8)) for page in image.frames]), tmp_path / "out.tif"
+    )
     with Image.open(tmp_path / "out.tif") as out:
         assert out.n_frames == 2 and out.size == (10, 8)
         out.seek(1)
@@ -142,18 +160,24 @@ def test_animation_keeps_every_frame_and_its_duration(tmp_path: Path, suffix: st
     frames[0].save(source, save_all=True, append_images=frames[1:], duration=[50, 80, 120], loop=0)
     image = read_image_file(source)
     assert len(image.frames) == 3 and image.durations == (50, 80, 120) and image.loop == 0
-    write_image_file(image.with_frames([f.resize((16, 12)) for f in image.frames]), tmp_path / f"out{suffix}")
+    write_image_file(
+        image.with_frames([f.resize((16, 12)) for f in image.frames]), tmp_path / f"out{suffix}"
+    )
     with Image.open(tmp_path / f"out{suffix}") as out:
         assert out.n_frames == 3 and out.size == (16, 12) and out.info["loop"] == 0
         for index, colour in enumerate(colours):
             out.seek(index)
             pixel = np.asarray(out.convert("RGB"))[0, 0].astype(int)  # WebP sets info on decoding
-            assert np.abs(pixel - colour).max() <= 8 and out.info["duration"] == [50, 80, 120][index]
+            assert (
+                np.abs(pixel - colour).max() <= 8 and out.info["duration"] == [50, 80, 120][index]
+            )
 
 
 def test_animation_into_a_single_frame_format_is_refused(tmp_path: Path) -> None:
     frames = (Image.new("RGB", (4, 4)), Image.new("RGB", (4, 4), "white"))
-    with pytest.raises(ValueError, match=r"out.jpg: JPEG cannot hold the 2 frames of an animation; write .gif"):
+    with pytest.raises(
+        ValueError, match=r"out.jpg: JPEG cannot hold the 2 frames of an animation; write .gif"
+    ):
         write_image_file(ImageFile(frames=frames, durations=(10, 10)), tmp_path / "out.jpg")
     assert list(tmp_path.iterdir()) == []
 
@@ -219,7 +243,9 @@ def test_same_file_through_links_and_spellings(tmp_path: Path) -> None:
     (tmp_path / "link.png").symlink_to(image)
     os.link(image, tmp_path / "hard.png")
     assert files.same_file(image, tmp_path / "." / "a.png")
-    assert files.same_file(image, tmp_path / "link.png") and files.same_file(image, tmp_path / "hard.png")
+    assert files.same_file(image, tmp_path / "link.png") and files.same_file(
+        image, tmp_path / "hard.png"
+    )
     assert not files.same_file(image, tmp_path / "b.png")
 
 
@@ -236,7 +262,9 @@ def test_unreadable_files_name_the_path(tmp_path: Path) -> None:
 
 def test_a_profile_for_other_colours_is_not_written(tmp_path: Path) -> None:
     cmyk_profile = ICC_RGB[:16] + b"CMYK" + ICC_RGB[20:]  # only the header's colour space is read
-    Image.new("CMYK", (6, 4), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg", icc_profile=cmyk_profile)
+    Image.new("CMYK", (6, 4), (0, 255, 255, 0)).save(
+        tmp_path / "cmyk.jpg", icc_profile=cmyk_profile
+    )
     image = read_image_file(tmp_path / "cmyk.jpg")
     assert image.icc_profile == cmyk_profile
     write_image_file(image.with_frames([image.frames[0].convert("RGB")]), tmp_path / "rgb.png")

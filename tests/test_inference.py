@@ -31,7 +31,13 @@ TINY_IMNET = {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [16]}}
 TINY_ENCODER_ARGS = {
     "edsr-baseline-lte": {"n_resblocks": 2, "n_feats": 8},
     "rdn-lte": {"G0": 8, "D": 2, "C": 2, "G": 4},
-    "swinir-lte": {"img_size": 16, "embed_dim": 12, "depths": [2], "num_heads": [2], "window_size": 4},
+    "swinir-lte": {
+        "img_size": 16,
+        "embed_dim": 12,
+        "depths": [2],
+        "num_heads": [2],
+        "window_size": 4,
+    },
 }
 # A budget far below what one tile's estimate asks for: every tile is as small as allowed.
 TINY_BUDGET = 1000
@@ -42,7 +48,9 @@ SCALES = [2.3, (1.5, 2.6), (0.7, 5.5)]
 
 def tiny_model(preset: str = "edsr-baseline-lte") -> LTE:
     torch.manual_seed(0)
-    return build_preset(preset, TINY_ENCODER_ARGS[preset], hidden_dim=16, imnet_spec=TINY_IMNET).eval()
+    return build_preset(
+        preset, TINY_ENCODER_ARGS[preset], hidden_dim=16, imnet_spec=TINY_IMNET
+    ).eval()
 
 
 def encoder_inputs(model: LTE) -> list[tuple[int, ...]]:
@@ -60,7 +68,9 @@ def test_streaming_in_a_small_budget_equals_the_whole_image(preset: str, scale) 
     image = torch.rand(3, 30, 26)
     whole = upscale(image, scale, model=model, device="cpu")
     shapes = encoder_inputs(model)
-    streamed = upscale(image, scale, model=model, device="cpu", tile_size=6, memory_budget=TINY_BUDGET)
+    streamed = upscale(
+        image, scale, model=model, device="cpu", tile_size=6, memory_budget=TINY_BUDGET
+    )
     torch.testing.assert_close(streamed, whole, atol=1e-5, rtol=0)
     # 5 x 5 tiles, each encoded once with its overlap; never the whole image.
     assert len(shapes) == 25
@@ -72,13 +82,23 @@ def test_progress_counts_every_region_of_every_pass() -> None:
     image = torch.rand(3, 20, 13)
     for ensemble, passes in ((False, 1), (True, 8)):
         calls: list[tuple[int, int]] = []
-        settings = settings_for("cpu", tile_size=6, budget=TINY_BUDGET, self_ensemble=ensemble,
-                                progress=lambda done, total: calls.append((done, total)))
+        settings = settings_for(
+            "cpu",
+            tile_size=6,
+            budget=TINY_BUDGET,
+            self_ensemble=ensemble,
+            progress=lambda done, total: calls.append((done, total)),
+        )
         upscale_into(model, image, torch.empty(3, 40, 26), settings)
         # 4 x 3 tiles per pass, or one region when the maps fit.
         assert calls == [(k, 12 * passes) for k in range(1, 12 * passes + 1)]
     calls = []
-    upscale_into(model, image, torch.empty(3, 40, 26), settings_for("cpu", progress=lambda *a: calls.append(a)))
+    upscale_into(
+        model,
+        image,
+        torch.empty(3, 40, 26),
+        settings_for("cpu", progress=lambda *a: calls.append(a)),
+    )
     assert calls == [(1, 1)]
 
 
@@ -87,7 +107,15 @@ def test_streaming_without_overlap_shows_seams() -> None:
     torch.manual_seed(2)
     image = torch.rand(3, 30, 26)
     whole = upscale(image, 2.3, model=model, device="cpu")
-    seams = upscale(image, 2.3, model=model, device="cpu", tile_size=6, tile_overlap=0, memory_budget=TINY_BUDGET)
+    seams = upscale(
+        image,
+        2.3,
+        model=model,
+        device="cpu",
+        tile_size=6,
+        tile_overlap=0,
+        memory_budget=TINY_BUDGET,
+    )
     assert (seams - whole).abs().max() > 1e-3
 
 
@@ -98,7 +126,9 @@ def test_streaming_writes_integer_outputs_directly() -> None:
         for shape in ((21, 19, 3), (21, 19)):
             array = rng.integers(0, top + 1, shape).astype(dtype)
             whole = upscale(array, 2.3, model=model, device="cpu")
-            streamed = upscale(array, 2.3, model=model, device="cpu", memory_budget=TINY_BUDGET, tile_size=5)
+            streamed = upscale(
+                array, 2.3, model=model, device="cpu", memory_budget=TINY_BUDGET, tile_size=5
+            )
             assert streamed.dtype == dtype and streamed.shape == (48, 44, *shape[2:])
             # Rounding the same floats (to float rounding) may differ by one step.
             assert np.abs(streamed.astype(np.int64) - whole.astype(np.int64)).max() <= 1
@@ -122,8 +152,15 @@ def test_self_ensemble_streams_too() -> None:
     torch.manual_seed(5)
     image = torch.rand(3, 17, 14)
     whole = upscale(image, 2.3, model=model, device="cpu", self_ensemble=True)
-    streamed = upscale(image, 2.3, model=model, device="cpu", self_ensemble=True, tile_size=5,
-                       memory_budget=TINY_BUDGET)
+    streamed = upscale(
+        image,
+        2.3,
+        model=model,
+        device="cpu",
+        self_ensemble=True,
+        tile_size=5,
+        memory_budget=TINY_BUDGET,
+    )
     torch.testing.assert_close(streamed, whole, atol=1e-5, rtol=0)
 
 
@@ -204,7 +241,10 @@ def test_peak_memory_follows_the_budget_not_the_image() -> None:
     tens of MB beyond its output when the budget is 8 MB (tiles of 50 pixels); with the whole
     maps it peaks at about 250 MB."""
     result = subprocess.run(
-        [sys.executable, "-c", PEAK_SCRIPT, str(8 << 20)], capture_output=True, text=True, check=True,
+        [sys.executable, "-c", PEAK_SCRIPT, str(8 << 20)],
+        capture_output=True,
+        text=True,
+        check=True,
         env={**os.environ, "MALLOC_MMAP_THRESHOLD_": str(64 << 10)},
     )
     numbers = json.loads(result.stdout)

@@ -122,7 +122,9 @@ def test_swinir_buffers_as_published() -> None:
 def test_edsr_mean_shift_is_frozen_and_unused() -> None:
     model = tiny_model("edsr-baseline-lte")
     frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
-    assert frozen == {f"encoder.{m}.{p}" for m in ("sub_mean", "add_mean") for p in ("weight", "bias")}
+    assert frozen == {
+        f"encoder.{m}.{p}" for m in ("sub_mean", "add_mean") for p in ("weight", "bias")
+    }
     x = torch.rand(1, 3, 5, 6)
     before = model.encoder(x)
     with torch.no_grad():

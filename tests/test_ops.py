@@ -5,15 +5,24 @@ import math
 
 import pytest
 import torch
+from conftest import DEVICES
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from conftest import DEVICES
 from lte_cuda import _build_info, ops, reference
 from lte_cuda.coords import make_coord
 
 
-def make_inputs(batch=2, channels=16, height=5, width=7, queries=50, dtype=torch.float64,
-                device="cpu", coord_range=1.0, seed=0):
+def make_inputs(
+    batch=2,
+    channels=16,
+    height=5,
+    width=7,
+    queries=50,
+    dtype=torch.float64,
+    device="cpu",
+    coord_range=1.0,
+    seed=0,
+):
     """Random LTE query-step inputs: features (B, C, h, w), phase weight, coords and cells."""
     g = torch.Generator().manual_seed(seed)
     coef = torch.randn(batch, channels, height, width, generator=g, dtype=dtype)
@@ -55,11 +64,14 @@ def test_queries_outside_the_map_are_clamped_like_reference(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_queries_at_pixel_centres_and_borders(device):
-    coef, freq, phase_weight, _, _ = make_inputs(batch=1, height=6, width=9, dtype=torch.float64,
-                                                  device=device)
+    coef, freq, phase_weight, _, _ = make_inputs(
+        batch=1, height=6, width=9, dtype=torch.float64, device=device
+    )
     centres = make_coord((6, 9), dtype=torch.float64).view(1, -1, 2)
-    borders = torch.tensor([[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0], [0.0, 1.0],
-                            [-1.0, 0.3]], dtype=torch.float64).view(1, -1, 2)
+    borders = torch.tensor(
+        [[-1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [1.0, 1.0], [0.0, 1.0], [-1.0, 0.3]],
+        dtype=torch.float64,
+    ).view(1, -1, 2)
     coord = torch.cat([centres, borders], dim=1).to(device)
     cell = torch.full_like(coord, 2 / 20)
     assert_matches_reference([coef, freq, phase_weight, coord, cell], 1e-10)
@@ -119,8 +131,9 @@ def test_non_contiguous_inputs(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_gradcheck(device):
-    coef, freq, phase_weight, coord, cell = make_inputs(batch=2, channels=6, height=3, width=4,
-                                                        queries=7, device=device)
+    coef, freq, phase_weight, coord, cell = make_inputs(
+        batch=2, channels=6, height=3, width=4, queries=7, device=device
+    )
     coef.requires_grad_(True)
     freq.requires_grad_(True)
     phase_weight.requires_grad_(True)
@@ -131,8 +144,9 @@ def test_gradcheck(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_gradients_match_reference(device):
-    inputs = make_inputs(batch=2, channels=32, height=6, width=5, queries=300,
-                         dtype=torch.float32, device=device)
+    inputs = make_inputs(
+        batch=2, channels=32, height=6, width=5, queries=300, dtype=torch.float32, device=device
+    )
     grad_x = torch.randn(2, 300, 4, 32, device=device)
     grads = []
     for fn in (ops.lte_basis, reference.lte_basis):
@@ -144,8 +158,9 @@ def test_gradients_match_reference(device):
 
 
 def test_cpu_backward_is_deterministic_across_thread_counts():
-    inputs = make_inputs(batch=1, channels=128, height=8, width=8, queries=2000,
-                         dtype=torch.float32)
+    inputs = make_inputs(
+        batch=1, channels=128, height=8, width=8, queries=2000, dtype=torch.float32
+    )
     grad_x = torch.randn(1, 2000, 4, 128)
     threads = torch.get_num_threads()
     results = []
@@ -181,8 +196,9 @@ def test_double_backward_raises():
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("requires_grad", [False, True])
 def test_opcheck(device, requires_grad):
-    inputs = make_inputs(batch=2, channels=8, height=4, width=5, queries=9,
-                         dtype=torch.float32, device=device)
+    inputs = make_inputs(
+        batch=2, channels=8, height=4, width=5, queries=9, dtype=torch.float32, device=device
+    )
     for t in inputs[:3]:
         t.requires_grad_(requires_grad)
     torch.library.opcheck(torch.ops.lte_cuda.lte_basis.default, tuple(inputs))
@@ -209,8 +225,9 @@ def test_torch_compile_fullgraph():
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_basis_linear_gradcheck(device):
-    coef, freq, phase_weight, coord, cell = make_inputs(batch=2, channels=6, height=3, width=4,
-                                                        queries=7, device=device)
+    coef, freq, phase_weight, coord, cell = make_inputs(
+        batch=2, channels=6, height=3, width=4, queries=7, device=device
+    )
     weight = torch.randn(5, 6, dtype=torch.float64, device=device)
     bias = torch.randn(5, dtype=torch.float64, device=device)
     differentiable = [t.requires_grad_(True) for t in (coef, freq, phase_weight, weight, bias)]
@@ -223,8 +240,9 @@ def test_basis_linear_gradcheck(device):
 def test_basis_linear_recomputes_x_instead_of_keeping_it(device):
     """The MLP's first layer fused with the op keeps no (B, Q, 4, C) tensor for backward and
     gives the gradients of lte_basis followed by F.linear."""
-    inputs = make_inputs(batch=2, channels=32, height=6, width=5, queries=300,
-                         dtype=torch.float32, device=device)
+    inputs = make_inputs(
+        batch=2, channels=32, height=6, width=5, queries=300, dtype=torch.float32, device=device
+    )
     layer = torch.nn.Linear(32, 24).to(device)
     x_numel = 2 * 300 * 4 * 32
     saved_numels = []
@@ -248,7 +266,9 @@ def test_basis_linear_recomputes_x_instead_of_keeping_it(device):
         else:
             assert x_numel in saved_numels  # the check sees x when F.linear keeps it
         (y.square().sum() + weights.sum()).backward()
-        results.append([y, weights] + [p.grad for p in params] + [layer.weight.grad, layer.bias.grad])
+        results.append(
+            [y, weights] + [p.grad for p in params] + [layer.weight.grad, layer.bias.grad]
+        )
     for fused, plain in zip(*results):
         torch.testing.assert_close(fused, plain, atol=2e-3, rtol=1e-4)
 
@@ -259,8 +279,9 @@ def test_basis_linear_under_torch_compile_fullgraph():
     layer = torch.nn.Linear(8, 4)
 
     def decode(coef, freq, phase_weight, coord, cell):
-        y, weights = ops.lte_basis_linear(coef, freq, phase_weight, coord, cell,
-                                          layer.weight, layer.bias)
+        y, weights = ops.lte_basis_linear(
+            coef, freq, phase_weight, coord, cell, layer.weight, layer.bias
+        )
         return (y.sum(-1).view(weights.shape) * weights).sum()
 
     compiled = torch.compile(decode, fullgraph=True, backend="aot_eager")
@@ -307,17 +328,53 @@ def bad_inputs():
     """(description, mutate(inputs) -> inputs, message pattern) for each rejected input."""
     return [
         ("coef 3-d", lambda i: [i[0][0]] + i[1:], r"coef must have shape \(B, C, h, w\)"),
-        ("freq shape", lambda i: [i[0], i[1][:, :, :3]] + i[2:], r"freq must have the shape of coef"),
-        ("odd C", lambda i: [i[0][:, :5], i[1][:, :5], i[2][:2]] + i[3:], r"must be even and positive, got C=5"),
-        ("phase_weight shape", lambda i: i[:2] + [i[2][:3]] + i[3:], r"phase_weight must have shape \(C/2, 2\) = \(4, 2\)"),
-        ("coord last dim", lambda i: i[:3] + [i[3][..., :1], i[4][..., :1]], r"coord must have shape \(B, Q, 2\)"),
+        (
+            "freq shape",
+            lambda i: [i[0], i[1][:, :, :3]] + i[2:],
+            r"freq must have the shape of coef",
+        ),
+        (
+            "odd C",
+            lambda i: [i[0][:, :5], i[1][:, :5], i[2][:2]] + i[3:],
+            r"must be even and positive, got C=5",
+        ),
+        (
+            "phase_weight shape",
+            lambda i: i[:2] + [i[2][:3]] + i[3:],
+            r"phase_weight must have shape \(C/2, 2\) = \(4, 2\)",
+        ),
+        (
+            "coord last dim",
+            lambda i: i[:3] + [i[3][..., :1], i[4][..., :1]],
+            r"coord must have shape \(B, Q, 2\)",
+        ),
         ("coord ndim", lambda i: i[:3] + [i[3][0], i[4][0]], r"coord must have shape \(B, Q, 2\)"),
         ("cell shape", lambda i: i[:4] + [i[4][:, :3]], r"cell must have the shape of coord"),
-        ("batch mismatch", lambda i: i[:3] + [i[3][:1], i[4][:1]], r"coord has batch size 1 but coef has batch size 2"),
-        ("mixed feature dtypes", lambda i: [i[0], i[1].double()] + i[2:], r"coef, freq and phase_weight must have one dtype"),
-        ("mixed geometry dtypes", lambda i: i[:4] + [i[4].double()], r"coord and cell must have one dtype"),
-        ("geometry dtype", lambda i: i[:3] + [i[3].double(), i[4].double()], r"must have the dtype of coef"),
-        ("integer coef", lambda i: [i[0].long(), i[1].long(), i[2].long()] + i[3:], r"coef must be float16, bfloat16, float32 or float64"),
+        (
+            "batch mismatch",
+            lambda i: i[:3] + [i[3][:1], i[4][:1]],
+            r"coord has batch size 1 but coef has batch size 2",
+        ),
+        (
+            "mixed feature dtypes",
+            lambda i: [i[0], i[1].double()] + i[2:],
+            r"coef, freq and phase_weight must have one dtype",
+        ),
+        (
+            "mixed geometry dtypes",
+            lambda i: i[:4] + [i[4].double()],
+            r"coord and cell must have one dtype",
+        ),
+        (
+            "geometry dtype",
+            lambda i: i[:3] + [i[3].double(), i[4].double()],
+            r"must have the dtype of coef",
+        ),
+        (
+            "integer coef",
+            lambda i: [i[0].long(), i[1].long(), i[2].long()] + i[3:],
+            r"coef must be float16, bfloat16, float32 or float64",
+        ),
     ]
 
 
@@ -346,8 +403,9 @@ def test_mixed_devices_are_rejected():
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
 def test_cuda_matches_cpu(dtype, atol):
-    inputs = make_inputs(batch=3, channels=64, height=9, width=11, queries=3000, dtype=dtype,
-                         coord_range=1.2)
+    inputs = make_inputs(
+        batch=3, channels=64, height=9, width=11, queries=3000, dtype=dtype, coord_range=1.2
+    )
     x_cpu, w_cpu = ops.lte_basis(*inputs)
     x_gpu, w_gpu = ops.lte_basis(*[t.cuda() for t in inputs])
     torch.testing.assert_close(x_gpu.cpu(), x_cpu, atol=atol, rtol=0)
@@ -361,8 +419,15 @@ def test_cuda_matches_cpu(dtype, atol):
 
 @pytest.mark.cuda
 def test_cuda_backward_is_deterministic():
-    inputs = make_inputs(batch=2, channels=128, height=16, width=16, queries=20000,
-                         dtype=torch.float32, device="cuda")
+    inputs = make_inputs(
+        batch=2,
+        channels=128,
+        height=16,
+        width=16,
+        queries=20000,
+        dtype=torch.float32,
+        device="cuda",
+    )
     grad_x = torch.randn(2, 20000, 4, 128, device="cuda")
     first = torch.ops.lte_cuda.lte_basis_backward(grad_x, *inputs)
     second = torch.ops.lte_cuda.lte_basis_backward(grad_x, *inputs)
@@ -388,7 +453,9 @@ def test_missing_library_falls_back_to_reference_with_one_warning(monkeypatch):
     monkeypatch.setattr(ops, "_warned_fallback", False)
     monkeypatch.delenv("LTE_CUDA_REQUIRE_LIBRARY")
     inputs = make_inputs()
-    with pytest.warns(UserWarning, match="slow reference path: the compiled op library is not built"):
+    with pytest.warns(
+        UserWarning, match="slow reference path: the compiled op library is not built"
+    ):
         x, _ = ops.lte_basis(*inputs)
     torch.testing.assert_close(x, reference.lte_basis(*inputs)[0])
     import warnings
@@ -410,8 +477,9 @@ def test_library_built_against_another_torch_is_refused(monkeypatch):
 def test_outputs_over_2_pow_31_elements():
     # (B, Q, 4, C) with C = 512 and Q = 2^20 + 1 holds 2^31 + 2048 elements (4 GiB in float16).
     queries = (1 << 20) + 1
-    coef, freq, phase_weight, _, _ = make_inputs(batch=1, channels=512, height=4, width=4,
-                                                  dtype=torch.float16)
+    coef, freq, phase_weight, _, _ = make_inputs(
+        batch=1, channels=512, height=4, width=4, dtype=torch.float16
+    )
     coord = torch.linspace(-1, 1, queries).view(1, -1, 1).expand(1, queries, 2).contiguous()
     cell = torch.full_like(coord, 0.01)
     x, weights = ops.lte_basis(coef, freq, phase_weight, coord, cell)
@@ -436,12 +504,14 @@ def grid_sample_has_double_backward() -> bool:
     return True
 
 
-@pytest.mark.skipif(not grid_sample_has_double_backward(),
-                    reason="this torch's grid_sample has no double backward")
+@pytest.mark.skipif(
+    not grid_sample_has_double_backward(), reason="this torch's grid_sample has no double backward"
+)
 def test_reference_gradcheck_double_backward_is_available():
     # The reference is plain autograd: the documented way to get second-order gradients.
-    coef, freq, phase_weight, coord, cell = make_inputs(batch=1, channels=4, height=3, width=3,
-                                                        queries=4)
+    coef, freq, phase_weight, coord, cell = make_inputs(
+        batch=1, channels=4, height=3, width=3, queries=4
+    )
     coef.requires_grad_(True)
     torch.autograd.gradgradcheck(
         lambda c: reference.lte_basis(c, freq, phase_weight, coord, cell)[0], (coef,)
@@ -474,8 +544,11 @@ def bad_grad_x():
     return [
         ("shape", lambda g: g[:, :-1], r"grad_x must have shape \(B, Q, 4, C\) = \(2, 50, 4, 8\)"),
         ("neighbours", lambda g: g[:, :, :3], r"grad_x must have shape \(B, Q, 4, C\)"),
-        ("dtype", lambda g: g.double(),
-         r"grad_x must have the dtype of coef \((torch\.float32|Float)\) or float16/bfloat16"),
+        (
+            "dtype",
+            lambda g: g.double(),
+            r"grad_x must have the dtype of coef \((torch\.float32|Float)\) or float16/bfloat16",
+        ),
     ]
 
 
@@ -532,12 +605,20 @@ def test_kernel_variants_are_selected_by_environment_or_call(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("batch, height, width, queries",
-                         [(2, 6, 5, 300), (1, 9, 11, 7), (3, 1, 1, 20)])
+@pytest.mark.parametrize(
+    "batch, height, width, queries", [(2, 6, 5, 300), (1, 9, 11, 7), (3, 1, 1, 20)]
+)
 def test_sync_free_backward_equals_the_default_on_cpu(dtype, batch, height, width, queries):
     """Same groups (also with pixels no query reads), same order, so the same bits."""
-    inputs = make_inputs(batch=batch, channels=16, height=height, width=width, queries=queries,
-                         dtype=torch.float32, coord_range=1.2)
+    inputs = make_inputs(
+        batch=batch,
+        channels=16,
+        height=height,
+        width=width,
+        queries=queries,
+        dtype=torch.float32,
+        coord_range=1.2,
+    )
     geometry_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     inputs = [t.to(dtype) for t in inputs[:3]] + [t.to(geometry_dtype) for t in inputs[3:]]
     grad_x = torch.randn(batch, queries, 4, 16, dtype=torch.float32).to(dtype)
@@ -594,18 +675,28 @@ def test_variants_pass_opcheck(monkeypatch, variant):
     inputs = make_inputs(batch=2, channels=8, height=4, width=5, queries=9, dtype=torch.float32)
     for t in inputs[:3]:
         t.requires_grad_(True)
-    torch.library.opcheck(torch.ops.lte_cuda.lte_basis.default, tuple(inputs),
-                          {"out_dtype": torch.bfloat16})
+    torch.library.opcheck(
+        torch.ops.lte_cuda.lte_basis.default, tuple(inputs), {"out_dtype": torch.bfloat16}
+    )
     plain = [t.detach() for t in inputs]
     grad_x = torch.randn(2, 9, 4, 8, dtype=torch.bfloat16)
-    torch.library.opcheck(torch.ops.lte_cuda.lte_basis_backward.default, (grad_x, *plain),
-                          {"sync_free": True})
+    torch.library.opcheck(
+        torch.ops.lte_cuda.lte_basis_backward.default, (grad_x, *plain), {"sync_free": True}
+    )
 
 
 @pytest.mark.cuda
 def test_cuda_sync_free_backward_needs_no_host_sync_and_matches_the_default():
-    inputs = make_inputs(batch=2, channels=64, height=16, width=16, queries=5000,
-                         dtype=torch.float32, device="cuda", coord_range=1.2)
+    inputs = make_inputs(
+        batch=2,
+        channels=64,
+        height=16,
+        width=16,
+        queries=5000,
+        dtype=torch.float32,
+        device="cuda",
+        coord_range=1.2,
+    )
     grad_x = torch.randn(2, 5000, 4, 64, device="cuda")
     default = torch.ops.lte_cuda.lte_basis_backward(grad_x, *inputs)
     torch.cuda.synchronize()
@@ -621,8 +712,9 @@ def test_cuda_sync_free_backward_needs_no_host_sync_and_matches_the_default():
 
 @pytest.mark.cuda
 def test_cuda_out_dtype_equals_the_float32_output_rounded():
-    inputs = make_inputs(batch=2, channels=64, height=9, width=11, queries=3000,
-                         dtype=torch.float32, device="cuda")
+    inputs = make_inputs(
+        batch=2, channels=64, height=9, width=11, queries=3000, dtype=torch.float32, device="cuda"
+    )
     x, weights = torch.ops.lte_cuda.lte_basis(*inputs, out_dtype=torch.bfloat16)
     x32, weights32 = torch.ops.lte_cuda.lte_basis(*inputs)
     assert torch.equal(x, x32.bfloat16()) and torch.equal(weights, weights32.bfloat16())

@@ -22,7 +22,10 @@ def project_files() -> list[str]:
         pytest.skip("needs a git checkout to list the project's files")
     listing = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     return [name for name in listing if (ROOT / name).is_file()]
 

@@ -30,13 +30,21 @@ TINY_IMNET = {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [16]}}
 TINY_ENCODER_ARGS = {
     "edsr-baseline-lte": {"n_resblocks": 2, "n_feats": 8},
     "rdn-lte": {"G0": 8, "D": 2, "C": 2, "G": 4},
-    "swinir-lte": {"img_size": 16, "embed_dim": 12, "depths": [2], "num_heads": [2], "window_size": 4},
+    "swinir-lte": {
+        "img_size": 16,
+        "embed_dim": 12,
+        "depths": [2],
+        "num_heads": [2],
+        "window_size": 4,
+    },
 }
 
 
 def tiny_model(preset: str = "edsr-baseline-lte") -> LTE:
     torch.manual_seed(0)
-    return build_preset(preset, TINY_ENCODER_ARGS[preset], hidden_dim=16, imnet_spec=TINY_IMNET).eval()
+    return build_preset(
+        preset, TINY_ENCODER_ARGS[preset], hidden_dim=16, imnet_spec=TINY_IMNET
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -74,13 +82,17 @@ def model_prediction(model: LTE, image: torch.Tensor, out_h: int, out_w: int) ->
         ({"scale": 0.5}, (7, 9)),  # 6.5, 8.5 round up
     ],
 )
-def test_output_size_is_exact(model: LTE, image: torch.Tensor, kwargs: dict, expected: tuple) -> None:
+def test_output_size_is_exact(
+    model: LTE, image: torch.Tensor, kwargs: dict, expected: tuple
+) -> None:
     assert output_size(13, 17, **kwargs) == expected
     assert upscale(image, model=model, device="cpu", **kwargs).shape == (3, *expected)
 
 
 @pytest.mark.parametrize("scale", [2.0, (1.5, 6.5)])
-def test_matches_model_forward_with_cell_enlargement(model: LTE, image: torch.Tensor, scale) -> None:
+def test_matches_model_forward_with_cell_enlargement(
+    model: LTE, image: torch.Tensor, scale
+) -> None:
     result = upscale(image, scale, model=model, device="cpu")
     expected = model_prediction(model, image, *result.shape[-2:])
     torch.testing.assert_close(result, expected, atol=1e-6, rtol=0)
@@ -93,7 +105,9 @@ def test_chunked_equals_one_chunk(model: LTE, image: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize("scale", [2.7, (1.5, 3.2)])
-def test_self_ensemble_averages_over_flips_and_transposes(model: LTE, image: torch.Tensor, scale) -> None:
+def test_self_ensemble_averages_over_flips_and_transposes(
+    model: LTE, image: torch.Tensor, scale
+) -> None:
     result = upscale(image, scale, model=model, device="cpu", self_ensemble=True)
     out_h, out_w = result.shape[-2:]
     outputs = []
@@ -180,7 +194,9 @@ def test_cuda_matches_cpu(image: torch.Tensor) -> None:
 
 def test_tensor_uint8_float_and_pil_agree(model: LTE, image: torch.Tensor) -> None:
     as_uint8 = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    from_float = upscale(torch.from_numpy(as_uint8).permute(2, 0, 1) / 255.0, 2, model=model, device="cpu")
+    from_float = upscale(
+        torch.from_numpy(as_uint8).permute(2, 0, 1) / 255.0, 2, model=model, device="cpu"
+    )
     expected = np.rint(from_float.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
 
     out_uint8 = upscale(as_uint8, 2, model=model, device="cpu")
@@ -201,7 +217,9 @@ def test_batched_tensor_keeps_dtype_and_layout(model: LTE) -> None:
     batch = torch.rand(2, 3, 9, 11, dtype=torch.float64)
     out = upscale(batch, 1.5, model=model, device="cpu")
     assert out.shape == (2, 3, 14, 17) and out.dtype == torch.float64
-    torch.testing.assert_close(out[1].float(), upscale(batch[1].float(), 1.5, model=model, device="cpu"))
+    torch.testing.assert_close(
+        out[1].float(), upscale(batch[1].float(), 1.5, model=model, device="cpu")
+    )
 
 
 def test_rgba_colour_through_model_alpha_bicubic(model: LTE, image: torch.Tensor) -> None:
@@ -244,7 +262,11 @@ def test_pil_modes(model: LTE, mode: str, out_mode: str) -> None:
         ({"scale": math.nan}, ValueError, r"scale must be positive and finite, got nan"),
         ({"scale": math.inf}, ValueError, r"scale must be positive and finite, got inf"),
         ({"scale": (2.0, 0.0)}, ValueError, r"scale must be positive and finite"),
-        ({"scale": 1e300}, ValueError, r"scale=1e\+300 on a 17x13 image exceeds the maximum output side"),
+        (
+            {"scale": 1e300},
+            ValueError,
+            r"scale=1e\+300 on a 17x13 image exceeds the maximum output side",
+        ),
         ({"scale": 0.01}, ValueError, r"gives an empty output"),
         ({"scale": "2"}, TypeError, r"scale must be a number or \(scale_y, scale_x\), got '2'"),
         ({"scale": True}, TypeError, r"scale must be a number"),
@@ -257,17 +279,47 @@ def test_pil_modes(model: LTE, mode: str, out_mode: str) -> None:
         ({"size": (5,)}, TypeError, r"size must be \(width, height\)"),
         ({"size": (70000, 5)}, ValueError, r"output 70000x5 is too large"),
         ({"size": (60000, 60000)}, ValueError, r"output 60000x60000 is too large"),
-        ({"scale": 2, "device": "tpu"}, ValueError, r"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got 'tpu'"),
+        (
+            {"scale": 2, "device": "tpu"},
+            ValueError,
+            r"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got 'tpu'",
+        ),
         ({"scale": 2, "device": "banana"}, ValueError, r"device must be .* got 'banana'"),
-        ({"scale": 2, "precision": "fp64"}, ValueError, r"precision must be one of \['bf16', 'fp16', 'fp32'\], got 'fp64'"),
-        ({"scale": 2, "chunk_size": 0}, ValueError, r"chunk_size must be a positive integer, got 0"),
-        ({"scale": 2, "tile_size": -1}, ValueError, r"tile_size must be a positive integer, got -1"),
-        ({"scale": 2, "tile_size": 2.5}, ValueError, r"tile_size must be a positive integer, got 2.5"),
-        ({"scale": 2, "tile_overlap": -1}, ValueError, r"tile_overlap must be a non-negative integer"),
-        ({"scale": 2, "self_ensemble": 1}, TypeError, r"self_ensemble must be True or False, got 1"),
+        (
+            {"scale": 2, "precision": "fp64"},
+            ValueError,
+            r"precision must be one of \['bf16', 'fp16', 'fp32'\], got 'fp64'",
+        ),
+        (
+            {"scale": 2, "chunk_size": 0},
+            ValueError,
+            r"chunk_size must be a positive integer, got 0",
+        ),
+        (
+            {"scale": 2, "tile_size": -1},
+            ValueError,
+            r"tile_size must be a positive integer, got -1",
+        ),
+        (
+            {"scale": 2, "tile_size": 2.5},
+            ValueError,
+            r"tile_size must be a positive integer, got 2.5",
+        ),
+        (
+            {"scale": 2, "tile_overlap": -1},
+            ValueError,
+            r"tile_overlap must be a non-negative integer",
+        ),
+        (
+            {"scale": 2, "self_ensemble": 1},
+            TypeError,
+            r"self_ensemble must be True or False, got 1",
+        ),
     ],
 )
-def test_bad_arguments(model: LTE, image: torch.Tensor, kwargs: dict, error: type, match: str) -> None:
+def test_bad_arguments(
+    model: LTE, image: torch.Tensor, kwargs: dict, error: type, match: str
+) -> None:
     with pytest.raises(error, match=match):
         upscale(image, model=model, **{"device": "cpu", **kwargs})
 
@@ -275,15 +327,39 @@ def test_bad_arguments(model: LTE, image: torch.Tensor, kwargs: dict, error: typ
 @pytest.mark.parametrize(
     "bad_image, error, match",
     [
-        ([[0.5]], TypeError, r"image must be a PIL.Image, a numpy array or a torch tensor, got list"),
-        (np.zeros((4, 4, 3), np.int32), TypeError, r"numpy arrays must be uint8, uint16 or float in \[0, 1\], got dtype int32"),
-        (np.zeros((4, 4, 5), np.uint8), ValueError, r"\(H, W\) or \(H, W, C\) with C in 1..4, got shape \(4, 4, 5\)"),
+        (
+            [[0.5]],
+            TypeError,
+            r"image must be a PIL.Image, a numpy array or a torch tensor, got list",
+        ),
+        (
+            np.zeros((4, 4, 3), np.int32),
+            TypeError,
+            r"numpy arrays must be uint8, uint16 or float in \[0, 1\], got dtype int32",
+        ),
+        (
+            np.zeros((4, 4, 5), np.uint8),
+            ValueError,
+            r"\(H, W\) or \(H, W, C\) with C in 1..4, got shape \(4, 4, 5\)",
+        ),
         (np.zeros((2, 4, 4, 3), np.uint8), ValueError, r"got shape \(2, 4, 4, 3\)"),
         (np.zeros((0, 4, 3), np.uint8), ValueError, r"image is empty"),
-        (np.full((4, 4), 2.0), ValueError, r"float values must lie in \[0, 1\], got range \[2, 2\]"),
+        (
+            np.full((4, 4), 2.0),
+            ValueError,
+            r"float values must lie in \[0, 1\], got range \[2, 2\]",
+        ),
         (np.full((4, 4), np.nan), ValueError, r"image contains NaN or infinite values"),
-        (torch.zeros(3, 4, 4, dtype=torch.uint8), TypeError, r"tensors must be float in \[0, 1\], got dtype torch.uint8"),
-        (torch.zeros(4, 4), ValueError, r"tensors must be \(C, H, W\) or \(B, C, H, W\) with C in 1..4, got shape \(4, 4\)"),
+        (
+            torch.zeros(3, 4, 4, dtype=torch.uint8),
+            TypeError,
+            r"tensors must be float in \[0, 1\], got dtype torch.uint8",
+        ),
+        (
+            torch.zeros(4, 4),
+            ValueError,
+            r"tensors must be \(C, H, W\) or \(B, C, H, W\) with C in 1..4, got shape \(4, 4\)",
+        ),
         (torch.full((3, 4, 4), -0.5), ValueError, r"got range \[-0.5, -0.5\]"),
         (Image.new("I;16", (4, 4)), TypeError, r"PIL mode 'I;16' is not supported"),
     ],
@@ -304,7 +380,9 @@ def test_models_by_path_preset_and_default(
 ) -> None:
     expected = upscale(image, 2, model=model, device="cpu")
     save_model(model, tmp_path / "tiny.pth")
-    torch.testing.assert_close(upscale(image, 2, model=tmp_path / "tiny.pth", device="cpu"), expected)
+    torch.testing.assert_close(
+        upscale(image, 2, model=tmp_path / "tiny.pth", device="cpu"), expected
+    )
 
     monkeypatch.setattr(upscale_module, "WEIGHTS_DIR", tmp_path)
     monkeypatch.setattr(upscale_module, "DEFAULT_WEIGHTS", tmp_path / "default.pth")
@@ -322,7 +400,10 @@ def test_models_by_path_preset_and_default(
 def test_bad_models(image: torch.Tensor, tmp_path) -> None:
     with pytest.raises(CheckpointError, match=r"missing\.pth: no such file"):
         upscale(image, 2, model=str(tmp_path / "missing.pth"), device="cpu")
-    with pytest.raises(TypeError, match=r"model must be an LTE module, a checkpoint path or a preset name, got Conv2d"):
+    with pytest.raises(
+        TypeError,
+        match=r"model must be an LTE module, a checkpoint path or a preset name, got Conv2d",
+    ):
         upscale(image, 2, model=nn.Conv2d(3, 3, 1), device="cpu")
     with pytest.raises(TypeError, match=r"model must be an LTE module, got int"):
         super_resolve(42, image[None], (4, 4))

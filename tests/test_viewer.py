@@ -85,7 +85,9 @@ def tile(server, kind: str, level: int, x: int, y: int) -> np.ndarray:
 @pytest.mark.parametrize("level, x, y", [(0, 0, 0), (64, 0, 0), (150, 1, 2), (150, 3, 3)])
 def test_lte_tile_equals_the_crop_of_upscale(server, photo, checkpoint, level, x, y) -> None:
     out_w, out_h = get_info(server)["levels"][level]
-    expected = np.asarray(upscale(photo, size=(out_w, out_h), model=str(checkpoint), device="cpu")).astype(int)
+    expected = np.asarray(
+        upscale(photo, size=(out_w, out_h), model=str(checkpoint), device="cpu")
+    ).astype(int)
     top, left = y * TILE_SIZE, x * TILE_SIZE
     got = tile(server, "lte", level, x, y)
     assert got.shape == expected[top : top + TILE_SIZE, left : left + TILE_SIZE].shape
@@ -99,11 +101,18 @@ def test_blockwise_features_give_the_whole_images_tiles() -> None:
     # 200x130. At 4x the first tile needs only the blocks of input columns 0:128, the second
     # those of 128:200 too, encoded alone: their context must come from the first ones' pixels.
     image = Image.open(PHOTO).convert("RGB").resize((200, 130), Image.Resampling.BICUBIC)
-    tiles = [TileKey("lte", 64, 0, 0), TileKey("lte", 64, 2, 0), TileKey("lte", 64, 2, 1), TileKey("lte", 32, 1, 1)]
+    tiles = [
+        TileKey("lte", 64, 0, 0),
+        TileKey("lte", 64, 2, 0),
+        TileKey("lte", 64, 2, 1),
+        TileKey("lte", 32, 1, 1),
+    ]
     model = resolve_model(None)
     grid = TileGrid(image.height, image.width)
     expected = {
-        level: np.asarray(upscale(image, size=grid.sizes[level][::-1], model=model, device="cpu")).astype(int)
+        level: np.asarray(
+            upscale(image, size=grid.sizes[level][::-1], model=model, device="cpu")
+        ).astype(int)
         for level in {key.level for key in tiles}
     }
     one_block = 2 * 128 * BLOCK * BLOCK * 4  # coef and freq, 128 channels, float32
@@ -114,7 +123,10 @@ def test_blockwise_features_give_the_whole_images_tiles() -> None:
         for key in tiles:
             top, left, bottom, right = grid.box(key)
             got = renderer.render(key).astype(int)
-            assert np.abs(got - expected[key.level][top:bottom, left:right]).max() <= 1, (feature_bytes, key)
+            assert np.abs(got - expected[key.level][top:bottom, left:right]).max() <= 1, (
+                feature_bytes,
+                key,
+            )
         assert renderer.features.bytes <= bound
 
 
@@ -122,13 +134,19 @@ def test_swinir_tiles_come_from_whole_image_features(photo) -> None:
     """SwinIR attends across the image: its features are not cut into blocks."""
     torch.manual_seed(0)
     swinir = {"img_size": 16, "embed_dim": 12, "depths": [2], "num_heads": [2], "window_size": 4}
-    model = build_preset("swinir-lte", swinir, hidden_dim=16,
-                         imnet_spec={"name": "mlp", "args": {"out_dim": 3, "hidden_list": [16]}}).eval()
+    model = build_preset(
+        "swinir-lte",
+        swinir,
+        hidden_dim=16,
+        imnet_spec={"name": "mlp", "args": {"out_dim": 3, "hidden_list": [16]}},
+    ).eval()
     renderer = TileRenderer(photo, model, torch.device("cpu"))
     renderer.prepare()
     assert renderer.state == "ready" and not renderer.features.blockwise
     out_h, out_w = renderer.grid.sizes[40]
-    expected = np.asarray(upscale(photo, size=(out_w, out_h), model=model, device="cpu")).astype(int)
+    expected = np.asarray(upscale(photo, size=(out_w, out_h), model=model, device="cpu")).astype(
+        int
+    )
     got = renderer.render(TileKey("lte", 40, 0, 0)).astype(int)
     assert np.abs(got - expected[:TILE_SIZE, :TILE_SIZE]).max() <= 1
 
@@ -178,8 +196,14 @@ def test_bad_tile_requests_get_400_with_a_message(server, query, message) -> Non
 
 @pytest.mark.parametrize(
     "path",
-    ["/../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "/static/../../setup.py", "/lte_cuda/cli.py",
-     "//etc/passwd", "/viewer.js/../../../etc/passwd"],
+    [
+        "/../../etc/passwd",
+        "/%2e%2e/%2e%2e/etc/passwd",
+        "/static/../../setup.py",
+        "/lte_cuda/cli.py",
+        "//etc/passwd",
+        "/viewer.js/../../../etc/passwd",
+    ],
 )
 def test_no_file_outside_the_page_is_served(server, path) -> None:
     status, body = get(server, path)
@@ -227,9 +251,17 @@ def test_stale_requests_are_dropped_and_the_newest_view_goes_first() -> None:
     scheduler.submit("busy", "page", 1, release.wait)  # occupies the only worker
     while scheduler.queued():
         threading.Event().wait(0.01)
-    stale = [scheduler.submit(("old", i), "page", 1, lambda i=i: ran.append(("old", i))) for i in range(3)]
-    kept = scheduler.submit(("old", 0), "page", 2, lambda: ran.append("never: joins the queued job"))
-    new = [scheduler.submit(("new", i), "page", 2, lambda i=i: ran.append(("new", i))) for i in range(2)]
+    stale = [
+        scheduler.submit(("old", i), "page", 1, lambda i=i: ran.append(("old", i)))
+        for i in range(3)
+    ]
+    kept = scheduler.submit(
+        ("old", 0), "page", 2, lambda: ran.append("never: joins the queued job")
+    )
+    new = [
+        scheduler.submit(("new", i), "page", 2, lambda i=i: ran.append(("new", i)))
+        for i in range(2)
+    ]
     other = scheduler.submit("other page", "other", 1, lambda: ran.append("other page"))
     release.set()
     for future in new + [kept, other]:
@@ -277,13 +309,23 @@ def test_tile_grid_levels_and_edges() -> None:
     assert grid.box(TileKey("lte", 32, 3, 2)) == (512, 768, 600, 902)
 
 
-
 @pytest.mark.parametrize("host, warned", [("127.0.0.1", False), ("0.0.0.0", True)])
 def test_view_command_serves_until_ctrl_c(tmp_path, photo, checkpoint, host, warned) -> None:
     image = tmp_path / "photo.png"
     photo.save(image)
-    command = [sys.executable, "-m", "lte_cuda", "view", str(image), "--model", str(checkpoint),
-               "--device", "cpu", "--host", host]
+    command = [
+        sys.executable,
+        "-m",
+        "lte_cuda",
+        "view",
+        str(image),
+        "--model",
+        str(checkpoint),
+        "--device",
+        "cpu",
+        "--host",
+        host,
+    ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = process.stdout.readline()
@@ -311,7 +353,9 @@ def test_view_command_serves_until_ctrl_c(tmp_path, photo, checkpoint, host, war
         (["PHOTO", "--host", "no.such.host.invalid"], "cannot listen on no.such.host.invalid"),
     ],
 )
-def test_view_command_errors_are_one_line(tmp_path, checkpoint, capsys, monkeypatch, argv, message) -> None:
+def test_view_command_errors_are_one_line(
+    tmp_path, checkpoint, capsys, monkeypatch, argv, message
+) -> None:
     monkeypatch.chdir(tmp_path)
     argv = [str(PHOTO) if a == "PHOTO" else a for a in argv]
     assert main(["view", *argv, "--model", str(checkpoint)]) == 1
@@ -322,9 +366,12 @@ def test_view_command_errors_are_one_line(tmp_path, checkpoint, capsys, monkeypa
 def test_16_bit_and_gray_images_are_shown_as_8_bit_rgb() -> None:
     deep = np.array([[0, 257, 65535]], dtype=np.uint16)
     assert np.asarray(as_8bit_rgb(deep)).tolist() == [[[0, 0, 0], [1, 1, 1], [255, 255, 255]]]
-    colour = np.zeros((1, 1, 4), dtype=np.uint16) + np.array([65535, 0, 514, 65535], dtype=np.uint16)
+    colour = np.zeros((1, 1, 4), dtype=np.uint16) + np.array(
+        [65535, 0, 514, 65535], dtype=np.uint16
+    )
     assert np.asarray(as_8bit_rgb(colour)).tolist() == [[[255, 0, 2]]]
     assert as_8bit_rgb(Image.new("LA", (2, 1), (7, 100))).getpixel((0, 0)) == (7, 7, 7)
+
 
 # --- the page in a real browser ----------------------------------------------------------
 
@@ -338,14 +385,22 @@ try:
 except ImportError:
     webdriver = None
 BROWSER_MISSING = (
-    "needs selenium (pip install selenium)" if webdriver is None
+    "needs selenium (pip install selenium)"
+    if webdriver is None
     else "needs Chromium and its driver (apt-get install chromium chromium-driver)"
-    if not (CHROMIUM and CHROMEDRIVER) else None
+    if not (CHROMIUM and CHROMEDRIVER)
+    else None
 )
 needs_browser = pytest.mark.skipif(BROWSER_MISSING is not None, reason=str(BROWSER_MISSING))
 CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
     "--force-color-profile=srgb",
 )
 
@@ -355,7 +410,9 @@ def open_browser(profile: Path, device_pixel_ratio: int, window: str):
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in CHROMIUM_FLAGS + (
-        f"--user-data-dir={profile}", f"--window-size={window}", f"--force-device-scale-factor={device_pixel_ratio}"
+        f"--user-data-dir={profile}",
+        f"--window-size={window}",
+        f"--force-device-scale-factor={device_pixel_ratio}",
     ):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
@@ -386,8 +443,12 @@ def serve(tmp_path: Path):
             thing.shutdown()
             thing.server_close()
     if os.environ.get("LTE_VIEWER_SCREENSHOTS"):  # to look at them
-        shutil.copytree(tmp_path, os.environ["LTE_VIEWER_SCREENSHOTS"], dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("profile"))
+        shutil.copytree(
+            tmp_path,
+            os.environ["LTE_VIEWER_SCREENSHOTS"],
+            dirs_exist_ok=True,
+            ignore=shutil.ignore_patterns("profile"),
+        )
 
 
 def wait_for_tiles(driver) -> dict:
@@ -408,7 +469,9 @@ def screenshot(driver, path: Path) -> np.ndarray:
         "return [r.left, r.top, r.width, r.height, window.devicePixelRatio];"
     )
     left, top, width, height = (round(v * ratio) for v in (left, top, width, height))
-    return np.asarray(Image.open(path).convert("RGB"))[top : top + height, left : left + width].astype(int)
+    return np.asarray(Image.open(path).convert("RGB"))[
+        top : top + height, left : left + width
+    ].astype(int)
 
 
 def assert_shows_upscale(shown: np.ndarray, image: Image.Image, state: dict, filled: bool) -> None:
@@ -449,7 +512,9 @@ def test_page_in_a_real_browser(serve, photo, tmp_path) -> None:
         if saved.exists():
             break
         threading.Event().wait(0.1)
-    assert np.array_equal(np.asarray(Image.open(saved).convert("RGB")), shown), "Save view != the screen"
+    assert np.array_equal(np.asarray(Image.open(saved).convert("RGB")), shown), (
+        "Save view != the screen"
+    )
 
     ActionChains(browser).drag_and_drop_by_offset(canvas, 60, 40).perform()
     dragged = wait_for_tiles(browser)

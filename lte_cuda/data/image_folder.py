@@ -143,7 +143,9 @@ class SkimagePhotos(Dataset):
             for array in _bundled_uint8_images(name):
                 if array.ndim == 2:
                     array = np.repeat(array[:, :, None], 3, axis=2)
-                self.images.append(torch.from_numpy(array[:, :, :3].copy()).permute(2, 0, 1).contiguous())
+                self.images.append(
+                    torch.from_numpy(array[:, :, :3].copy()).permute(2, 0, 1).contiguous()
+                )
 
     def __len__(self) -> int:
         return len(self.images) * self.repeat

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image
 
-ImageLike = Union[Image.Image, np.ndarray, torch.Tensor]
+ImageLike = Image.Image | np.ndarray | torch.Tensor
 
 PIL_MODES = ("L", "LA", "RGB", "RGBA")
 # The value of full intensity for each integer pixel dtype.
@@ -26,7 +26,9 @@ class Pixels(NamedTuple):
     """An image as a pixel tensor, with what it takes to hand a result back in its kind."""
 
     tensor: torch.Tensor  # (B, C, H, W): uint8/uint16 as given, else float32 in [0, 1]
-    new_output: Callable[[int, int], torch.Tensor]  # (B, C, H', W') like ``tensor``, laid out for restore
+    new_output: Callable[
+        [int, int], torch.Tensor
+    ]  # (B, C, H', W') like ``tensor``, laid out for restore
     restore: Callable[[torch.Tensor], ImageLike]  # a ``new_output`` tensor -> the caller's kind
 
 
@@ -87,7 +89,9 @@ def _from_numpy(array: np.ndarray) -> Pixels:
 
     def new_output(height: int, width: int) -> torch.Tensor:
         # (H, W, C) storage: the array handed back is then contiguous, with no copy.
-        return torch.empty((1, height, width, tensor.shape[1]), dtype=tensor.dtype).permute(0, 3, 1, 2)
+        return torch.empty((1, height, width, tensor.shape[1]), dtype=tensor.dtype).permute(
+            0, 3, 1, 2
+        )
 
     def restore(result: torch.Tensor) -> np.ndarray:
         out = result[0].permute(1, 2, 0).numpy()
@@ -128,5 +132,7 @@ def _checked(pixels: torch.Tensor) -> torch.Tensor:
         raise ValueError("image contains NaN or infinite values")
     low, high = pixels.min().item(), pixels.max().item()
     if low < 0 or high > 1:
-        raise ValueError(f"image: float values must lie in [0, 1], got range [{low:.4g}, {high:.4g}]")
+        raise ValueError(
+            f"image: float values must lie in [0, 1], got range [{low:.4g}, {high:.4g}]"
+        )
     return pixels

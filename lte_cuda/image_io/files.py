@@ -25,12 +25,12 @@ import threading
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
 
-Pixels = Union[Image.Image, np.ndarray]
+Pixels = Image.Image | np.ndarray
 
 # Files a folder run picks up; partial files end in PARTIAL_TAG + random hex, never in these.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
@@ -93,7 +93,9 @@ class ImageFile:
         """The same file with new (e.g. upscaled) frames: the DPI is scaled by the change of
         size, so that the print size stays the same, and EXIF's pixel dimensions follow."""
         (old_w, old_h), (new_w, new_h) = self.size, pixel_size(frames[0])
-        dpi = None if self.dpi is None else (self.dpi[0] * new_w / old_w, self.dpi[1] * new_h / old_h)
+        dpi = (
+            None if self.dpi is None else (self.dpi[0] * new_w / old_w, self.dpi[1] * new_h / old_h)
+        )
         exif = None if self.exif is None else _exif_with_size(self.exif, new_w, new_h)
         return dataclasses.replace(self, frames=tuple(frames), dpi=dpi, exif=exif)
 
@@ -169,14 +171,17 @@ def _read_pixels(image: Image.Image, path: str | os.PathLike) -> Pixels:
     return upright
 
 
-def _read_16bit_colour(path: str | os.PathLike, high: Image.Image, low_rawmodes: list) -> np.ndarray:
+def _read_16bit_colour(
+    path: str | os.PathLike, high: Image.Image, low_rawmodes: list
+) -> np.ndarray:
     """16-bit RGB/RGBA as ``uint16 (H, W, C)``: ``high`` holds each sample's high byte (Pillow
     has no 16-bit colour mode); decoding the file again with the opposite byte order's raw
     modes gives the low bytes. Works for every decoder Pillow uses (PNG zip, TIFF raw and
     libtiff), compressed or not."""
     with Image.open(path) as image:
         image.tile = [
-            tile._replace(args=_with_rawmode(tile, raw)) for tile, raw in zip(image.tile, low_rawmodes)
+            tile._replace(args=_with_rawmode(tile, raw))
+            for tile, raw in zip(image.tile, low_rawmodes)
         ]
         low = ImageOps.exif_transpose(image)
     return (np.asarray(high).astype(np.uint16) << 8) | np.asarray(low)
@@ -184,7 +189,9 @@ def _read_16bit_colour(path: str | os.PathLike, high: Image.Image, low_rawmodes:
 
 def _rawmode(tile) -> str | None:
     args = tile.args
-    return args if isinstance(args, str) else (args[0] if args and isinstance(args[0], str) else None)
+    return (
+        args if isinstance(args, str) else (args[0] if args and isinstance(args[0], str) else None)
+    )
 
 
 def _with_rawmode(tile, rawmode: str):
@@ -258,7 +265,9 @@ def check_output(path: str | os.PathLike, frame_count: int = 1) -> str:
     suffix = Path(path).suffix
     fmt = Image.registered_extensions().get(suffix.lower())
     if fmt is None or fmt not in Image.SAVE:
-        raise ValueError(f"{path}: cannot tell the image format to write from the extension {suffix!r}")
+        raise ValueError(
+            f"{path}: cannot tell the image format to write from the extension {suffix!r}"
+        )
     if frame_count > 1 and fmt not in MULTI_FRAME_FORMATS:
         raise ValueError(
             f"{path}: {fmt} cannot hold the {frame_count} frames of an animation; "
@@ -279,7 +288,9 @@ def write_image(pixels: Pixels, path: str | os.PathLike, *, quality: int = DEFAU
     write_image_file(ImageFile(frames=(pixels,)), path, quality=quality)
 
 
-def write_image_file(image: ImageFile, path: str | os.PathLike, *, quality: int = DEFAULT_QUALITY) -> None:
+def write_image_file(
+    image: ImageFile, path: str | os.PathLike, *, quality: int = DEFAULT_QUALITY
+) -> None:
     """Write ``image`` to ``path`` (format from the extension), atomically.
 
     EXIF, ICC profile and DPI go where the format holds them; ``quality`` (1..100) applies to
@@ -315,7 +326,9 @@ def _save_options(image: ImageFile, fmt: str, frames: list[Image.Image], quality
     if fmt in EXIF_FORMATS:
         options["exif"] = image.exif or b""
     if fmt in ICC_FORMATS:
-        options["icc_profile"] = image.icc_profile if _icc_fits(image.icc_profile, frames[0]) else None
+        options["icc_profile"] = (
+            image.icc_profile if _icc_fits(image.icc_profile, frames[0]) else None
+        )
     if fmt in DPI_FORMATS and image.dpi:
         options["dpi"] = image.dpi
     if len(frames) > 1:
@@ -359,7 +372,9 @@ def _for_format(frame: Pixels, fmt: str) -> Image.Image:
 
 def _checked_16bit(pixels: np.ndarray) -> np.ndarray:
     """``pixels`` as ``(H, W, C)``, checked to be a uint16 image."""
-    if pixels.dtype != np.uint16 or not (pixels.ndim == 2 or (pixels.ndim == 3 and 1 <= pixels.shape[2] <= 4)):
+    if pixels.dtype != np.uint16 or not (
+        pixels.ndim == 2 or (pixels.ndim == 3 and 1 <= pixels.shape[2] <= 4)
+    ):
         raise TypeError(
             f"image arrays to write must be uint16 (H, W) or (H, W, C), got {pixels.dtype} {pixels.shape}"
         )
@@ -380,7 +395,9 @@ def _png16_bytes(pixels: np.ndarray, icc: bytes | None, dpi, exif: bytes | None)
     if icc:
         chunks.append((b"iCCP", b"ICC profile\0\0" + zlib.compress(icc)))
     if dpi:
-        chunks.append((b"pHYs", struct.pack(">IIB", round(dpi[0] / 0.0254), round(dpi[1] / 0.0254), 1)))
+        chunks.append(
+            (b"pHYs", struct.pack(">IIB", round(dpi[0] / 0.0254), round(dpi[1] / 0.0254), 1))
+        )
     if exif:
         chunks.append((b"eXIf", exif[6:] if exif.startswith(b"Exif\0\0") else exif))
     chunks += [(b"IDAT", zlib.compress(rows.tobytes(), 6)), (b"IEND", b"")]
@@ -399,9 +416,15 @@ def _tiff16_bytes(pixels: np.ndarray, icc: bytes | None, dpi, exif: bytes | None
     if len(data) >= 2**32 - 2**20:
         raise ValueError(f"a {width}x{height} 16-bit TIFF would exceed 4 GiB; write a PNG")
     tags = {
-        256: _tiff_long(width), 257: _tiff_long(height), 258: _tiff_short(*[16] * channels),
-        259: _tiff_short(1), 262: _tiff_short(2 if channels >= 3 else 1), 273: _tiff_long(0),
-        277: _tiff_short(channels), 278: _tiff_long(height), 279: _tiff_long(len(data)),
+        256: _tiff_long(width),
+        257: _tiff_long(height),
+        258: _tiff_short(*[16] * channels),
+        259: _tiff_short(1),
+        262: _tiff_short(2 if channels >= 3 else 1),
+        273: _tiff_long(0),
+        277: _tiff_short(channels),
+        278: _tiff_long(height),
+        279: _tiff_long(len(data)),
         284: _tiff_short(1),
     }
     if dpi:
@@ -429,7 +452,9 @@ def _tiff_layout(tags: dict, data: bytes) -> bytes:
     """Header, one IFD of ``tags`` (tag -> (type, payload, count)), the values too long to
     sit in the IFD, then the strip ``data`` (whose offset, tag 273, is filled in here)."""
     values_at = 8 + 2 + 12 * len(tags) + 4
-    out_of_line = sum(len(payload) + len(payload) % 2 for _, payload, _ in tags.values() if len(payload) > 4)
+    out_of_line = sum(
+        len(payload) + len(payload) % 2 for _, payload, _ in tags.values() if len(payload) > 4
+    )
     tags[273] = _tiff_long(values_at + out_of_line)
     entries, values = [], b""
     for tag in sorted(tags):

@@ -45,9 +45,7 @@ class RDN(nn.Module):
         pad = (kernel_size - 1) // 2
         self.SFENet1 = nn.Conv2d(3, g0, kernel_size, padding=pad)
         self.SFENet2 = nn.Conv2d(g0, g0, kernel_size, padding=pad)
-        self.RDBs = nn.ModuleList(
-            [RDB(g0, growth, n_convs, kernel_size) for _ in range(n_blocks)]
-        )
+        self.RDBs = nn.ModuleList([RDB(g0, growth, n_convs, kernel_size) for _ in range(n_blocks)])
         self.GFF = nn.Sequential(
             nn.Conv2d(n_blocks * g0, g0, 1),
             nn.Conv2d(g0, g0, kernel_size, padding=pad),

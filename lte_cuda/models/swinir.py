@@ -274,7 +274,9 @@ class SwinIR(nn.Module):
             # The published code then shrinks the window to img_size, which breaks on larger inputs.
             raise ValueError(f"img_size ({img_size}) must exceed window_size ({window_size})")
         if len(depths) != len(num_heads):
-            raise ValueError(f"depths {list(depths)} and num_heads {list(num_heads)} lengths differ")
+            raise ValueError(
+                f"depths {list(depths)} and num_heads {list(num_heads)} lengths differ"
+            )
         self.window_size = window_size
         self.patches_resolution = (img_size, img_size)
         self.out_dim = 64
@@ -362,6 +364,13 @@ def make_swinir(
     if not no_upsampling:
         raise ValueError("swinir is only an LTE encoder here: no_upsampling must be True")
     return SwinIR(
-        img_size, embed_dim, depths, num_heads, window_size, mlp_ratio, qkv_bias, qk_scale,
+        img_size,
+        embed_dim,
+        depths,
+        num_heads,
+        window_size,
+        mlp_ratio,
+        qkv_bias,
+        qk_scale,
         drop_path_rate,
     )

@@ -34,12 +34,19 @@ def add_view_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     )
     parser.add_argument("image", metavar="IMAGE", help="the image to view")
     parser.add_argument(
-        "--model", help="checkpoint (.pth) or preset name with bundled weights (default: the bundled default model)"
+        "--model",
+        help="checkpoint (.pth) or preset name with bundled weights (default: the bundled default model)",
     )
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
-    parser.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one)")
     parser.add_argument(
-        "--host", default=DEFAULT_HOST, help=f"address to listen on (default: {DEFAULT_HOST}, this machine only)"
+        "--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=0, help="port to listen on (default: a free one)"
+    )
+    parser.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help=f"address to listen on (default: {DEFAULT_HOST}, this machine only)",
     )
     parser.add_argument("--open", action="store_true", help="open the page in the default browser")
     parser.set_defaults(func=run_view_command)

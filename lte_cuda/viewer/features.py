@@ -37,7 +37,13 @@ DECODE_CHUNK = 1 << 16  # queries per model call: one 256x256 tile
 class ImageFeatures:
     """Features of ``rgb (3, h, w)`` (uint8, or float in [0, 1]) for ``model`` on ``device``."""
 
-    def __init__(self, model: LTE, rgb: torch.Tensor, device: torch.device, max_bytes: int = DEFAULT_FEATURE_BYTES):
+    def __init__(
+        self,
+        model: LTE,
+        rgb: torch.Tensor,
+        device: torch.device,
+        max_bytes: int = DEFAULT_FEATURE_BYTES,
+    ):
         self.model = model.to(device).eval()
         self.rgb = rgb
         self.device = device
@@ -47,7 +53,9 @@ class ImageFeatures:
         # How far a feature pixel sees: the context a block needs around it to be exact.
         convs = max(receptive_radius(model.coef), receptive_radius(model.freq))
         self._overlap = receptive_radius(model.encoder) + convs
-        self._blocks: OrderedDict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._blocks: OrderedDict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = (
+            OrderedDict()
+        )
         self._whole: LTEFeatures | None = None
         self._lock = threading.Lock()
 
@@ -55,7 +63,9 @@ class ImageFeatures:
         """Encode the whole image now if the encoder cannot be run block by block."""
         if not self.blockwise:
             self._whole = encode_image(self.model, self.rgb.unsqueeze(0), device=self.device)
-            self.bytes = sum(t.numel() * t.element_size() for t in (self._whole.coef, self._whole.freq))
+            self.bytes = sum(
+                t.numel() * t.element_size() for t in (self._whole.coef, self._whole.freq)
+            )
 
     def decode(self, out_size: tuple[int, int], box: tuple[int, int, int, int]) -> torch.Tensor:
         """Output pixels ``box`` (top, left, bottom, right) of the image upscaled to
@@ -64,7 +74,11 @@ class ImageFeatures:
         out = torch.empty((3, bottom - top, right - left), dtype=torch.float32, device=self.device)
 
         def write(row: int, col: int, values: torch.Tensor) -> None:
-            out[:, row - top : row - top + values.shape[1], col - left : col - left + values.shape[2]] = values
+            out[
+                :,
+                row - top : row - top + values.shape[1],
+                col - left : col - left + values.shape[2],
+            ] = values
 
         image_size = tuple(self.rgb.shape[-2:])
         with torch.inference_mode():
@@ -76,22 +90,36 @@ class ImageFeatures:
     def _frame(image_size, out_size, box) -> tuple[int, int, int, int]:
         """The input pixels under output pixels ``box``, with one pixel of margin."""
         (h, w), (out_h, out_w), (top, left, bottom, right) = image_size, out_size, box
-        return (max(top * h // out_h - 1, 0), max(left * w // out_w - 1, 0),
-                min(-(-bottom * h // out_h) + 1, h), min(-(-right * w // out_w) + 1, w))
+        return (
+            max(top * h // out_h - 1, 0),
+            max(left * w // out_w - 1, 0),
+            min(-(-bottom * h // out_h) + 1, h),
+            min(-(-right * w // out_w) + 1, w),
+        )
 
-    def _features_for(self, frame: tuple[int, int, int, int]) -> tuple[LTEFeatures, tuple[int, int, int, int]]:
+    def _features_for(
+        self, frame: tuple[int, int, int, int]
+    ) -> tuple[LTEFeatures, tuple[int, int, int, int]]:
         if not self.blockwise:
             return self._whole, (0, 0, *self._whole.inp.shape[-2:])
         top, left, bottom, right = frame
         rows = range(top // BLOCK, (bottom - 1) // BLOCK + 1)
         cols = range(left // BLOCK, (right - 1) // BLOCK + 1)
         with self._lock:
-            self._encode_missing([(by, bx) for by in rows for bx in cols if (by, bx) not in self._blocks])
+            self._encode_missing(
+                [(by, bx) for by in rows for bx in cols if (by, bx) not in self._blocks]
+            )
             maps = []
             for index in (0, 1):  # coef, then freq
-                band = [torch.cat([self._use((by, bx))[index] for bx in cols], dim=3) for by in rows]
-                crop = torch.cat(band, dim=2)[:, :, top - rows[0] * BLOCK : bottom - rows[0] * BLOCK,
-                                              left - cols[0] * BLOCK : right - cols[0] * BLOCK]
+                band = [
+                    torch.cat([self._use((by, bx))[index] for bx in cols], dim=3) for by in rows
+                ]
+                crop = torch.cat(band, dim=2)[
+                    :,
+                    :,
+                    top - rows[0] * BLOCK : bottom - rows[0] * BLOCK,
+                    left - cols[0] * BLOCK : right - cols[0] * BLOCK,
+                ]
                 maps.append(crop.contiguous(memory_format=torch.channels_last))
             self._evict()
         inp = normalise(self.rgb[:, top:bottom, left:right], self.device)
@@ -114,7 +142,8 @@ class ImageFeatures:
                 old = self._blocks.pop((by, bx), None)
                 self.bytes -= _nbytes(old) if old else 0
                 self._blocks[(by, bx)] = tuple(
-                    m[part].clone(memory_format=torch.channels_last) for m in (features.coef, features.freq)
+                    m[part].clone(memory_format=torch.channels_last)
+                    for m in (features.coef, features.freq)
                 )
                 self.bytes += _nbytes(self._blocks[(by, bx)])
 

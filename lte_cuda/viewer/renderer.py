@@ -23,8 +23,13 @@ class TileRenderer:
     model; the features of a region are computed by the first tile over it (see features.py).
     """
 
-    def __init__(self, image: Image.Image, model: LTE, device: torch.device,
-                 feature_bytes: int = DEFAULT_FEATURE_BYTES) -> None:
+    def __init__(
+        self,
+        image: Image.Image,
+        model: LTE,
+        device: torch.device,
+        feature_bytes: int = DEFAULT_FEATURE_BYTES,
+    ) -> None:
         self.image = image.convert("RGB")
         self.device = device
         self.grid = TileGrid(self.image.height, self.image.width)
@@ -35,7 +40,7 @@ class TileRenderer:
 
     @property
     def state(self) -> str:
-        """"encoding", "ready" or "failed"."""
+        """ "encoding", "ready" or "failed"."""
         if not self._done.is_set():
             return "encoding"
         return "failed" if self.prepare_error else "ready"
@@ -55,9 +60,15 @@ class TileRenderer:
         out_h, out_w = self.grid.sizes[key.level]
         if key.kind == "bicubic":
             # PIL resamples only the box, with the same filter positions as a full resize.
-            box = (left * self.image.width / out_w, top * self.image.height / out_h,
-                   right * self.image.width / out_w, bottom * self.image.height / out_h)
-            tile = self.image.resize((right - left, bottom - top), Image.Resampling.BICUBIC, box=box)
+            box = (
+                left * self.image.width / out_w,
+                top * self.image.height / out_h,
+                right * self.image.width / out_w,
+                bottom * self.image.height / out_h,
+            )
+            tile = self.image.resize(
+                (right - left, bottom - top), Image.Resampling.BICUBIC, box=box
+            )
             return np.asarray(tile)
         self._done.wait()
         if self.prepare_error:

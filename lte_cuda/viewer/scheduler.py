@@ -56,7 +56,8 @@ class DecodeScheduler:
         self._cond = threading.Condition()
         self._closed = False
         self._threads = [
-            threading.Thread(target=self._run, name=f"tile-decoder-{i}", daemon=True) for i in range(workers)
+            threading.Thread(target=self._run, name=f"tile-decoder-{i}", daemon=True)
+            for i in range(workers)
         ]
         for thread in self._threads:
             thread.start()

@@ -24,8 +24,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from urllib.parse import urlsplit
 
-from PIL import Image
-
 from .renderer import TileRenderer
 from .scheduler import DecodeScheduler, QueueFull, StaleRequest
 from .tiles import LEVELS_PER_OCTAVE, TILE_SIZE, BadTileRequest, TileCache, TileRequest
@@ -87,7 +85,8 @@ class ViewerServer(ThreadingHTTPServer):
         # through a DNS name it rebinds to 127.0.0.1.
         self.allowed_hosts = (
             {f"{name}:{port}" for name in ("127.0.0.1", "localhost", "[::1]", host)}
-            if is_loopback(host) else None
+            if is_loopback(host)
+            else None
         )
 
     @property
@@ -121,7 +120,9 @@ class ViewerServer(ThreadingHTTPServer):
             future: Future = Future()
             future.set_result(cached if cached is not None else self._render(request))
             return future
-        return self.scheduler.submit(request.key, request.session, request.gen, lambda: self._render(request))
+        return self.scheduler.submit(
+            request.key, request.session, request.gen, lambda: self._render(request)
+        )
 
     def _render(self, request: TileRequest) -> bytes:
         start = time.perf_counter()
@@ -147,7 +148,10 @@ class ViewerHandler(BaseHTTPRequestHandler):
         self.do_GET()
 
     def do_GET(self) -> None:  # noqa: N802
-        if self.server.allowed_hosts is not None and self.headers.get("Host") not in self.server.allowed_hosts:
+        if (
+            self.server.allowed_hosts is not None
+            and self.headers.get("Host") not in self.server.allowed_hosts
+        ):
             self._send_text(HTTPStatus.FORBIDDEN, "unexpected Host header")
             return
         url = urlsplit(self.path)

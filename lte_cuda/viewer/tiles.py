@@ -60,7 +60,9 @@ class TileGrid:
     def __init__(self, height: int, width: int) -> None:
         self.height, self.width = height, width
         # Levels stop at MAX_LEVEL_SCALE or where the output would exceed upscale's limits.
-        limit = min(MAX_LEVEL_SCALE, MAX_SIDE / max(height, width), math.sqrt(MAX_PIXELS / (height * width)))
+        limit = min(
+            MAX_LEVEL_SCALE, MAX_SIDE / max(height, width), math.sqrt(MAX_PIXELS / (height * width))
+        )
         self.max_level = max(math.floor(LEVELS_PER_OCTAVE * math.log2(limit)), 0)
         self.sizes: list[tuple[int, int]] = []
         for level in range(self.max_level + 1):
@@ -111,10 +113,14 @@ class TileGrid:
             raise BadTileRequest(f"kind must be one of {', '.join(KINDS)}, got {kind[:40]!r}")
         level = _integer(params, "level", self.max_level)
         rows, columns = self.tile_counts(level)
-        key = TileKey(kind, level, _integer(params, "x", columns - 1), _integer(params, "y", rows - 1))
+        key = TileKey(
+            kind, level, _integer(params, "x", columns - 1), _integer(params, "y", rows - 1)
+        )
         session = params.get("session", "")
         if session and not _SESSION.fullmatch(session):
-            raise BadTileRequest(f"session must be 1-32 letters, digits, - or _, got {session[:40]!r}")
+            raise BadTileRequest(
+                f"session must be 1-32 letters, digits, - or _, got {session[:40]!r}"
+            )
         return TileRequest(key, session, _integer(params, "gen", 10**9) if "gen" in params else 0)
 
 
