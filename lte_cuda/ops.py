@@ -90,7 +90,11 @@ def library_available() -> bool:
 
 
 def _check_inputs(coef, freq, phase_weight, coord, cell) -> None:
-    """The C++ argument checks, mirrored for fake tensors and the reference fallback."""
+    """The C++ argument checks, mirrored for fake tensors and the reference fallback.
+
+    Long only because it is a flat list of checks, one per argument rule, kept in the C++
+    order so the two can be compared line by line.
+    """
     torch._check(
         coef.dim() == 4,
         lambda: f"lte_basis: coef must have shape (B, C, h, w), got {tuple(coef.shape)}",

@@ -51,6 +51,8 @@ def upscale(
 ) -> ImageLike:
     """Super-resolve ``image`` by ``scale`` or to ``size`` with an LTE model.
 
+    (Long for its argument documentation; the body is twenty lines.)
+
     Args:
         image: a PIL image; a numpy array ``(H, W)`` or ``(H, W, C)``, uint8, uint16 or
             float in [0, 1]; or a float tensor ``(C, H, W)`` or ``(B, C, H, W)`` in [0, 1]. C is 1
@@ -69,12 +71,8 @@ def upscale(
             ``torch.autocast`` on ``device``.
         chunk_size: output pixels decoded per model call; default from free device memory.
         tile_size: side, in input pixels, of the encoder tiles (without their overlap);
-            default: no tiling while the whole input fits the memory budget. For
-            EDSR-baseline and RDN tiled features equal untiled ones (to float rounding).
-            SwinIR attends over shifted windows and pads globally, so tiling it is only
-            approximate (the overlap shrinks seams, it does not remove the difference); it is
-            therefore never tiled unless ``tile_size`` is given, and then tile and overlap
-            are rounded up to multiples of its window so that the windows line up.
+            default: none while the whole input fits the budget. Exact for EDSR-baseline and
+            RDN; only approximate for SwinIR (global attention), tiled only when asked.
         tile_overlap: input pixels added around every tile; default the encoder's receptive
             radius (plus 4 windows for SwinIR).
         self_ensemble: average the outputs for the eight flips and transposes of the input
@@ -82,9 +80,7 @@ def upscale(
             two float32 images of the output's size.
         memory_budget: bytes the working set (tiles, chunks) may use; default half the free
             memory of a CUDA device, or on CPU min(1 GiB, a quarter of MemAvailable). Above it
-            the input is streamed in tiles (see :mod:`lte_cuda.inference`); integer inputs
-            stay integer until a tile needs them and the output is written in its own dtype.
-
+            the input is streamed in tiles (:mod:`lte_cuda.inference`).
     Returns:
         The upscaled image as the same kind: PIL image of the same mode, numpy array of the
         same dtype (uint8/uint16 rounded) and layout, or tensor of the same dtype, device and layout.
