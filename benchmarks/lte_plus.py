@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lte_cuda.coords import make_coord
-from lte_cuda.inference import TRAINED_MAX_SCALE
+from lte_cuda.inference import query_cell
 from lte_cuda.models import LTE
 from lte_cuda.reference import EPS_SHIFT, NEIGHBOUR_OFFSETS
 
@@ -183,11 +183,7 @@ def super_resolve(model: LTEPlus, rgb: torch.Tensor, out_size: tuple[int, int]) 
     trained scales as :func:`lte_cuda.upscale.upscale` enlarges it, so the two agree."""
     (out_h, out_w), (in_h, in_w), batch = out_size, rgb.shape[-2:], rgb.shape[0]
     coord = make_coord((out_h, out_w), device=rgb.device).unsqueeze(0).expand(batch, -1, -1, -1)
-    cell = rgb.new_tensor(
-        [
-            2.0 / out_h * max(out_h / in_h / TRAINED_MAX_SCALE, 1.0),
-            2.0 / out_w * max(out_w / in_w / TRAINED_MAX_SCALE, 1.0),
-        ]
-    ).expand(batch, 2)
+    cell = rgb.new_tensor([query_cell(out_h, in_h, in_h), query_cell(out_w, in_w, in_w)])
+    cell = cell.expand(batch, 2)
     model.gen_feat((rgb - 0.5) / 0.5)
     return (model.query_rgb(coord, cell) * 0.5 + 0.5).clamp_(0, 1)

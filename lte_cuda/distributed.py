@@ -67,6 +67,12 @@ def use_local_gpu() -> None:
     device, so ``"cuda"`` and ``"auto"`` mean one GPU per process. Otherwise does nothing."""
     if world_size() == 1 or not torch.cuda.is_available():
         return
+    torch.cuda.set_device(local_gpu())
+
+
+def local_gpu() -> int:
+    """The index of this process's own GPU: ``LOCAL_RANK`` (0 outside torchrun), checked
+    against the GPUs this machine has."""
     index = local_rank() or 0
     gpus = torch.cuda.device_count()
     if index >= gpus:
@@ -74,7 +80,7 @@ def use_local_gpu() -> None:
             f"process with LOCAL_RANK={index} has no GPU of its own: this machine has {gpus}; "
             "start at most that many processes per node (--nproc_per_node)"
         )
-    torch.cuda.set_device(index)
+    return index
 
 
 def shard(items: Sequence[T]) -> list[T]:

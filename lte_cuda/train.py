@@ -203,15 +203,7 @@ def rank_device(name: str | None, local_rank: int | None) -> torch.device:
     else:
         device = resolve_device(name)
     if device.type == "cuda" and device.index is None:
-        gpus = torch.cuda.device_count()
-        rank = local_rank or 0
-        if rank >= gpus:
-            raise ValueError(
-                f"train: process with LOCAL_RANK={rank} has no GPU of its own: this "
-                f"machine has {gpus}; start at most {gpus} processes per node "
-                "(--nproc_per_node), or set device: cpu in the config"
-            )
-        device = torch.device("cuda", rank)
+        device = torch.device("cuda", distributed.local_gpu())
     return device
 
 
@@ -838,7 +830,7 @@ def run_train_command(args: argparse.Namespace) -> int:
     name = args.name or "_" + os.path.splitext(os.path.basename(args.config))[0]
     save_path = os.path.join(args.save_dir, name)
     result = train(copy.deepcopy(config), save_path, resume=args.resume)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if distributed.is_main():
         best = result["best_val_psnr"]
         print(
             f"{'stopped' if result['stopped_early'] else 'done'}: {result['epoch']} epochs "

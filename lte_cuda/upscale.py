@@ -109,6 +109,8 @@ def upscale(
         try:
             upscale_into(lte, rgb, out[:3] if channels >= 3 else out[:1], settings)
         except NonFiniteOutputError as err:
+            if isinstance(model, LTE):
+                raise  # a module: its caller knows where it came from
             raise NonFiniteOutputError(f"model {_model_name(model)}: {err}") from None
         if channels in (2, 4):
             _upscale_alpha(img[-1], out[-1])
@@ -125,13 +127,18 @@ def _upscale_alpha(alpha: torch.Tensor, out: torch.Tensor) -> None:
     out.copy_(upscaled)
 
 
-def _model_name(model: LTE | str | os.PathLike | None) -> str:
-    """How an error names the model the caller asked for."""
+def _preset_weights(name: str) -> Path:
+    """Where the bundled weights of preset ``name`` live."""
+    return WEIGHTS_DIR / f"{name}.pth"
+
+
+def _model_name(model: str | os.PathLike | None) -> str:
+    """How an error names the model file the caller asked for."""
     if model is None:
         return str(DEFAULT_WEIGHTS)
     if isinstance(model, str) and model in PRESETS:
-        return str(WEIGHTS_DIR / f"{model}.pth")
-    return str(model) if isinstance(model, (str, os.PathLike)) else "(an LTE module)"
+        return str(_preset_weights(model))
+    return str(model)
 
 
 def super_resolve(
@@ -270,7 +277,7 @@ def resolve_model(model: LTE | str | os.PathLike | None = None) -> LTE:
             f"(expected {DEFAULT_WEIGHTS}); pass a checkpoint path as model"
         )
     if isinstance(model, str) and model in PRESETS:
-        weights = WEIGHTS_DIR / f"{model}.pth"
+        weights = _preset_weights(model)
         if weights.is_file():
             return load_model(weights)
         # A preset without weights would only produce noise.
