@@ -41,6 +41,10 @@ class _Job:
     started: bool = False
 
 
+# How long close() waits for a worker to finish the tile it is decoding.
+CLOSE_WAIT_S = 60.0
+
+
 class DecodeScheduler:
     """``workers`` threads running submitted jobs; at most ``max_queued`` wait at a time."""
 
@@ -96,7 +100,9 @@ class DecodeScheduler:
             return sum(not job.started for job in self._jobs.values())
 
     def close(self) -> None:
-        """Stop the workers after their current job; queued jobs fail as stale."""
+        """Stop the workers after their current job and wait for them; queued jobs fail as
+        stale. Waiting matters: a worker still inside torch when the interpreter exits aborts
+        the process ("terminate called without an active exception")."""
         with self._cond:
             self._closed = True
             for job in self._jobs.values():
@@ -105,6 +111,9 @@ class DecodeScheduler:
             self._jobs.clear()
             self._heap.clear()
             self._cond.notify_all()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=CLOSE_WAIT_S)
 
     def _next_job(self) -> _Job | None:
         """The next job to run (None when closed), dropping stale ones on the way."""
