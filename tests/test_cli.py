@@ -26,20 +26,6 @@ cli_module = importlib.import_module("lte_cuda.cli")
 ICC_RGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = build_preset(
-        "edsr-baseline-lte",
-        {"n_resblocks": 1, "n_feats": 8},
-        hidden_dim=16,
-        imnet_spec={"name": "mlp", "args": {"out_dim": 3, "hidden_list": [16]}},
-    )
-    path = tmp_path_factory.mktemp("models") / "tiny.pth"
-    save_model(model, path)
-    return path
-
-
 def write_image(path: Path, width: int = 17, height: int = 13, mode: str = "RGB") -> Path:
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).convert(mode).save(

@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lte_cuda import save_model, upscale
+from lte_cuda import upscale
 from lte_cuda.cli import main
 from lte_cuda.models import build_preset
 from lte_cuda.upscale import resolve_model
@@ -33,20 +33,6 @@ from lte_cuda.viewer.scheduler import DecodeScheduler, StaleRequest
 from lte_cuda.viewer.tiles import TILE_SIZE, TileCache, TileGrid, TileKey
 
 PHOTO = Path(__file__).resolve().parents[1] / "lte_cuda" / "assets" / "chelsea.png"
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = build_preset(
-        "edsr-baseline-lte",
-        {"n_resblocks": 1, "n_feats": 8},
-        hidden_dim=16,
-        imnet_spec={"name": "mlp", "args": {"out_dim": 3, "hidden_list": [16]}},
-    )
-    path = tmp_path_factory.mktemp("models") / "tiny.pth"
-    save_model(model, path)
-    return path
 
 
 @pytest.fixture(scope="module")
