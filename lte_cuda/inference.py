@@ -302,19 +302,21 @@ def decode_region(
     out_size: tuple[int, int],
     box: Box,
     *,
+    frame: Box | None = None,
     chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Output pixels rows top:bottom, cols left:right (box = (top, left, bottom, right)) of
     the image upscaled to out_size (H, W) from an input of image_size (h, w), as float32
     (3, bottom-top, right-left) in [0, 1]; equal to the same crop of
-    lte_cuda.upscale(image, size=(W, H)) for a model whose features cover the whole image."""
+    lte_cuda.upscale(image, size=(W, H)). ``frame`` is the input box the features cover
+    (default: the whole image); it must hold the input pixels under ``box``."""
     top, left, bottom, right = box
     if not (0 <= top < bottom <= out_size[0] and 0 <= left < right <= out_size[1]):
         raise ValueError(f"box must lie inside the output {out_size} and be non-empty, got {box}")
     out = torch.empty(
         (3, bottom - top, right - left), dtype=torch.float32, device=features.inp.device
     )
-    frame = (0, 0, *features.inp.shape[-2:])
+    frame = frame or (0, 0, *features.inp.shape[-2:])
     chunk = chunk_size or default_chunk(memory_budget(out.device))
     with torch.inference_mode():
         decode_box(

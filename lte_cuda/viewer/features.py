@@ -5,7 +5,7 @@ square blocks. A block's features are computed the first time a tile needs them,
 encoder's receptive radius of context around them, so they equal the whole image's features
 (to float rounding); they are kept in an LRU bounded by ``max_bytes``. A tile decodes from
 the blocks under it plus one pixel of margin (every neighbour and bilinear tap of its
-pixels), through :func:`lte_cuda.inference.decode_box`, so the page's first tiles need only
+pixels), through :func:`lte_cuda.inference.decode_region`, so the page's first tiles need only
 the blocks they cover, and memory stays bounded whatever the photo's size.
 Other encoders (SwinIR attends across the image) get the whole image's features once.
 """
@@ -19,7 +19,7 @@ import torch
 
 from ..inference import (
     LOCAL_ENCODERS,
-    decode_box,
+    decode_region,
     encode_box,
     encode_image,
     encoder_name,
@@ -70,21 +70,18 @@ class ImageFeatures:
     def decode(self, out_size: tuple[int, int], box: tuple[int, int, int, int]) -> torch.Tensor:
         """Output pixels ``box`` (top, left, bottom, right) of the image upscaled to
         ``out_size`` (H, W): float32 ``(3, rows, cols)`` in [0, 1], as lte_cuda.upscale gives them."""
-        top, left, bottom, right = box
-        out = torch.empty((3, bottom - top, right - left), dtype=torch.float32, device=self.device)
-
-        def write(row: int, col: int, values: torch.Tensor) -> None:
-            out[
-                :,
-                row - top : row - top + values.shape[1],
-                col - left : col - left + values.shape[2],
-            ] = values
-
         image_size = tuple(self.rgb.shape[-2:])
         with torch.inference_mode():
             features, frame = self._features_for(self._frame(image_size, out_size, box))
-            decode_box(self.model, features, frame, image_size, out_size, box, DECODE_CHUNK, write)
-        return out
+            return decode_region(
+                self.model,
+                features,
+                image_size,
+                out_size,
+                box,
+                frame=frame,
+                chunk_size=DECODE_CHUNK,
+            )
 
     @staticmethod
     def _frame(image_size, out_size, box) -> tuple[int, int, int, int]:
