@@ -1,7 +1,7 @@
 """Large images in bounded memory, and the small case's time against an older checkout.
 
-Cases (the bundled default model, CPU, uint8 RGB images made in-process by tiling and
-mirroring scikit-image photos, so they are textured everywhere):
+Cases (the bundled default model, CPU, uint8 RGB images made by tiling and mirroring a
+scikit-image photo, so they are textured everywhere):
 
 - ``photo``: 4000x3000 to x2 (8000x6000);
 - ``scan``: 10000x10000 to x1.5 (15000x15000);
@@ -9,15 +9,19 @@ mirroring scikit-image photos, so they are textured everywhere):
   of an older commit (imported from DIR with PYTHONPATH; it needs the built extension and
   _build_info.py copied in: the C++ sources must be the same), alternating runs.
 
-Every run is a fresh subprocess. The large cases run what :func:`lte_cuda.upscale` runs for a
-uint8 RGB array (:func:`lte_cuda.inference.upscale_into`) into an output array allocated and
-touched before the run, so the peak resident memory (VmHWM) minus the output's size is the
-working set: Python, torch, the model, the input image and the tiles. ``--regions N`` stops a
-large case after N regions (tiles) of the input; every region after the first few needs the
-same memory, so the peak is that of the whole run, and the time is extrapolated from the
-time per region (on 2 shared cores the full cases take hours). Prints one line per case.
+Every run is a fresh subprocess. A large case runs, by default, what :func:`lte_cuda.upscale`
+runs for a uint8 RGB array (:func:`lte_cuda.inference.upscale_into`) into an output array
+allocated and touched before the run, so the peak resident memory (VmHWM) minus the output's
+size is the working set: Python, torch, the model, the input image and the tiles.
+``--regions N`` stops it after N regions (tiles) of the input (the peak is reached in the first
+few; the time is extrapolated). With ``--cli`` the case is a PNG file instead, upscaled by
+``python -m lte_cuda upscale IN OUT --scale S`` (the ``lte-sr`` command) as a user runs it:
+its peak is the command's whole peak resident size (reading, decoding, the model, writing the
+PNG) minus the output image's size; the output's top-left corner is then checked against
+:func:`lte_cuda.upscale` of the input's corner. Prints one line per case.
 
     nice -n 10 python benchmarks/bench_large.py --case photo --regions 24
+    nice -n 10 python benchmarks/bench_large.py --case scan --cli
     nice -n 10 python benchmarks/bench_large.py --case small --repeats 5 --baseline /tmp/base
 """
 
@@ -29,8 +33,14 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import textwrap
+import time
 from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
 
 CASES = {"photo": ((3000, 4000), 2.0), "scan": ((10000, 10000), 1.5)}
 
@@ -38,7 +48,8 @@ CASES = {"photo": ((3000, 4000), 2.0), "scan": ((10000, 10000), 1.5)}
 LARGE_CHILD = textwrap.dedent(
     """
     import json, sys, time
-    import numpy as np, skimage.data, torch
+    import numpy as np, torch
+    from benchmarks.bench_large import textured_image
     from lte_cuda.image_io.convert import to_pixels
     from lte_cuda.inference import settings_for, upscale_into
     from lte_cuda.upscale import output_size, resolve_model, upscale
@@ -51,13 +62,7 @@ LARGE_CHILD = textwrap.dedent(
         pass
 
     height, width, scale, max_regions = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
-    photo = skimage.data.astronaut()  # 512 x 512 x 3
-    # Mirrored tiles: no seams, texture everywhere.
-    cell = np.concatenate([photo, photo[:, ::-1]], 1)
-    cell = np.concatenate([cell, cell[::-1]], 0)
-    reps = (-(-height // cell.shape[0]), -(-width // cell.shape[1]), 1)
-    image = np.ascontiguousarray(np.tile(cell, reps)[:height, :width])
-    del cell, photo
+    image = textured_image(height, width)
     model = resolve_model(None)
     # Correctness first: a crop streamed in a tiny budget equals the crop decoded whole.
     crop = image[:96, :96]
@@ -97,6 +102,40 @@ LARGE_CHILD = textwrap.dedent(
     """
 )
 
+# Writes a case's input as a PNG file: argv = height width path.
+INPUT_FILE_CHILD = textwrap.dedent(
+    """
+    import sys
+    from benchmarks.bench_large import textured_image
+    from lte_cuda.image_io.files import write_image
+
+    write_image(textured_image(int(sys.argv[1]), int(sys.argv[2])), sys.argv[3])
+    """
+)
+
+# Compares the output file's top-left corner with lte_cuda.upscale of the input's corner:
+# argv = input output scale. Both grids put output pixel i at input (i + 0.5) / scale.
+CORNER_CHILD = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    from PIL import Image
+    from lte_cuda import upscale
+
+    Image.MAX_IMAGE_PIXELS = None  # the output is ours, and larger than Pillow's guard
+    scale, side = float(sys.argv[3]), 200
+    with Image.open(sys.argv[1]) as image:
+        corner = np.asarray(image.crop((0, 0, side, side)))
+    expected = upscale(corner, scale, device="cpu")
+    keep = int((side - 64) * scale)  # beyond the crop's own borders' reach
+    with Image.open(sys.argv[2]) as out:
+        size = out.size
+        got = np.asarray(out.crop((0, 0, keep, keep)))
+    diff = np.abs(got.astype(int) - expected[:keep, :keep]).max()
+    print(json.dumps({"size": size, "corner": keep, "max_diff": int(diff)}))
+    """
+)
+
 SMALL_CHILD = textwrap.dedent(
     """
     import json, sys, time
@@ -116,7 +155,19 @@ SMALL_CHILD = textwrap.dedent(
 )
 
 
-def run_child(code: str, args: list[str], pythonpath: str | None = None) -> dict:
+def textured_image(height: int, width: int) -> np.ndarray:
+    """A ``(height, width, 3)`` uint8 image of mirrored scikit-image photos: no seams,
+    texture everywhere."""
+    import skimage.data
+
+    photo = skimage.data.astronaut()  # 512 x 512 x 3
+    cell = np.concatenate([photo, photo[:, ::-1]], 1)
+    cell = np.concatenate([cell, cell[::-1]], 0)
+    reps = (-(-height // cell.shape[0]), -(-width // cell.shape[1]), 1)
+    return np.ascontiguousarray(np.tile(cell, reps)[:height, :width])
+
+
+def run_child(code: str, args: list[str], pythonpath: str | None = None) -> dict | None:
     """Run ``code`` in a fresh interpreter (in ``pythonpath``, which it imports from, if
     given) and return the JSON it prints last."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(64 << 10)}
@@ -128,11 +179,12 @@ def run_child(code: str, args: list[str], pythonpath: str | None = None) -> dict
         text=True,
         env=env,
         check=False,
-        cwd=pythonpath,
+        cwd=pythonpath or REPO,
     )
     if result.returncode:
         raise SystemExit(f"benchmark child failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    lines = result.stdout.strip().splitlines()
+    return json.loads(lines[-1]) if lines else None
 
 
 def large_case(name: str, max_regions: int) -> None:
@@ -152,9 +204,40 @@ def large_case(name: str, max_regions: int) -> None:
     )
 
 
+def cli_case(name: str) -> None:
+    """The case as a PNG file through ``python -m lte_cuda upscale``; its peak from wait4."""
+    (height, width), scale = CASES[name]
+    gib = 1 << 30
+    with tempfile.TemporaryDirectory(prefix="bench-large-") as folder:
+        source, target = Path(folder) / "in.png", Path(folder) / "out.png"
+        run_child(INPUT_FILE_CHILD, [str(height), str(width), str(source)])
+        command = [sys.executable, "-m", "lte_cuda", "upscale", str(source), str(target)]
+        command += ["--scale", str(scale), "--device", "cpu"]
+        start = time.perf_counter()
+        with open(Path(folder) / "stderr", "w+") as errors:
+            child = subprocess.Popen(command, stderr=errors, cwd=REPO)
+            _, status, usage = os.wait4(child.pid, 0)
+            seconds = time.perf_counter() - start
+            errors.seek(0)
+            if os.waitstatus_to_exitcode(status):
+                raise SystemExit(f"lte-sr upscale failed:\n{errors.read()[-3000:]}")
+        check = run_child(CORNER_CHILD, [str(source), str(target), str(scale)])
+        out_w, out_h = check["size"]
+        peak, output = usage.ru_maxrss * 1024, out_h * out_w * 3
+        print(
+            f"{name} via lte-sr upscale: {width}x{height} PNG ({source.stat().st_size / 1e6:.0f} MB)"
+            f" -> {out_w}x{out_h} PNG ({target.stat().st_size / 1e6:.0f} MB), x{scale}: "
+            f"{seconds:.0f} s ({usage.ru_utime + usage.ru_stime:.0f} s CPU); peak RSS "
+            f"{peak / gib:.2f} GiB, minus the output ({output / gib:.2f} GiB): "
+            f"{(peak - output) / gib:.2f} GiB; top-left {check['corner']}x{check['corner']} "
+            f"equal to lte_cuda.upscale of the corner within {check['max_diff']}/255",
+            flush=True,
+        )
+
+
 def small_case(repeats: int, baseline: str | None) -> None:
     """Alternating runs of this checkout and the baseline; median and spread of each."""
-    here = str(Path(__file__).resolve().parent.parent)
+    here = str(REPO)
     runs: dict[str, list[dict]] = {"this": [], "baseline": []}
     for _ in range(repeats):
         runs["this"].append(run_child(SMALL_CHILD, [here], here))
@@ -178,6 +261,9 @@ def main() -> None:
     parser.add_argument(
         "--regions", type=int, default=0, help="stop a large case after N regions (0: all)"
     )
+    parser.add_argument(
+        "--cli", action="store_true", help="run the large cases as files through lte-sr upscale"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="runs of the small case")
     parser.add_argument(
         "--baseline", help="a checkout of an older commit to time the small case against"
@@ -185,7 +271,10 @@ def main() -> None:
     args = parser.parse_args()
     for name in ("photo", "scan"):
         if args.case in (name, "all"):
-            large_case(name, args.regions)
+            if args.cli:
+                cli_case(name)
+            else:
+                large_case(name, args.regions)
     if args.case in ("small", "all"):
         small_case(args.repeats, args.baseline)
 

@@ -179,7 +179,8 @@ def run_upscale_command(args: argparse.Namespace) -> int:
     resolve_device(args.device)  # a device error concerns every file: stop before the first
 
     def upscale_one(src: Path, dst: Path) -> None:
-        image = read_image_file(src)
+        # Arrays in and out: the file is then written without a PIL copy of the output.
+        image = read_image_file(src).as_arrays()
         check_output(dst, len(image.frames))
         try:
             frames = [
@@ -200,7 +201,9 @@ def run_upscale_command(args: argparse.Namespace) -> int:
             raise NonFiniteOutputError(
                 f"{args.model or 'the bundled default model'}: {err}"
             ) from None
-        write_image_file(image.with_frames(frames), dst, quality=args.quality)
+        image = image.with_frames(frames)  # the input frames are let go before writing
+        del frames
+        write_image_file(image, dst, quality=args.quality)
 
     if not source.is_dir():
         upscale_one(*todo[0])  # one file: its error is the command's error

@@ -136,6 +136,27 @@ def memory_budget(device: torch.device) -> int:
     return min(CPU_BUDGET_CAP, available_ram() // 4)
 
 
+def check_fits(nbytes: int, device: torch.device, what: str) -> None:
+    """``ValueError`` naming ``what`` when ``nbytes`` exceed the memory free on ``device``
+    (MemAvailable on CPU): one clear line before allocating, instead of an out-of-memory kill."""
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_ram()
+    if nbytes > free:
+        raise ValueError(
+            f"{what} needs {nbytes / 2**30:.2f} GiB, more than the {free / 2**30:.2f} GiB "
+            f"free on {device}"
+        )
+
+
+def output_bytes(
+    batch: int, channels: int, size: tuple[int, int], dtype: torch.dtype, self_ensemble: bool
+) -> int:
+    """Bytes :func:`upscale_into` needs beside its working set for ``batch`` outputs of
+    ``size``: the outputs, and the two float32 images of a self-ensemble."""
+    pixels = size[0] * size[1]
+    ensemble = 2 * 3 * pixels * 4 if self_ensemble else 0
+    return batch * channels * pixels * dtype.itemsize + ensemble
+
+
 def available_ram() -> int:
     """MemAvailable from /proc/meminfo; where that is unreadable, assume 4 GiB."""
     try:

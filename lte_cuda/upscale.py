@@ -22,6 +22,8 @@ from .inference import (
     PRECISIONS,
     InferenceSettings,
     NonFiniteOutputError,
+    check_fits,
+    output_bytes,
     settings_for,
     upscale_into,
 )
@@ -103,6 +105,8 @@ def upscale(
     lte = resolve_model(model)
 
     channels = pixels.shape[1]
+    need = output_bytes(len(pixels), channels, (out_h, out_w), pixels.dtype, settings.self_ensemble)
+    check_fits(need, pixels.device, f"the {out_w}x{out_h} output")
     result = new_output(out_h, out_w)
     for img, out in zip(pixels, result):
         rgb = img[:3] if channels >= 3 else img[:1].expand(3, -1, -1)

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import struct
+import subprocess
+import sys
+import textwrap
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from lte_cuda.image_io import files
+from lte_cuda.image_io import array_formats, files
 from lte_cuda.image_io.files import (
     ImageFile,
     read_image,
@@ -79,6 +86,95 @@ def test_metadata_round_trip_with_scaled_dpi(tmp_path: Path, suffix: str) -> Non
         assert (details[files.PIXEL_X_DIMENSION], details[files.PIXEL_Y_DIMENSION]) == (40, 30)
         if suffix != ".webp":
             assert out.info["dpi"] == pytest.approx((144, 288), abs=0.05)
+
+
+def test_array_frames_keep_the_metadata_too(tmp_path: Path) -> None:
+    """Arrays go to PNG through the strip writer; it writes what Pillow's writer writes."""
+    source = tmp_path / "in.png"
+    options = {"exif": exif_bytes(pixel_size=(20, 10)), "icc_profile": ICC_RGB, "dpi": (72, 96)}
+    left_red_right_blue().save(source, **options)
+    image = read_image_file(source).as_arrays()
+    assert isinstance(image.frames[0], np.ndarray)
+    bigger = image.with_frames([np.repeat(np.repeat(image.frames[0], 3, 0), 2, 1)])
+    write_image_file(bigger, tmp_path / "out.png")
+    with Image.open(tmp_path / "out.png") as out:
+        np.testing.assert_array_equal(np.asarray(out), bigger.frames[0])
+        assert out.info.get("icc_profile") == ICC_RGB
+        assert out.info["dpi"] == pytest.approx((144, 288), abs=0.05)
+        details = out.getexif().get_ifd(files.EXIF_IFD_TAG)
+        assert (details[files.PIXEL_X_DIMENSION], details[files.PIXEL_Y_DIMENSION]) == (40, 30)
+
+
+def png_filter_types(data: bytes, row_bytes: int) -> set[int]:
+    """The filter type of every row of a PNG file's pixels."""
+    position, compressed = 8, b""
+    while position < len(data):
+        (length,) = struct.unpack(">I", data[position : position + 4])
+        if data[position + 4 : position + 8] == b"IDAT":
+            compressed += data[position + 8 : position + 8 + length]
+        position += 12 + length
+    return set(zlib.decompress(compressed)[:: row_bytes + 1])
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_png_from_arrays_in_many_strips_reads_back_exactly(
+    tmp_path: Path, channels: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A photo (smooth and textured rows) over strips of a few rows: the filters chosen row by
+    row and the row carried from one strip to the next decode to the same pixels."""
+    import skimage.data
+
+    monkeypatch.setattr(array_formats, "STRIP_BYTES", 3000)
+    pixels = np.ascontiguousarray(skimage.data.astronaut()[::4, ::4])  # 128 x 128 x 3
+    pixels = np.concatenate([pixels, pixels[:, :, :1]], 2)[:, :, :channels]
+    write_image(pixels, tmp_path / "photo.png")
+    with Image.open(tmp_path / "photo.png") as out:
+        read = np.asarray(out)
+    np.testing.assert_array_equal(read.reshape(pixels.shape), pixels)
+    types = png_filter_types((tmp_path / "photo.png").read_bytes(), 128 * channels)
+    assert len(types) >= 3, types  # the adaptive choice is exercised, not one fixed filter
+
+
+WRITE_PEAK_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    from lte_cuda.image_io.files import write_image
+
+    def status(field):
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) * 1024 for l in f if l.startswith(field + ":"))
+
+    pixels = np.random.default_rng(0).integers(0, 256, (3000, 3000, 3), dtype=np.uint8)
+    write_image(pixels[:64, :64], sys.argv[1])  # warm up: imports, zlib
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak to the current resident size
+    before = status("VmRSS")
+    write_image(pixels, sys.argv[1])
+    print(json.dumps({"peak": status("VmHWM") - before, "image": pixels.nbytes}))
+    """
+)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_writing_an_array_holds_no_copy_of_it(tmp_path: Path, suffix: str) -> None:
+    """A 27 MB array is written in strips: Pillow would first copy it (36 MB as RGBX)."""
+    if not os.path.exists("/proc/self/clear_refs"):
+        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak")
+    pixels_path = tmp_path / f"big{suffix}"
+    script = WRITE_PEAK_SCRIPT
+    if suffix == ".tif":  # 8-bit TIFF goes to Pillow (it keeps EXIF there): write 16 bits
+        script = script.replace("dtype=np.uint8)", "dtype=np.uint8).astype(np.uint16)")
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(pixels_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "MALLOC_MMAP_THRESHOLD_": str(64 << 10)},
+    )
+    numbers = json.loads(result.stdout)
+    # The strips' filters and buffers take a few MB; a copy of the image would exceed it.
+    assert numbers["peak"] < numbers["image"] / 2, numbers
 
 
 @pytest.mark.parametrize(
@@ -270,3 +366,18 @@ def test_a_profile_for_other_colours_is_not_written(tmp_path: Path) -> None:
     write_image_file(image.with_frames([image.frames[0].convert("RGB")]), tmp_path / "rgb.png")
     with Image.open(tmp_path / "rgb.png") as out:
         assert "icc_profile" not in out.info
+
+
+def test_large_files_read_quietly_and_bombs_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pillow's guard scaled down: 150 pixels is a 'large scan' (read without a warning, as a
+    10000x10000 scan would be), 300 a decompression bomb (one line naming the file)."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    Image.new("RGB", (15, 10)).save(tmp_path / "large.png")
+    Image.new("RGB", (30, 10)).save(tmp_path / "bomb.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_image(tmp_path / "large.png").size == (15, 10)
+    with pytest.raises(ValueError, match=r"bomb.png: not a readable image \(Image size"):
+        read_image(tmp_path / "bomb.png")

@@ -407,3 +407,26 @@ def test_bad_models(image: torch.Tensor, tmp_path) -> None:
         upscale(image, 2, model=nn.Conv2d(3, 3, 1), device="cpu")
     with pytest.raises(TypeError, match=r"model must be an LTE module, got int"):
         super_resolve(42, image[None], (4, 4))
+
+
+def test_an_output_beyond_free_memory_is_refused_before_allocating(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lte_cuda import inference
+
+    monkeypatch.setattr(inference, "available_ram", lambda: 1 << 30)
+    tiny = build_preset("edsr-baseline-lte", {"n_resblocks": 1, "n_feats": 8}, hidden_dim=16)
+    # 20000 x 20000 float32 RGB: 4.47 GiB; as uint8: 1.12 GiB; both above the 1 GiB "free".
+    with pytest.raises(ValueError, match=r"the 20000x20000 output needs 4\.47 GiB, more than"):
+        upscale(torch.rand(3, 8, 8), size=(20000, 20000), model=tiny, device="cpu")
+    with pytest.raises(ValueError, match=r"needs 1\.12 GiB, more than the 1\.00 GiB free on cpu"):
+        upscale(np.zeros((8, 8, 3), np.uint8), size=(20000, 20000), model=tiny, device="cpu")
+    # A self-ensemble also holds two float32 images of the output.
+    with pytest.raises(ValueError, match=r"the 10000x10000 output needs 2\.51 GiB"):
+        upscale(
+            np.zeros((8, 8, 3), np.uint8),
+            size=(10000, 10000),
+            model=tiny,
+            device="cpu",
+            self_ensemble=True,
+        )

@@ -55,7 +55,10 @@ def to_pixels(image: ImageLike) -> Pixels:
     )
 
 
-def _from_pil(image: Image.Image) -> Pixels:
+def array_from_pil(image: Image.Image) -> np.ndarray:
+    """The pixels of ``image`` as a uint8 array ``(H, W)`` (L) or ``(H, W, C)`` (LA, RGB,
+    RGBA); other modes are converted to RGB (RGBA if they carry transparency) first.
+    ``TypeError`` for modes with more than 8 bits per sample."""
     if image.mode not in PIL_MODES:
         if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
             # PIL's own conversion clips these to 8 bits; scaling them is the caller's call.
@@ -64,7 +67,11 @@ def _from_pil(image: Image.Image) -> Pixels:
             )
         has_alpha = "A" in image.getbands() or "transparency" in image.info
         image = image.convert("RGBA" if has_alpha else "RGB")
-    tensor, new_output, restore = _from_numpy(np.asarray(image))
+    return np.asarray(image)
+
+
+def _from_pil(image: Image.Image) -> Pixels:
+    tensor, new_output, restore = _from_numpy(array_from_pil(image))
     return Pixels(tensor, new_output, lambda result: Image.fromarray(restore(result)))
 
 

@@ -10,6 +10,12 @@ Writing is atomic: a partial file beside the target, named so that no image glob
 Outputs get the permissions a new file normally gets (``0666 & ~umask``). Metadata goes where
 the format can hold it, with the DPI scaled by the upscaling factor so that the print size stays
 the same; ``uint16`` pixels are written as 16-bit PNG/TIFF and rounded to 8 bits elsewhere.
+Arrays go to PNG (and 16-bit arrays to TIFF) through :mod:`.array_formats`, a strip of rows at
+a time with no PIL copy of the image; everything else through Pillow.
+
+Pillow's decompression-bomb guard stays: files above 2 * ``Image.MAX_IMAGE_PIXELS`` (179 MP)
+are refused in one line; its warning for files between 89 and 179 MP (a large scan) is not
+shown, since the pixels are streamed through the model in bounded memory.
 """
 
 from __future__ import annotations
@@ -19,16 +25,18 @@ import dataclasses
 import os
 import secrets
 import signal
-import struct
 import sys
 import threading
-import zlib
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from . import array_formats
+from .convert import array_from_pil
 
 Pixels = Image.Image | np.ndarray
 
@@ -44,7 +52,6 @@ ICC_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF")
 DPI_FORMATS = ("JPEG", "PNG", "TIFF", "BMP")
 # Formats that hold several frames (TIFF as pages, without durations).
 MULTI_FRAME_FORMATS = ("GIF", "WEBP", "PNG", "TIFF")
-DEEP_FORMATS = ("PNG", "TIFF")
 
 ORIENTATION_TAG = 0x0112
 EXIF_IFD_TAG, GPS_IFD_TAG = 0x8769, 0x8825
@@ -88,6 +95,13 @@ class ImageFile:
     def size(self) -> tuple[int, int]:
         """``(width, height)`` of the frames."""
         return pixel_size(self.frames[0])
+
+    def as_arrays(self) -> ImageFile:
+        """The same file with its frames as numpy arrays, as :func:`~lte_cuda.upscale` takes
+        and returns them (see :func:`~lte_cuda.image_io.convert.array_from_pil`); writing
+        arrays needs no PIL copy of the image."""
+        frames = tuple(f if isinstance(f, np.ndarray) else array_from_pil(f) for f in self.frames)
+        return dataclasses.replace(self, frames=frames)
 
     def with_frames(self, frames: Sequence[Pixels]) -> ImageFile:
         """The same file with new (e.g. upscaled) frames: the DPI is scaled by the change of
@@ -134,7 +148,7 @@ def read_image_file(path: str | os.PathLike) -> ImageFile:
         ValueError: naming ``path``, if it is missing, unreadable or of an unsupported kind.
     """
     try:
-        with Image.open(path) as image:
+        with _open(path) as image:
             if getattr(image, "n_frames", 1) > 1:
                 frames, durations = _read_frames(image)
             else:
@@ -151,6 +165,13 @@ def read_image_file(path: str | os.PathLike) -> ImageFile:
         raise ValueError(f"{path}: no such file") from None
     except (OSError, SyntaxError, EOFError, Image.DecompressionBombError) as err:
         raise ValueError(f"{path}: not a readable image ({err})") from None
+
+
+def _open(path: str | os.PathLike) -> Image.Image:
+    """``Image.open`` without its warning for 89-179 MP files (see the module's docstring)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(path)
 
 
 def _read_pixels(image: Image.Image, path: str | os.PathLike) -> Pixels:
@@ -178,7 +199,7 @@ def _read_16bit_colour(
     has no 16-bit colour mode); decoding the file again with the opposite byte order's raw
     modes gives the low bytes. Works for every decoder Pillow uses (PNG zip, TIFF raw and
     libtiff), compressed or not."""
-    with Image.open(path) as image:
+    with _open(path) as image:
         image.tile = [
             tile._replace(args=_with_rawmode(tile, raw))
             for tile, raw in zip(image.tile, low_rawmodes)
@@ -304,12 +325,14 @@ def write_image_file(
     fmt = check_output(path, len(image.frames))
     check_quality(quality)
     first = image.frames[0]
-    if isinstance(first, np.ndarray) and fmt in DEEP_FORMATS and len(image.frames) == 1:
-        encode = _png16_bytes if fmt == "PNG" else _tiff16_bytes
-        icc = image.icc_profile if _icc_fits(image.icc_profile, first) else None
-        data = encode(_checked_16bit(first), icc, image.dpi, image.exif)
+    if len(image.frames) == 1 and _array_format(first, fmt):
+        pixels = _checked_array(first)
+        icc = image.icc_profile if _icc_fits(image.icc_profile, pixels) else None
         with atomic_output(path) as stream:
-            stream.write(data)
+            if fmt == "PNG":
+                array_formats.write_png(stream, pixels, icc, image.dpi, image.exif)
+            else:
+                array_formats.write_tiff(stream, pixels, icc, image.dpi)
         return
     frames = [_for_format(frame, fmt) for frame in image.frames]
     options = _save_options(image, fmt, frames, quality)
@@ -354,12 +377,22 @@ def _icc_fits(profile: bytes | None, pixels: Pixels) -> bool:
     return ICC_SPACES.get(bytes(profile[16:20])) == colours
 
 
+def _array_format(pixels: Pixels, fmt: str) -> bool:
+    """Whether ``pixels`` are written by :mod:`.array_formats` (without a PIL copy): arrays
+    to PNG, 16-bit arrays to TIFF (Pillow writes 16-bit gray only)."""
+    if not isinstance(pixels, np.ndarray):
+        return False
+    return fmt == "PNG" or (fmt == "TIFF" and pixels.dtype == np.uint16)
+
+
 def to_8bit(pixels: Pixels) -> Image.Image:
     """``pixels`` as a PIL image with 8 bits per sample (16-bit arrays rounded)."""
     if not isinstance(pixels, np.ndarray):
         return pixels
-    rounded = np.rint(_checked_16bit(pixels) / 257.0).astype(np.uint8)
-    return Image.fromarray(rounded[:, :, 0] if rounded.shape[2] == 1 else rounded)
+    checked = _checked_array(pixels)
+    if checked.dtype == np.uint16:
+        checked = np.rint(checked / 257.0).astype(np.uint8)
+    return Image.fromarray(checked[:, :, 0] if checked.shape[2] == 1 else checked)
 
 
 def _for_format(frame: Pixels, fmt: str) -> Image.Image:
@@ -370,103 +403,16 @@ def _for_format(frame: Pixels, fmt: str) -> Image.Image:
     return frame
 
 
-def _checked_16bit(pixels: np.ndarray) -> np.ndarray:
-    """``pixels`` as ``(H, W, C)``, checked to be a uint16 image."""
-    if pixels.dtype != np.uint16 or not (
+def _checked_array(pixels: np.ndarray) -> np.ndarray:
+    """``pixels`` as ``(H, W, C)``, checked to be a uint8 or uint16 image."""
+    if pixels.dtype not in (np.uint8, np.uint16) or not (
         pixels.ndim == 2 or (pixels.ndim == 3 and 1 <= pixels.shape[2] <= 4)
     ):
         raise TypeError(
-            f"image arrays to write must be uint16 (H, W) or (H, W, C), got {pixels.dtype} {pixels.shape}"
+            "image arrays to write must be uint8 or uint16, (H, W) or (H, W, C) with C in 1..4, "
+            f"got {pixels.dtype} {pixels.shape}"
         )
     return pixels if pixels.ndim == 3 else pixels[:, :, None]
-
-
-def _png16_bytes(pixels: np.ndarray, icc: bytes | None, dpi, exif: bytes | None) -> bytes:
-    """A 16-bit PNG of ``pixels (H, W, C)`` (Pillow writes 16-bit gray only)."""
-    height, width, channels = pixels.shape
-    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
-    samples = pixels.astype(">u2").reshape(height, -1).view(np.uint8)
-    # Every row with PNG's "Up" filter (2): its bytes minus the row above's, modulo 256; it
-    # shrinks smooth 16-bit images many times over at no cost to photos.
-    rows = np.full((height, 1 + samples.shape[1]), 2, np.uint8)
-    rows[0, 1:] = samples[0]
-    rows[1:, 1:] = samples[1:] - samples[:-1]
-    chunks = [(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0))]
-    if icc:
-        chunks.append((b"iCCP", b"ICC profile\0\0" + zlib.compress(icc)))
-    if dpi:
-        chunks.append(
-            (b"pHYs", struct.pack(">IIB", round(dpi[0] / 0.0254), round(dpi[1] / 0.0254), 1))
-        )
-    if exif:
-        chunks.append((b"eXIf", exif[6:] if exif.startswith(b"Exif\0\0") else exif))
-    chunks += [(b"IDAT", zlib.compress(rows.tobytes(), 6)), (b"IEND", b"")]
-    body = b"".join(
-        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        for kind, data in chunks
-    )
-    return b"\x89PNG\r\n\x1a\n" + body
-
-
-def _tiff16_bytes(pixels: np.ndarray, icc: bytes | None, dpi, exif: bytes | None) -> bytes:
-    """An uncompressed little-endian 16-bit TIFF of ``pixels (H, W, C)``, one strip (Pillow
-    writes 16-bit gray only). EXIF is not written (TIFF keeps it in a sub-IFD)."""
-    height, width, channels = pixels.shape
-    data = pixels.astype("<u2").tobytes()
-    if len(data) >= 2**32 - 2**20:
-        raise ValueError(f"a {width}x{height} 16-bit TIFF would exceed 4 GiB; write a PNG")
-    tags = {
-        256: _tiff_long(width),
-        257: _tiff_long(height),
-        258: _tiff_short(*[16] * channels),
-        259: _tiff_short(1),
-        262: _tiff_short(2 if channels >= 3 else 1),
-        273: _tiff_long(0),
-        277: _tiff_short(channels),
-        278: _tiff_long(height),
-        279: _tiff_long(len(data)),
-        284: _tiff_short(1),
-    }
-    if dpi:
-        tags.update({282: _tiff_rational(dpi[0]), 283: _tiff_rational(dpi[1]), 296: _tiff_short(2)})
-    if channels in (2, 4):
-        tags[338] = _tiff_short(2)  # unassociated alpha
-    if icc:
-        tags[34675] = (7, bytes(icc), len(icc))
-    return _tiff_layout(tags, data)
-
-
-def _tiff_short(*values: int) -> tuple[int, bytes, int]:
-    return 3, struct.pack(f"<{len(values)}H", *values), len(values)
-
-
-def _tiff_long(*values: int) -> tuple[int, bytes, int]:
-    return 4, struct.pack(f"<{len(values)}I", *values), len(values)
-
-
-def _tiff_rational(value: float) -> tuple[int, bytes, int]:
-    return 5, struct.pack("<II", round(value * 1000), 1000), 1
-
-
-def _tiff_layout(tags: dict, data: bytes) -> bytes:
-    """Header, one IFD of ``tags`` (tag -> (type, payload, count)), the values too long to
-    sit in the IFD, then the strip ``data`` (whose offset, tag 273, is filled in here)."""
-    values_at = 8 + 2 + 12 * len(tags) + 4
-    out_of_line = sum(
-        len(payload) + len(payload) % 2 for _, payload, _ in tags.values() if len(payload) > 4
-    )
-    tags[273] = _tiff_long(values_at + out_of_line)
-    entries, values = [], b""
-    for tag in sorted(tags):
-        kind, payload, count = tags[tag]
-        if len(payload) > 4:
-            inline = struct.pack("<I", values_at + len(values))
-            values += payload + b"\0" * (len(payload) % 2)
-        else:
-            inline = payload.ljust(4, b"\0")
-        entries.append(struct.pack("<HHI", tag, kind, count) + inline)
-    ifd = struct.pack("<H", len(entries)) + b"".join(entries) + struct.pack("<I", 0)
-    return b"II*\0" + struct.pack("<I", 8) + ifd + values + data
 
 
 @contextlib.contextmanager
