@@ -102,25 +102,37 @@ class ImageFeatures:
         top, left, bottom, right = frame
         rows = range(top // BLOCK, (bottom - 1) // BLOCK + 1)
         cols = range(left // BLOCK, (right - 1) // BLOCK + 1)
+        blocks = [(by, bx) for by in rows for bx in cols]
         with self._lock:
-            self._encode_missing(
-                [(by, bx) for by in rows for bx in cols if (by, bx) not in self._blocks]
-            )
-            maps = []
-            for index in (0, 1):  # coef, then freq
-                band = [
-                    torch.cat([self._use((by, bx))[index] for bx in cols], dim=3) for by in rows
-                ]
-                crop = torch.cat(band, dim=2)[
-                    :,
-                    :,
-                    top - rows[0] * BLOCK : bottom - rows[0] * BLOCK,
-                    left - cols[0] * BLOCK : right - cols[0] * BLOCK,
-                ]
-                maps.append(crop.contiguous(memory_format=torch.channels_last))
+            self._encode_missing([key for key in blocks if key not in self._blocks])
+            maps = self._assemble(blocks, frame)
             self._evict()
         inp = normalise(self.rgb[:, top:bottom, left:right], self.device)
         return LTEFeatures(inp=inp, coef=maps[0], freq=maps[1]), frame
+
+    def _assemble(
+        self, blocks: list[tuple[int, int]], frame: tuple[int, int, int, int]
+    ) -> list[torch.Tensor]:
+        """The coef and freq maps over ``frame``, copied once from the ``blocks`` under it."""
+        top, left, bottom, right = frame
+        maps = []
+        for index in (0, 1):  # coef, then freq
+            first = self._blocks[blocks[0]][index]
+            out = torch.empty(
+                (1, first.shape[1], bottom - top, right - left),
+                dtype=first.dtype,
+                device=first.device,
+                memory_format=torch.channels_last,
+            )
+            for by, bx in blocks:
+                y0, x0 = max(top, by * BLOCK), max(left, bx * BLOCK)
+                y1, x1 = min(bottom, (by + 1) * BLOCK), min(right, (bx + 1) * BLOCK)
+                block = self._use((by, bx))[index]
+                out[:, :, y0 - top : y1 - top, x0 - left : x1 - left] = block[
+                    :, :, y0 - by * BLOCK : y1 - by * BLOCK, x0 - bx * BLOCK : x1 - bx * BLOCK
+                ]
+            maps.append(out)
+        return maps
 
     def _encode_missing(self, missing: list[tuple[int, int]]) -> None:
         """Encode the rectangle of blocks around ``missing`` in one pass and keep its blocks."""
