@@ -2,8 +2,8 @@
 and whether the server's memory stays bounded whatever the zoom.
 
 The server runs in this process (as ``lte-sr view`` runs it) on a photo of about
-``--megapixels`` (scikit-image's coffee, resized with PIL bicubic; the pixels do not change
-the timing) with the bundled model. A client does what the page does over HTTP:
+``--megapixels`` (the bundled photo lte_cuda/assets/chelsea.png, resized with PIL bicubic;
+the pixels do not change the timing) with the bundled model. A client does what the page does over HTTP:
 
 1. First view: from the moment the server would print its URL (model loaded, socket bound,
    features starting in the background) it loads the page, /info and /image, then asks for
@@ -31,9 +31,11 @@ import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from PIL import Image
 
+import lte_cuda
 from lte_cuda.viewer import start_viewer
 from lte_cuda.viewer.tiles import LEVELS_PER_OCTAVE, TILE_SIZE
 
@@ -43,13 +45,14 @@ BROWSER_CONNECTIONS = 6  # Chromium's parallel connections per host
 PAGE_BARS_PX = 60  # the page's toolbar and status line
 DEEPER_SCALES = (2, 4, 8, 16, 32)
 MIB = 1 << 20
+PHOTO = Path(lte_cuda.__file__).parent / "assets" / "chelsea.png"
 
 
 def make_photo(megapixels: float) -> Image.Image:
-    """scikit-image's coffee (600x400) resized to about ``megapixels``."""
-    from skimage import data
-
-    photo = Image.fromarray(data.coffee())
+    """The bundled photo (160x150) resized to about ``megapixels`` (the model's work per
+    pixel does not depend on the pixels)."""
+    with Image.open(PHOTO) as photo:
+        photo = photo.convert("RGB")
     factor = math.sqrt(megapixels * 1e6 / (photo.width * photo.height))
     return photo.resize(
         (round(photo.width * factor), round(photo.height * factor)), Image.Resampling.BICUBIC

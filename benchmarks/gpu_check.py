@@ -23,7 +23,8 @@ reported as not run; on --device cpu each step may take 5 times its budget):
 8. train: one training step (EDSR-baseline-LTE, batch 16, 48x48, 2,304 queries, fwd + L1 +
    bwd + Adam) in fp32 and bf16 autocast, fused vs the published path (end_to_end.py);
 9. evaluation memory of a Set5-sized x2 image (256x256 -> 512x512), fused vs LTE+;
-10. upscale: x4 256->1024 and 1024->4096 in fp32 and fp16, fused vs published vs LTE+.
+10. upscale: x4 256->1024 and 1024->4096 in fp32 and fp16, fused vs published vs LTE+;
+11. viewer: ``lte-sr view``'s numbers (bench_viewer.py: first view, further tiles, memory).
 
 DIR receives: results.json (run.py's format: a machine block and the records of steps 7-10,
 plus the steps' outcomes), results.md (run.py's tables, for the README), summary.txt (the
@@ -188,6 +189,15 @@ def bench_steps(
                     records_file=out / f"{name}.json",
                 )
             )
+    viewer = [sys.executable, "-m", "benchmarks.bench_viewer", "--device", device, "--rounds", "2"]
+    steps.append(
+        Step(
+            "viewer (bench_viewer)",
+            60,
+            viewer + (["--megapixels", "0.05", "--tiles", "2"] if tiny else []),
+            r"further 256x256 LTE tiles",
+        )
+    )
     return steps
 
 
