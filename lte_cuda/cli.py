@@ -18,6 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import distributed
+from .cli_args import add_model_arguments
 from .demo import add_demo_parser
 from .evaluate import add_test_parser
 from .image_io.files import (
@@ -77,13 +78,7 @@ def add_upscale_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         help="factor, e.g. 2.7, or SY,SX for different height and width factors, e.g. 1.5,3.2",
     )
     target.add_argument("--size", help="exact output size WIDTHxHEIGHT, e.g. 1920x1080")
-    parser.add_argument(
-        "--model",
-        help="checkpoint (.pth) or preset name with bundled weights (default: the bundled default model)",
-    )
-    parser.add_argument(
-        "--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)"
-    )
+    add_model_arguments(parser)
     parser.add_argument(
         "--precision", choices=sorted(PRECISIONS), default="fp32", help="default: fp32"
     )

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cli_args import add_model_arguments
 from .image_io.files import atomic_output, read_image, same_file, to_8bit
 from .inference import encode_image
 from .models import LTE
@@ -234,13 +235,7 @@ def add_inspect_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         "image", metavar="IMAGE", help="input image (at most 512x512 pixels' worth)"
     )
     parser.add_argument("output", metavar="OUT", help="output figure, e.g. textures.png")
-    parser.add_argument(
-        "--model",
-        help="checkpoint (.pth) or preset name with bundled weights (default: the bundled default model)",
-    )
-    parser.add_argument(
-        "--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)"
-    )
+    add_model_arguments(parser)
     parser.set_defaults(func=run_inspect_command)
     return parser
 

@@ -25,32 +25,15 @@ from lte_cuda.inference import (
     settings_for,
     upscale_into,
 )
-from lte_cuda.models import LTE, build_preset
+from lte_cuda.models import LTE
 
-TINY_IMNET = {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [16]}}
-TINY_ENCODER_ARGS = {
-    "edsr-baseline-lte": {"n_resblocks": 2, "n_feats": 8},
-    "rdn-lte": {"G0": 8, "D": 2, "C": 2, "G": 4},
-    "swinir-lte": {
-        "img_size": 16,
-        "embed_dim": 12,
-        "depths": [2],
-        "num_heads": [2],
-        "window_size": 4,
-    },
-}
+from tiny_models import tiny_model
+
 # A budget far below what one tile's estimate asks for: every tile is as small as allowed.
 TINY_BUDGET = 1000
 # Scales whose output centres never fall exactly on the last input pixel's centre: there the
 # published neighbour weights are 0/0-like and depend on float rounding (odd integer scales).
 SCALES = [2.3, (1.5, 2.6), (0.7, 5.5)]
-
-
-def tiny_model(preset: str = "edsr-baseline-lte") -> LTE:
-    torch.manual_seed(0)
-    return build_preset(
-        preset, TINY_ENCODER_ARGS[preset], hidden_dim=16, imnet_spec=TINY_IMNET
-    ).eval()
 
 
 def encoder_inputs(model: LTE) -> list[tuple[int, ...]]:

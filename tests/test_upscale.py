@@ -23,28 +23,10 @@ from lte_cuda.models.edsr import make_edsr_baseline
 from lte_cuda.models.rdn import make_rdn
 from lte_cuda.upscale import output_size, super_resolve
 
+from tiny_models import tiny_model
+
 # `lte_cuda.upscale` is the function; the module is needed to patch its weight paths.
 upscale_module = importlib.import_module("lte_cuda.upscale")
-
-TINY_IMNET = {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [16]}}
-TINY_ENCODER_ARGS = {
-    "edsr-baseline-lte": {"n_resblocks": 2, "n_feats": 8},
-    "rdn-lte": {"G0": 8, "D": 2, "C": 2, "G": 4},
-    "swinir-lte": {
-        "img_size": 16,
-        "embed_dim": 12,
-        "depths": [2],
-        "num_heads": [2],
-        "window_size": 4,
-    },
-}
-
-
-def tiny_model(preset: str = "edsr-baseline-lte") -> LTE:
-    torch.manual_seed(0)
-    return build_preset(
-        preset, TINY_ENCODER_ARGS[preset], hidden_dim=16, imnet_spec=TINY_IMNET
-    ).eval()
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..cli_args import add_model_arguments
 from ..image_io.files import Pixels, read_image
 from ..inference import resolve_device
 from ..upscale import resolve_model
@@ -33,13 +34,7 @@ def add_view_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         ),
     )
     parser.add_argument("image", metavar="IMAGE", help="the image to view")
-    parser.add_argument(
-        "--model",
-        help="checkpoint (.pth) or preset name with bundled weights (default: the bundled default model)",
-    )
-    parser.add_argument(
-        "--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)"
-    )
+    add_model_arguments(parser)
     parser.add_argument(
         "--port", type=int, default=0, help="port to listen on (default: a free one)"
     )
