@@ -381,3 +381,13 @@ def test_large_files_read_quietly_and_bombs_are_refused(
         assert read_image(tmp_path / "large.png").size == (15, 10)
     with pytest.raises(ValueError, match=r"bomb.png: not a readable image \(Image size"):
         read_image(tmp_path / "bomb.png")
+
+
+@pytest.mark.parametrize(
+    "pixels",
+    [np.zeros((0, 5, 3), np.uint8), np.zeros((4, 5, 3), np.float32), np.zeros((4, 5, 6), np.uint8)],
+)
+def test_arrays_that_are_not_images_are_refused_before_writing(tmp_path: Path, pixels) -> None:
+    with pytest.raises(TypeError, match="image arrays to write must be non-empty uint8 or uint16"):
+        write_image(pixels, tmp_path / "out.png")
+    assert list(tmp_path.iterdir()) == []

@@ -404,12 +404,14 @@ def _for_format(frame: Pixels, fmt: str) -> Image.Image:
 
 
 def _checked_array(pixels: np.ndarray) -> np.ndarray:
-    """``pixels`` as ``(H, W, C)``, checked to be a uint8 or uint16 image."""
-    if pixels.dtype not in (np.uint8, np.uint16) or not (
-        pixels.ndim == 2 or (pixels.ndim == 3 and 1 <= pixels.shape[2] <= 4)
+    """``pixels`` as ``(H, W, C)``, checked to be a non-empty uint8 or uint16 image."""
+    if (
+        pixels.dtype not in (np.uint8, np.uint16)
+        or not (pixels.ndim == 2 or (pixels.ndim == 3 and 1 <= pixels.shape[2] <= 4))
+        or pixels.size == 0
     ):
         raise TypeError(
-            "image arrays to write must be uint8 or uint16, (H, W) or (H, W, C) with C in 1..4, "
+            "image arrays to write must be non-empty uint8 or uint16, (H, W) or (H, W, C) with C in 1..4, "
             f"got {pixels.dtype} {pixels.shape}"
         )
     return pixels if pixels.ndim == 3 else pixels[:, :, None]
