@@ -323,17 +323,14 @@ def test_flat_image_stays_flat_without_texture() -> None:
     assert torch.allclose(out, out[:, :1].expand_as(out), atol=1e-6)
 
 
-def test_inference_runs_in_query_and_row_blocks_with_the_same_result(monkeypatch) -> None:
+def test_inference_runs_the_mlp_in_row_blocks_with_the_same_result(monkeypatch) -> None:
     import lte_cuda.models.lte as lte_module
 
     model = tiny_model("edsr-baseline-lte")
     coord, cell = query_grid(2, 19, 23)
-    features = model.encode(torch.rand(2, 3, 8, 9) * 2 - 1)
-    whole = model.query(features, coord, cell).detach()  # with gradients: one pass, no blocks
     with torch.no_grad():
-        monkeypatch.setattr(lte_module, "MLP_ROWS_PER_BLOCK", 100)  # 437 queries * 4 rows / 100
-        rows_blocked = model.query(features, coord, cell)
-        monkeypatch.setattr(lte_module, "CPU_QUERIES_PER_BLOCK", 50)  # 9 blocks, the last short
-        queries_blocked = model.query(features, coord, cell)
-    torch.testing.assert_close(rows_blocked, whole, atol=1e-6, rtol=0)
-    torch.testing.assert_close(queries_blocked, whole, atol=1e-6, rtol=0)
+        features = model.encode(torch.rand(2, 3, 8, 9) * 2 - 1)
+        whole = model.query(features, coord, cell)
+        monkeypatch.setattr(lte_module, "MLP_ROWS_PER_BLOCK", 100)  # 2*19*23*4 rows: 35 blocks
+        blocked = model.query(features, coord, cell)
+    torch.testing.assert_close(blocked, whole, atol=1e-6, rtol=0)

@@ -27,9 +27,6 @@ BACKENDS = ("fused", "reference")
 # Rows (query-neighbour pairs) per MLP block at inference: 8 MiB per hidden layer of 256,
 # small beside x (4 KiB per query) and still large enough for efficient matrix products.
 MLP_ROWS_PER_BLOCK = 8192
-# Queries per block at inference on CPU: x of a block (4 KiB per query at C = 256) is still in
-# the cache when the MLP reads it, and no large x is allocated (and page-faulted) per call.
-CPU_QUERIES_PER_BLOCK = 2048
 
 
 def make_part(
@@ -119,42 +116,33 @@ class LTE(nn.Module):
         """Predict normalised RGB at ``coord (B, Q, 2)`` for output pixels of size
         ``cell (B, Q, 2)``, both (row, col) in [-1, 1] units of the features' grid, from
         ``features`` (see :meth:`encode`). Returns ``(B, Q, 3)``."""
-        maps = (features.coef, features.freq, self.phase.weight)
+        maps = (features.coef, features.freq, self.phase.weight, coord, cell)
+        # The four neighbours of every query go through the MLP together, one matrix product
+        # per layer.
         if self.backend == "fused" and torch.is_grad_enabled():
             # Training: the op and the MLP's first layer in one call that recomputes x in
             # backward instead of keeping it (x is the step's largest tensor).
             first = self.imnet.first_layer
-            hidden, weights = ops.lte_basis_linear(*maps, coord, cell, first.weight, first.bias)
+            hidden, weights = ops.lte_basis_linear(*maps, first.weight, first.bias)
             b, q, n = weights.shape
-            preds = self.imnet.forward_after_first_layer(hidden).view(b, q, n, -1)
-            rgb = (preds * weights.unsqueeze(-1)).sum(dim=2)
+            preds = self.imnet.forward_after_first_layer(hidden)
         else:
-            step = coord.shape[1]
-            if not torch.is_grad_enabled() and coord.device.type == "cpu":
-                step = CPU_QUERIES_PER_BLOCK
-            parts = [
-                self._blend(maps, coord[:, start : start + step], cell[:, start : start + step])
-                for start in range(0, coord.shape[1], step)
-            ]
-            rgb = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+            basis = ops.lte_basis if self.backend == "fused" else reference.lte_basis
+            x, weights = basis(*maps)
+            b, q, n, c = x.shape
+            rows = x.reshape(b * q * n, c)
+            if torch.is_grad_enabled():
+                preds = self.imnet(rows)
+            else:
+                # Rows in blocks, so the hidden activations stay small beside x.
+                preds = torch.cat([self.imnet(block) for block in rows.split(MLP_ROWS_PER_BLOCK)])
+        preds = preds.view(b, q, n, -1)
+        rgb = (preds * weights.unsqueeze(-1)).sum(dim=2)
         grid = coord.to(features.inp.dtype).flip(-1).unsqueeze(1)
         bilinear = F.grid_sample(
             features.inp, grid, mode="bilinear", padding_mode="border", align_corners=False
         )
         return rgb + bilinear[:, :, 0, :].permute(0, 2, 1)
-
-    def _blend(self, maps: tuple, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
-        """The area-weighted MLP outputs of the four neighbours of every query: ``(B, Q, 3)``."""
-        basis = ops.lte_basis if self.backend == "fused" else reference.lte_basis
-        x, weights = basis(*maps, coord.contiguous(), cell.contiguous())
-        b, q, n, c = x.shape
-        rows = x.reshape(b * q * n, c)
-        if torch.is_grad_enabled():
-            preds = self.imnet(rows)
-        else:
-            # Rows in blocks, so the hidden activations stay small beside x.
-            preds = torch.cat([self.imnet(block) for block in rows.split(MLP_ROWS_PER_BLOCK)])
-        return (preds.view(b, q, n, -1) * weights.unsqueeze(-1)).sum(dim=2)
 
     def forward(self, inp: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         """``query(encode(inp), coord, cell)``: ``(B, 3, h, w)``, ``(B, Q, 2)`` x 2 ->
