@@ -29,7 +29,7 @@ from ..inference import (
 from ..models.lte import LTE, LTEFeatures
 
 # Input pixels per side of a feature block: small, so a tile encodes little beyond its own pixels.
-BLOCK = 64
+BLOCK = 16
 DEFAULT_FEATURE_BYTES = 2 << 30
 DECODE_CHUNK = 1 << 16  # queries per model call: one 256x256 tile
 
