@@ -14,10 +14,10 @@ from numbers import Integral, Real
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
+from .bicubic import bicubic_into
 from .checkpoint import load_model
-from .image_io.convert import ImageLike, pixel_scale, to_pixels
+from .image_io.convert import ImageLike, to_pixels
 from .inference import (
     PRECISIONS,
     InferenceSettings,
@@ -117,18 +117,8 @@ def upscale(
                 raise  # a module: its caller knows where it came from
             raise NonFiniteOutputError(f"model {_model_name(model)}: {err}") from None
         if channels in (2, 4):
-            _upscale_alpha(img[-1], out[-1])
+            bicubic_into(img[-1], out[-1])
     return restore(result)
-
-
-def _upscale_alpha(alpha: torch.Tensor, out: torch.Tensor) -> None:
-    """Bicubic ``alpha (h, w)`` into ``out (H, W)``, in ``out``'s dtype."""
-    unit = alpha.float() / pixel_scale(alpha.dtype)
-    upscaled = F.interpolate(unit[None, None], size=out.shape, mode="bicubic", align_corners=False)
-    upscaled = upscaled[0, 0].clamp_(0, 1)
-    if not out.is_floating_point():
-        upscaled = (upscaled * pixel_scale(out.dtype)).round_()
-    out.copy_(upscaled)
 
 
 def _preset_weights(name: str) -> Path:
