@@ -31,11 +31,10 @@ import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from PIL import Image
 
-import lte_cuda
+from lte_cuda.demo import DEMO_PHOTO
 from lte_cuda.viewer import start_viewer
 from lte_cuda.viewer.tiles import LEVELS_PER_OCTAVE, TILE_SIZE
 
@@ -45,13 +44,12 @@ BROWSER_CONNECTIONS = 6  # Chromium's parallel connections per host
 PAGE_BARS_PX = 60  # the page's toolbar and status line
 DEEPER_SCALES = (2, 4, 8, 16, 32)
 MIB = 1 << 20
-PHOTO = Path(lte_cuda.__file__).parent / "assets" / "chelsea.png"
 
 
 def make_photo(megapixels: float) -> Image.Image:
     """The bundled photo (160x150) resized to about ``megapixels`` (the model's work per
     pixel does not depend on the pixels)."""
-    with Image.open(PHOTO) as photo:
+    with Image.open(DEMO_PHOTO) as photo:
         photo = photo.convert("RGB")
     factor = math.sqrt(megapixels * 1e6 / (photo.width * photo.height))
     return photo.resize(

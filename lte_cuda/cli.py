@@ -197,7 +197,6 @@ def run_upscale_command(args: argparse.Namespace) -> int:
                 f"{args.model or 'the bundled default model'}: {err}"
             ) from None
         image = image.with_frames(frames)  # the input frames are let go before writing
-        del frames
         write_image_file(image, dst, quality=args.quality)
 
     if not source.is_dir():

@@ -90,11 +90,13 @@ def library_available() -> bool:
 
 
 def _check_inputs(coef, freq, phase_weight, coord, cell) -> None:
-    """The C++ argument checks, mirrored for fake tensors and the reference fallback.
+    """The C++ argument checks, mirrored for fake tensors and the reference fallback, in the
+    C++ order so the two can be compared line by line: shapes, then dtypes and devices."""
+    _check_shapes(coef, freq, phase_weight, coord, cell)
+    _check_dtypes_and_devices(coef, freq, phase_weight, coord, cell)
 
-    Long only because it is a flat list of checks, one per argument rule, kept in the C++
-    order so the two can be compared line by line.
-    """
+
+def _check_shapes(coef, freq, phase_weight, coord, cell) -> None:
     torch._check(
         coef.dim() == 4,
         lambda: f"lte_basis: coef must have shape (B, C, h, w), got {tuple(coef.shape)}",
@@ -136,6 +138,9 @@ def _check_inputs(coef, freq, phase_weight, coord, cell) -> None:
         coord.shape[0] == batch,
         lambda: f"lte_basis: coord has batch size {coord.shape[0]} but coef has batch size {batch}",
     )
+
+
+def _check_dtypes_and_devices(coef, freq, phase_weight, coord, cell) -> None:
     floats = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
     torch._check(
         coef.dtype in floats,
