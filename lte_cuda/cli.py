@@ -21,6 +21,7 @@ from . import distributed
 from .cli_args import add_model_arguments
 from .demo import add_demo_parser
 from .evaluate import add_test_parser
+from .export.command import add_export_parser
 from .image_io.files import (
     DEFAULT_QUALITY,
     IMAGE_SUFFIXES,
@@ -122,6 +123,7 @@ SUBCOMMANDS = (
     add_demo_parser,
     add_inspect_parser,
     add_view_parser,
+    add_export_parser,
 )
 
 
@@ -144,8 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return done.code if isinstance(done.code, int) else 0
     except UsageError as err:
         return _fail(str(err), 2)
-    # CheckpointError is a ValueError; file-system errors are OSErrors.
-    except (CLIError, ValueError, TypeError, OSError) as err:
+    # CheckpointError is a ValueError; file-system errors are OSErrors; a runtime package
+    # missing from the environment is an ImportError naming the extra that installs it.
+    except (CLIError, ValueError, TypeError, OSError, ImportError) as err:
         return _fail(str(err), 1)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)

@@ -13,15 +13,18 @@ def make_coord(
 ) -> torch.Tensor:
     """Pixel-centre coordinates of a grid of ``shape``, in [-1, 1].
 
-    Along an axis of ``n`` pixels the i-th centre is ``-1 + (2i + 1) / n``, computed as the
-    published code does (``(-1 + r) + (2r) * i`` with ``r = 1 / n``) so float32 results are
-    bit-identical to it. Returns ``(*shape, len(shape))``, or ``(prod(shape), len(shape))``
-    when ``flatten``.
+    Along an axis of ``n`` pixels the i-th centre is ``-1 + (2i + 1) / n``, computed as
+    ``first + step * i`` with ``first = (1 - n) / n`` and ``step = 2 / n``. Those are the
+    published ``-1 + r`` and ``2r`` (``r = 1 / n`` in double) rounded to the same float32 values
+    for every ``n < 2**17`` (checked exhaustively), so float32 results are bit-identical to the
+    published code; and the same formula holds for a size that is a 0-dim integer tensor (an
+    ONNX export traces sizes into its graph, where float32 division rounds once). Returns
+    ``(*shape, len(shape))``, or ``(prod(shape), len(shape))`` when ``flatten``.
     """
     axes = []
     for n in shape:
-        r = 1.0 / n
-        axes.append((-1.0 + r) + (2.0 * r) * torch.arange(n, device=device).to(dtype))
+        first, step = (1 - n) / n, 2 / n
+        axes.append(first + step * torch.arange(n, device=device).to(dtype))
     grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
     return grid.reshape(-1, grid.shape[-1]) if flatten else grid
 

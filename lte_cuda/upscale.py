@@ -115,7 +115,7 @@ def upscale(
         except NonFiniteOutputError as err:
             if isinstance(model, LTE):
                 raise  # a module: its caller knows where it came from
-            raise NonFiniteOutputError(f"model {_model_name(model)}: {err}") from None
+            raise NonFiniteOutputError(f"model {model_file(model)}: {err}") from None
         if channels in (2, 4):
             bicubic_into(img[-1], out[-1])
     return restore(result)
@@ -126,8 +126,8 @@ def _preset_weights(name: str) -> Path:
     return WEIGHTS_DIR / f"{name}.pth"
 
 
-def _model_name(model: str | os.PathLike | None) -> str:
-    """How an error names the model file the caller asked for."""
+def model_file(model: str | os.PathLike | None) -> str:
+    """The file :func:`resolve_model` reads for ``model`` (a path, a preset name or None)."""
     if model is None:
         return str(DEFAULT_WEIGHTS)
     if isinstance(model, str) and model in PRESETS:

@@ -1,0 +1,298 @@
+"""LTE as ONNX graphs: one graph for whole images, or the encode and query parts.
+
+:func:`to_onnx` traces the modules below with PyTorch's TorchScript-based exporter (a static
+graph with dynamic axes), checks that every op is in :data:`PORTABLE_OPS`, stores what a
+runtime user needs in the file's metadata, and writes the file atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import warnings
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..coords import make_coord
+from ..inference import (
+    TRAINED_MAX_SCALE,
+    encoder_name,
+    normalise,
+    query_cell,
+    receptive_radius,
+)
+from ..models import LTE
+from .portable import query_rgb
+
+# Ops that TensorRT 8.6, OpenVINO and ONNX Runtime all run (see docs/onnx-export.md). A graph
+# with any other op is refused: no GridSample, no Unfold/Im2Col, no custom domain.
+PORTABLE_OPS = frozenset(
+    {
+        "Abs", "Add", "Cast", "Clip", "Concat", "Constant", "ConstantOfShape", "Conv", "Cos",
+        "Div", "Equal", "Expand", "Flatten", "Floor", "Gather", "Gemm", "Identity", "MatMul",
+        "Max", "Min", "Mul", "Neg", "Range", "Reciprocal", "ReduceSum", "Relu", "Reshape", "Round",
+        "Shape",
+        "Sin", "Slice", "Squeeze", "Sub", "Tile", "Transpose", "Unsqueeze", "Where",
+    }
+)  # fmt: skip
+# Ops the int8 graphs add (ONNX Runtime's dynamic quantisation of the MatMuls).
+INT8_OPS = frozenset({"DynamicQuantizeLinear", "MatMulInteger"})
+DEFAULT_OPSET = 17  # the newest opset TensorRT 8.6 parses
+OPSETS = range(13, 21)
+NORMALISATION = {"mean": 0.5, "std": 0.5}  # inputs (x - mean) / std, as the published code
+EXPORTABLE_ENCODERS = ("edsr-baseline", "rdn")
+
+
+class EncodeGraph(nn.Module):
+    """``pixels (1, 3, h, w)`` in [0, 1] -> ``coef, freq (1, h, w, C)`` (channels-last, the
+    layout the query gathers rows from) and the normalised input ``inp (1, 3, h, w)``."""
+
+    def __init__(self, model: LTE) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        inp = normalise(pixels[0], pixels.device)
+        features = self.model.encode(inp)
+        return features.coef.permute(0, 2, 3, 1), features.freq.permute(0, 2, 3, 1), inp
+
+
+class QueryGraph(nn.Module):
+    """``coef, freq (1, h, w, C)``, ``inp (1, 3, h, w)``, ``coord, cell (1, Q, 2)`` -> RGB
+    ``(1, Q, 3)`` in [0, 1] units, unclamped (:meth:`LTE.query`, de-normalised)."""
+
+    def __init__(self, model: LTE) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        coef: torch.Tensor,
+        freq: torch.Tensor,
+        inp: torch.Tensor,
+        coord: torch.Tensor,
+        cell: torch.Tensor,
+    ) -> torch.Tensor:
+        model = self.model
+        rgb = query_rgb(
+            coef[0], freq[0], model.phase.weight, model.imnet, inp[0], coord[0], cell[0]
+        )
+        return (rgb * NORMALISATION["std"] + NORMALISATION["mean"]).unsqueeze(0)
+
+
+class UpscaleGraph(nn.Module):
+    """``image (1, 3, H, W)`` in [0, 1] and ``size`` (int64 [out H, out W]) -> the upscaled
+    ``(1, 3, out H, out W)`` in [0, 1]: :func:`lte_cuda.upscale` with every rule in the graph."""
+
+    def __init__(self, model: LTE, trained_max_scale: float) -> None:
+        super().__init__()
+        self.encode = EncodeGraph(model)
+        self.query = QueryGraph(model)
+        self.trained_max_scale = trained_max_scale
+
+    def forward(self, image: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+        coef, freq, inp = self.encode(image)
+        in_size = torch._shape_as_tensor(image)[2:]
+        coord = make_coord((size[0], size[1]), flatten=True).unsqueeze(0)
+        cell = torch.stack(
+            [query_cell(size[i], in_size[i], in_size[i], self.trained_max_scale) for i in (0, 1)]
+        ).to(torch.float32)
+        rgb = self.query(coef, freq, inp, coord, cell.expand_as(coord))
+        return rgb[0].t().reshape(1, 3, size[0], size[1]).clamp(0, 1)
+
+
+def check_exportable(model: object) -> None:
+    """``ValueError`` naming what cannot be exported, before any tracing."""
+    if not isinstance(model, LTE):
+        raise TypeError(f"model must be an LTE module, got {type(model).__name__}")
+    name = encoder_name(model)
+    if name not in EXPORTABLE_ENCODERS:
+        raise ValueError(
+            f"a {name} encoder does not export to ONNX (its window padding and shifted-window "
+            f"mask depend on the input size in Python); exportable: {', '.join(EXPORTABLE_ENCODERS)}"
+        )
+
+
+def graph_metadata(model: LTE, graph: str, trained_max_scale: float) -> dict[str, str]:
+    """What a runtime user needs, stored in the file as JSON values: which graph this is, the
+    model spec, the scales the model was trained on (the cell is enlarged beyond them), the
+    input normalisation, the channels of the maps, the tile overlap, the precision and the
+    project version."""
+    return {
+        "lte_cuda.graph": json.dumps(graph),
+        "lte_cuda.model_spec": json.dumps(model.spec),
+        "lte_cuda.trained_scales": json.dumps([1.0, trained_max_scale]),
+        "lte_cuda.normalisation": json.dumps(NORMALISATION),
+        "lte_cuda.channels": json.dumps(model.coef.out_channels),
+        "lte_cuda.receptive_radius": json.dumps(encoder_radius(model)),
+        "lte_cuda.precision": json.dumps("fp32"),
+        "lte_cuda.version": json.dumps(project_version()),
+    }
+
+
+def encoder_radius(model: LTE) -> int:
+    """How far the maps of one pixel see: the tile overlap a streaming host needs."""
+    return receptive_radius(model.encoder) + max(
+        receptive_radius(model.coef), receptive_radius(model.freq)
+    )
+
+
+def project_version() -> str:
+    """The installed lte_cuda version, or ``"unknown"`` when run from a source tree."""
+    try:
+        return metadata.version("lte_cuda")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def export_graphs(
+    model: LTE,
+    *,
+    opset: int = DEFAULT_OPSET,
+    parts: bool = False,
+    trained_max_scale: float = TRAINED_MAX_SCALE,
+):
+    """The ONNX model protos of ``model``: ``{"upscale": ...}``, or with ``parts``
+    ``{"encode": ..., "query": ...}``; every op checked portable. Needs ``onnx``."""
+    check_exportable(model)
+    if opset not in OPSETS:
+        raise ValueError(f"opset must be in {OPSETS.start}..{OPSETS.stop - 1}, got {opset!r}")
+    onnx = require("onnx")
+    was_training, backend = model.training, model.backend
+    model.eval().to("cpu")
+    channels = model.coef.out_channels
+    pixels = torch.rand(1, 3, 5, 6)
+    coef = torch.rand(1, 5, 6, channels)
+    specs = {
+        "upscale": (
+            UpscaleGraph(model, trained_max_scale),
+            (pixels, torch.tensor([11, 9])),
+            {"image": {2: "height", 3: "width"}, "size": {}},
+            {"output": {2: "out_height", 3: "out_width"}},
+        ),
+        "encode": (
+            EncodeGraph(model),
+            (pixels,),
+            {"pixels": {2: "height", 3: "width"}},
+            {n: {1: "height", 2: "width"} for n in ("coef", "freq")}
+            | {"inp": {2: "height", 3: "width"}},
+        ),
+        "query": (
+            QueryGraph(model),
+            (coef, coef.clone(), torch.rand(1, 3, 5, 6), torch.rand(1, 7, 2), torch.rand(1, 7, 2)),
+            {n: {1: "height", 2: "width"} for n in ("coef", "freq")}
+            | {"inp": {2: "height", 3: "width"}, "coord": {1: "queries"}, "cell": {1: "queries"}},
+            {"rgb": {1: "queries"}},
+        ),
+    }
+    names = ("encode", "query") if parts else ("upscale",)
+    try:
+        protos = {}
+        for name in names:
+            module, args, inputs, outputs = specs[name]
+            proto = onnx.load_from_string(_trace(module, args, inputs, outputs, opset))
+            check_portable(proto)
+            for key, value in graph_metadata(model, name, trained_max_scale).items():
+                proto.metadata_props.add(key=key, value=value)
+            protos[name] = proto
+        return protos
+    finally:
+        model.train(was_training)
+        model.backend = backend
+
+
+def _trace(module: nn.Module, args: tuple, inputs: dict, outputs: dict, opset: int) -> bytes:
+    """ONNX bytes of ``module`` traced at ``args``, with the named axes dynamic."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the tracer's notes on shapes it keeps dynamic
+        torch.onnx.export(
+            module,
+            args,
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=list(inputs),
+            output_names=list(outputs),
+            dynamic_axes={**inputs, **outputs},
+        )
+    return buffer.getvalue()
+
+
+def check_portable(proto, allowed: frozenset[str] = PORTABLE_OPS) -> None:
+    """``ValueError`` listing the ops of ``proto`` outside ``allowed`` or in a custom domain."""
+    foreign = sorted(
+        {n.op_type for n in proto.graph.node if n.op_type not in allowed}
+        | {f"{n.domain}.{n.op_type}" for n in proto.graph.node if n.domain not in ("", "ai.onnx")}
+    )
+    if foreign:
+        raise ValueError(f"the graph uses ops outside the portable set: {', '.join(foreign)}")
+
+
+def part_paths(path: str | os.PathLike) -> dict[str, Path]:
+    """Where ``--parts`` writes the two graphs for ``OUT.onnx``: ``OUT.encode.onnx`` and
+    ``OUT.query.onnx``."""
+    path = Path(path)
+    stem = path.with_suffix("") if path.suffix == ".onnx" else path
+    return {name: stem.with_name(f"{stem.name}.{name}.onnx") for name in ("encode", "query")}
+
+
+def to_onnx(
+    model: LTE,
+    path: str | os.PathLike,
+    *,
+    opset: int = DEFAULT_OPSET,
+    parts: bool = False,
+    int8: bool = False,
+    trained_max_scale: float = TRAINED_MAX_SCALE,
+) -> list[Path]:
+    """Export ``model`` to ``path`` (one graph) or, with ``parts``, to the encode and query
+    graphs of :func:`part_paths`, with the MLP in int8 when ``int8``; returns the files
+    written (each atomically: a failed export leaves earlier files whole)."""
+    protos = export_graphs(model, opset=opset, parts=parts, trained_max_scale=trained_max_scale)
+    if int8:
+        from .runtimes import quantize_int8
+
+        protos = {name: quantize_int8(p) if name != "encode" else p for name, p in protos.items()}
+    targets = output_paths(path, parts)
+    for name, proto in protos.items():
+        write_atomically(targets[name], proto.SerializeToString())
+    return list(targets.values())
+
+
+def output_paths(path: str | os.PathLike, parts: bool) -> dict[str, Path]:
+    """The files :func:`to_onnx` writes for ``path``, by graph name."""
+    return part_paths(path) if parts else {"upscale": Path(path)}
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in its folder and ``os.replace``,
+    so a failed write leaves any earlier file whole."""
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)  # as open() would create it, not mkstemp's 0600
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def require(package: str):
+    """Import a runtime package, or one line saying which extra installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(package)
+    except ImportError:
+        raise ImportError(
+            f"{package} is not installed; install the runtime extra: pip install 'lte_cuda[runtime]'"
+        ) from None
