@@ -21,7 +21,7 @@ $(PY):
 # installed here (see build_backend/torch_build.py).
 install: $(PY)
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install "torch==$(TORCH)"
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[dev,runtime]"
 	@$(PY) -c "import lte_cuda.ops as o, torch; print('lte_cuda built for torch', torch.__version__, '| CUDA kernels:', o.HAS_CUDA_KERNELS, '| fused op:', 'yes' if o.library_available() else o.LIBRARY_ERROR)"
 
 # pytest exits 5 when it collects no tests: that is a broken suite, not a pass.
