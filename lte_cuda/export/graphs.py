@@ -15,6 +15,7 @@ import warnings
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -35,7 +36,7 @@ PORTABLE_OPS = frozenset(
     {
         "Abs", "Add", "Cast", "Clip", "Concat", "Constant", "ConstantOfShape", "Conv", "Cos",
         "Div", "Equal", "Expand", "Flatten", "Floor", "Gather", "Gemm", "Identity", "MatMul",
-        "Max", "Min", "Mul", "Neg", "Range", "Reciprocal", "ReduceSum", "Relu", "Reshape", "Round",
+        "Max", "Min", "Mul", "Neg", "Range", "ReduceSum", "Relu", "Reshape", "Round",
         "Shape",
         "Sin", "Slice", "Squeeze", "Sub", "Tile", "Transpose", "Unsqueeze", "Where",
     }
@@ -196,6 +197,7 @@ def export_graphs(
         for name in names:
             module, args, inputs, outputs = specs[name]
             proto = onnx.load_from_string(_trace(module, args, inputs, outputs, opset))
+            reciprocals_as_division(proto)
             check_portable(proto)
             for key, value in graph_metadata(model, name, trained_max_scale).items():
                 proto.metadata_props.add(key=key, value=value)
@@ -222,6 +224,21 @@ def _trace(module: nn.Module, args: tuple, inputs: dict, outputs: dict, opset: i
             dynamic_axes={**inputs, **outputs},
         )
     return buffer.getvalue()
+
+
+def reciprocals_as_division(proto) -> None:
+    """Rewrite every ``Reciprocal(x)`` as ``Div(1, x)``: the exporter writes ``number / tensor``
+    (``2 / n`` in the pixel-centre rule) that way, and TensorRT has no Reciprocal. Float32
+    division by the same ``x`` gives the same bits."""
+    onnx = require("onnx")
+    for index, node in enumerate(proto.graph.node):
+        if node.op_type != "Reciprocal":
+            continue
+        one = f"{node.output[0]}_one"
+        proto.graph.initializer.append(onnx.numpy_helper.from_array(np.float32(1.0), one))
+        division = onnx.helper.make_node("Div", [one, node.input[0]], list(node.output))
+        proto.graph.node.remove(node)
+        proto.graph.node.insert(index, division)
 
 
 def check_portable(proto, allowed: frozenset[str] = PORTABLE_OPS) -> None:
