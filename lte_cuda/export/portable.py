@@ -76,8 +76,8 @@ def texture_basis(
     """The MLP input ``(Q, C)`` of one neighbour: ``coef (Q, C)`` and ``freq (Q, C)`` read at
     its pixel (frequency pairs interleaved), ``rel (Q, 2)``, ``phase (Q, C/2)``."""
     pairs = freq.reshape(freq.shape[0], -1, 2)
-    phi = (pairs * rel.unsqueeze(1)).sum(dim=-1) + phase
-    return coef * torch.cat((torch.cos(math.pi * phi), torch.sin(math.pi * phi)), dim=-1)
+    angle = math.pi * ((pairs * rel.unsqueeze(1)).sum(dim=-1) + phase)
+    return coef * torch.cat((torch.cos(angle), torch.sin(angle)), dim=-1)
 
 
 def bilinear_border(image: torch.Tensor, coord: torch.Tensor) -> torch.Tensor:
