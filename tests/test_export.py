@@ -17,7 +17,7 @@ from lte_cuda.cli import main
 from lte_cuda.coords import make_coord
 from lte_cuda.demo import DEMO_PHOTO
 from lte_cuda.export import PORTABLE_OPS, check_portable, export_graphs, to_onnx
-from lte_cuda.export.portable import query_rgb
+from lte_cuda.export.portable import pairs_split, query_rgb
 from lte_cuda.export.runtimes import RUNTIMES, GraphSession, load_graph
 from lte_cuda.upscale import resolve_model, super_resolve, upscale
 
@@ -86,7 +86,7 @@ def test_query_step_in_plain_ops_equals_the_fused_op():
             fused = model.query(features, coord, cell)[0]
             plain = query_rgb(
                 features.coef[0].permute(1, 2, 0),
-                features.freq[0].permute(1, 2, 0),
+                pairs_split(features.freq[0], 0).permute(1, 2, 0),
                 model.phase.weight,
                 model.imnet,
                 features.inp[0],

@@ -28,7 +28,7 @@ from ..inference import (
     receptive_radius,
 )
 from ..models import LTE
-from .portable import query_rgb
+from .portable import pairs_split, query_rgb
 
 # Ops that TensorRT 8.6, OpenVINO and ONNX Runtime all run (see docs/onnx-export.md). A graph
 # with any other op is refused: no GridSample, no Unfold/Im2Col, no custom domain.
@@ -51,16 +51,18 @@ EXPORTABLE_ENCODERS = ("edsr-baseline", "rdn")
 
 class EncodeGraph(nn.Module):
     """``pixels (1, 3, h, w)`` in [0, 1] -> ``coef, freq (1, h, w, C)`` (channels-last, the
-    layout the query gathers rows from) and the normalised input ``inp (1, 3, h, w)``."""
+    layout the query gathers rows from; the frequency pairs split by
+    :func:`~lte_cuda.export.portable.pairs_split`) and the normalised input ``inp (1, 3, h, w)``."""
 
     def __init__(self, model: LTE) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        inp = normalise(pixels[0], pixels.device)
+        inp = normalise(pixels.flatten(0, 1), pixels.device)
         features = self.model.encode(inp)
-        return features.coef.permute(0, 2, 3, 1), features.freq.permute(0, 2, 3, 1), inp
+        freq = pairs_split(features.freq, 1)
+        return features.coef.permute(0, 2, 3, 1), freq.permute(0, 2, 3, 1), inp
 
 
 class QueryGraph(nn.Module):
@@ -80,9 +82,10 @@ class QueryGraph(nn.Module):
         cell: torch.Tensor,
     ) -> torch.Tensor:
         model = self.model
-        rgb = query_rgb(
-            coef[0], freq[0], model.phase.weight, model.imnet, inp[0], coord[0], cell[0]
-        )
+        # The batch of one dropped by a reshape: [0] exports as a Gather that copies the maps on
+        # every call, squeeze(0) as an If on the dynamic shape.
+        coef, freq, inp, coord, cell = (t.flatten(0, 1) for t in (coef, freq, inp, coord, cell))
+        rgb = query_rgb(coef, freq, model.phase.weight, model.imnet, inp, coord, cell)
         return (rgb * NORMALISATION["std"] + NORMALISATION["mean"]).unsqueeze(0)
 
 
@@ -104,7 +107,7 @@ class UpscaleGraph(nn.Module):
             [query_cell(size[i], in_size[i], in_size[i], self.trained_max_scale) for i in (0, 1)]
         ).to(torch.float32)
         rgb = self.query(coef, freq, inp, coord, cell.expand_as(coord))
-        return rgb[0].t().reshape(1, 3, size[0], size[1]).clamp(0, 1)
+        return rgb.flatten(0, 1).t().reshape(1, 3, size[0], size[1]).clamp(0, 1)
 
 
 def check_exportable(model: object) -> None:

@@ -70,13 +70,28 @@ def flat_index(index: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
     return index[..., 0] * size[1] + index[..., 1]
 
 
+def pairs_split(freq: torch.Tensor, dim: int) -> torch.Tensor:
+    """Frequency maps with their interleaved (row, col) pairs along ``dim`` split into the row
+    frequencies of every pair, then the column frequencies. The query then reads a pixel's two
+    halves as two rows of a table, and no op broadcasts over pairs of two values."""
+    index = [slice(None)] * freq.dim()
+    halves = []
+    for start in (0, 1):
+        index[dim] = slice(start, None, 2)
+        halves.append(freq[tuple(index)])
+    return torch.cat(halves, dim)
+
+
 def texture_basis(
-    coef: torch.Tensor, freq: torch.Tensor, rel: torch.Tensor, phase: torch.Tensor
+    coef: torch.Tensor,
+    row_freq: torch.Tensor,
+    col_freq: torch.Tensor,
+    rel: torch.Tensor,
+    phase: torch.Tensor,
 ) -> torch.Tensor:
-    """The MLP input ``(Q, C)`` of one neighbour: ``coef (Q, C)`` and ``freq (Q, C)`` read at
-    its pixel (frequency pairs interleaved), ``rel (Q, 2)``, ``phase (Q, C/2)``."""
-    pairs = freq.reshape(freq.shape[0], -1, 2)
-    angle = math.pi * ((pairs * rel.unsqueeze(1)).sum(dim=-1) + phase)
+    """The MLP input ``(Q, C)`` of one neighbour from ``coef (Q, C)``, the row and column
+    frequencies ``(Q, C/2)`` at its pixel, ``rel (Q, 2)`` and ``phase (Q, C/2)``."""
+    angle = math.pi * (row_freq * rel[:, :1] + col_freq * rel[:, 1:] + phase)
     return coef * torch.cat((torch.cos(angle), torch.sin(angle)), dim=-1)
 
 
@@ -107,19 +122,22 @@ def query_rgb(
     coord: torch.Tensor,
     cell: torch.Tensor,
 ) -> torch.Tensor:
-    """:meth:`lte_cuda.models.LTE.query` for one image: channels-last maps ``(h, w, C)``, the
-    normalised input ``inp (3, h, w)``, ``coord`` and ``cell (Q, 2)`` -> normalised RGB
-    ``(Q, 3)``. The MLP runs one neighbour at a time (a quarter of the working set)."""
+    """:meth:`lte_cuda.models.LTE.query` for one image: channels-last maps ``(h, w, C)`` (the
+    frequencies split by :func:`pairs_split`), the normalised input ``inp (3, h, w)``,
+    ``coord`` and ``cell (Q, 2)`` -> normalised RGB ``(Q, 3)``. The MLP runs one neighbour at a
+    time (a quarter of the working set)."""
     size = map_size(coef)
     index, rel = neighbours(coord, size)
     weights = area_weights(rel)
     phase = (cell * size.to(cell.dtype)) @ phase_weight.t()
     pixels = flat_index(index, size)
     coef_table = coef.reshape(-1, coef.shape[-1])
-    freq_table = freq.reshape(-1, freq.shape[-1])
+    # Row 2p holds pixel p's row frequencies, row 2p + 1 its column frequencies.
+    freq_table = freq.reshape(-1, phase_weight.shape[0])
     rgb = bilinear_border(inp, coord)
     for n in range(len(NEIGHBOUR_OFFSETS)):
-        basis = texture_basis(coef_table[pixels[n]], freq_table[pixels[n]], rel[n], phase)
+        row_freq, col_freq = freq_table[2 * pixels[n]], freq_table[2 * pixels[n] + 1]
+        basis = texture_basis(coef_table[pixels[n]], row_freq, col_freq, rel[n], phase)
         # Rows as (1, Q, C): Linear then exports as MatMul, which int8 quantisation handles.
         rgb = rgb + imnet(basis.unsqueeze(0))[0] * weights[n].unsqueeze(-1)
     return rgb
