@@ -2,12 +2,17 @@
 (lte_cuda.reference.lte_basis) on values, gradients, dtypes, layouts and bad input."""
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import DEVICES
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+import lte_cuda
 from lte_cuda import _build_info, ops, reference
 from lte_cuda.coords import make_coord
 
@@ -467,10 +472,60 @@ def test_missing_library_falls_back_to_reference_with_one_warning(monkeypatch):
         ops.lte_basis(inputs[0][:, :3], *inputs[1:])  # the fallback checks its input too
 
 
-def test_library_built_against_another_torch_is_refused(monkeypatch):
-    monkeypatch.setattr(_build_info, "TORCH_VERSION", "0.0.1")
-    error, _ = ops._load_library()
-    assert "built against torch 0.0.1" in error and "pip install ." in error
+def run_python(code: str) -> str:
+    """What ``code`` prints in a fresh interpreter that imports this checkout's lte_cuda."""
+    package_root = str(Path(lte_cuda.__file__).resolve().parents[1])
+    path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": path},
+    )
+    return done.stdout
+
+
+def test_library_built_against_another_torch_is_refused():
+    # Loading a library built against another torch can crash the process: ops refuses it
+    # before loading, and lte_basis runs the reference instead.
+    probe = (
+        "import torch\n"
+        "torch.__version__ = '0.0.1'\n"
+        "from lte_cuda import ops\n"
+        "print(ops.library_available())\n"
+        "print(ops.LIBRARY_ERROR)\n"
+    )
+    available, error = run_python(probe).splitlines()
+    assert available == "False"
+    assert f"built against torch {torch.__version__} but torch 0.0.1 is installed" in error
+    assert "pip install ." in error
+
+
+def test_importing_ops_loads_no_images_and_no_inference():
+    probe = (
+        "import sys\n"
+        "import lte_cuda.ops\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'PIL'"
+        " or m in ('lte_cuda.inference', 'lte_cuda.upscale', 'lte_cuda.checkpoint')))\n"
+    )
+    assert run_python(probe).strip() == "[]"
+
+
+def test_the_package_names_import_on_first_use():
+    probe = (
+        "import sys\n"
+        "import lte_cuda\n"
+        "print('lte_cuda.upscale' in sys.modules)\n"
+        "from lte_cuda.upscale import resolve_model\n"  # the module of the same name
+        "print(callable(lte_cuda.upscale) and lte_cuda.upscale.__name__)\n"
+        "print(lte_cuda.load_model.__module__, lte_cuda.reference.__name__)\n"
+    )
+    assert run_python(probe).splitlines() == [
+        "False",
+        "upscale",
+        "lte_cuda.checkpoint lte_cuda.reference",
+    ]
 
 
 @pytest.mark.slow
