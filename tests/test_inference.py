@@ -21,7 +21,6 @@ from lte_cuda.inference import (
     NonFiniteOutputError,
     decode_region,
     encode_image,
-    padding_window,
     settings_for,
     upscale_into,
 )
@@ -156,17 +155,17 @@ def test_decode_region_equals_the_crop_of_upscale(preset: str) -> None:
     full = upscale(image, size=out_size[::-1], model=model, device="cpu")
     features = encode_image(model, image[None], device="cpu")
     box = (7, 11, 40, 30)
-    region = decode_region(model, features, (19, 23), out_size, box, chunk_size=100)
+    region = decode_region(model, features, out_size, box, chunk_size=100)
     assert region.shape == (3, 33, 19) and region.dtype == torch.float32
     torch.testing.assert_close(region, full[:, 7:40, 11:30], atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match=r"box must lie inside the output \(45, 61\)"):
-        decode_region(model, features, (19, 23), out_size, (0, 0, 46, 5))
+        decode_region(model, features, out_size, (0, 0, 46, 5))
 
 
 def test_swinir_padding_uses_the_models_own_window() -> None:
     """`lte-sr test`'s evaluation pads a SwinIR input to the encoder's window (4 here)."""
     model = tiny_model("swinir-lte")
-    assert padding_window(model) == 4 and padding_window(tiny_model()) == 0
+    assert model.traits.window == 4 and tiny_model().traits.window == 0
     shapes = encoder_inputs(model)
     hr_h, hr_w = 20, 18
     coord = make_coord((hr_h, hr_w), flatten=True)
@@ -177,7 +176,7 @@ def test_swinir_padding_uses_the_models_own_window() -> None:
         "gt": torch.rand(hr_h * hr_w, 3),
     }
     loader = DataLoader([sample], batch_size=1)
-    evaluate(loader, model, eval_type="benchmark-2", window_size=padding_window(model))
+    evaluate(loader, model, eval_type="benchmark-2", window_size=model.traits.window)
     # (10 // 4 + 1) * 4 = 12 rows, (9 // 4 + 1) * 4 = 12 columns (a window of 8 would give 16).
     assert shapes == [(1, 3, 12, 12)]
 

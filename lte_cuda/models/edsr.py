@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .traits import EncoderTraits, conv_radius
+
 # DIV2K RGB mean used by the published mean-shift layers.
 RGB_MEAN = (0.4488, 0.4371, 0.4040)
 
@@ -54,6 +56,11 @@ class EDSR(nn.Module):
         blocks.append(nn.Conv2d(n_feats, n_feats, 3, padding=1))
         self.body = nn.Sequential(*blocks)
         self.out_dim = n_feats
+
+    @property
+    def traits(self) -> EncoderTraits:
+        """Stride-1 convolutions only: tiles grown by their reach are exact."""
+        return EncoderTraits(local=True, radius=conv_radius(self))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.head(x)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .lte import BACKENDS, ENCODERS, IMNETS, LTE
+from .norm import check_data_norm
 from .rdn import RDN_CONFIGS
 
 # 1e9 float32 numbers are 4 GB: about 45 times the largest published LTE (RDN-LTE, 22M).
@@ -25,9 +26,9 @@ _MAX_LIST = 64  # longest depths / num_heads / hidden_list
 
 @dataclass(frozen=True)
 class Bound:
-    """What one argument may be: ``kind`` 'int', 'real', 'bool', 'int-list' or 'choice'."""
+    """What one argument may be (``kind``) and its range."""
 
-    kind: str
+    kind: str  # 'int', 'real', 'bool', 'int-list', 'choice' or 'data-norm'
     low: float = -math.inf
     high: float = math.inf
     choices: tuple = ()
@@ -38,7 +39,9 @@ class Bound:
         """Raise ``ValueError`` naming ``where`` unless ``value`` is within the bound."""
         if value is None and self.optional:
             return
-        if self.kind == "choice":
+        if self.kind == "data-norm":
+            check_data_norm(value, where)
+        elif self.kind == "choice":
             if value not in self.choices:
                 raise ValueError(f"{where} must be one of {list(self.choices)}, got {value!r}")
         elif self.kind == "bool":
@@ -119,7 +122,11 @@ ARG_BOUNDS: dict[str, dict[str, Bound]] = {
         "out_dim": _int(1, 8192),
         "hidden_list": Bound("int-list", 1, 8192, min_items=0),
     },
-    "lte": {"hidden_dim": _int(2, 8192), "backend": Bound("choice", choices=BACKENDS)},
+    "lte": {
+        "hidden_dim": _int(2, 8192),
+        "backend": Bound("choice", choices=BACKENDS),
+        "data_norm": Bound("data-norm", optional=True),
+    },
 }
 _CONSTRUCTORS: dict[str, Callable[..., Any]] = {**ENCODERS, **IMNETS, "lte": LTE}
 _SUB_SPECS = {"lte": ("encoder_spec", "imnet_spec")}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .traits import EncoderTraits, conv_radius
+
 # (D blocks, C convolutions per block, G growth rate) of the published configurations.
 RDN_CONFIGS = {"A": (20, 6, 32), "B": (16, 8, 64)}
 
@@ -51,6 +53,11 @@ class RDN(nn.Module):
             nn.Conv2d(g0, g0, kernel_size, padding=pad),
         )
         self.out_dim = g0
+
+    @property
+    def traits(self) -> EncoderTraits:
+        """Stride-1 convolutions only: tiles grown by their reach are exact."""
+        return EncoderTraits(local=True, radius=conv_radius(self))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shallow = self.SFENet1(x)

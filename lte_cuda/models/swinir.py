@@ -14,6 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .traits import EncoderTraits, conv_radius
+
+# Windows of overlap added around SwinIR tiles (asked for explicitly; never exact).
+SEAM_WINDOWS = 4
+
 
 def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
     """Stochastic depth: zero the whole residual branch of random samples, rescale the rest."""
@@ -307,6 +312,14 @@ class SwinIR(nn.Module):
             nn.Conv2d(embed_dim, self.out_dim, 3, padding=1), nn.LeakyReLU(inplace=True)
         )
         self.apply(_init_weights)
+
+    @property
+    def traits(self) -> EncoderTraits:
+        """Attention reaches across the image: tiles are approximate, and a few windows of
+        overlap beyond the convolutions' reach shrink the seams (they do not remove them).
+        The input is padded to the window as the published test pads it."""
+        radius = conv_radius(self) + SEAM_WINDOWS * self.window_size
+        return EncoderTraits(local=False, radius=radius, window=self.window_size)
 
     def pad_to_window(self, x: torch.Tensor) -> torch.Tensor:
         """Reflect-pad bottom/right so that height and width are multiples of the window."""
