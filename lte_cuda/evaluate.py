@@ -26,7 +26,7 @@ from .coords import make_cell, make_coord
 from .data import make_dataset
 from .inference import cell_enlargement, reflect_pad_to_window, resolve_device
 from .metrics import parse_eval_type, psnr
-from .models import BACKENDS
+from .models import BACKENDS, DEFAULT_BACKEND
 
 
 @torch.no_grad()
@@ -206,7 +206,9 @@ def add_test_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     parser.add_argument("--model", required=True, help="checkpoint (.pth) in the published format")
     parser.add_argument("--out", help="write the results (mean and per-image PSNR) as JSON here")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--backend", choices=BACKENDS, default="fused", help="query implementation")
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default=DEFAULT_BACKEND, help="query implementation"
+    )
     parser.add_argument(
         "--eval-bsize", type=int, help="queries decoded per chunk (overrides the config)"
     )

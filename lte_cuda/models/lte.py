@@ -25,6 +25,7 @@ from .traits import EncoderTraits, conv_radius
 ENCODERS: dict[str, type[nn.Module]] = {"edsr-baseline": EDSR, "rdn": RDN, "swinir": SwinIR}
 IMNETS: dict[str, type[nn.Module]] = {"mlp": MLP}
 BACKENDS = ("fused", "reference")
+DEFAULT_BACKEND = BACKENDS[0]
 # Rows (query-neighbour pairs) per MLP block at inference: 8 MiB per hidden layer of 256,
 # small beside x (4 KiB per query) and still large enough for efficient matrix products.
 MLP_ROWS_PER_BLOCK = 8192
@@ -85,7 +86,7 @@ class LTE(nn.Module):
         encoder_spec: dict,
         imnet_spec: dict,
         hidden_dim: int = 256,
-        backend: str = "fused",
+        backend: str = DEFAULT_BACKEND,
         data_norm: dict | None = None,
     ) -> None:
         super().__init__()
