@@ -19,6 +19,7 @@ from lte_cuda.coords import make_cell, make_coord
 from lte_cuda.evaluate import evaluate
 from lte_cuda.inference import (
     NonFiniteOutputError,
+    TorchExecutor,
     decode_region,
     encode_image,
     settings_for,
@@ -232,3 +233,36 @@ def test_peak_memory_follows_the_budget_not_the_image() -> None:
     numbers = json.loads(result.stdout)
     maps = 400 * 400 * 2 * 128 * 4
     assert numbers["peak"] - numbers["output"] < maps / 4, numbers
+
+
+class CountingExecutor:
+    """Another executor, as ONNX Runtime or a reduced-precision runtime would plug in: here
+    the torch one behind a counter of its calls."""
+
+    def __init__(self, model: LTE) -> None:
+        self.inner = TorchExecutor(model.eval(), torch.device("cpu"))
+        self.device, self.traits = self.inner.device, self.inner.traits
+        self.channels, self.trained_max_scale = self.inner.channels, self.inner.trained_max_scale
+        self.calls = {"encode_tile": 0, "query": 0}
+
+    def encode_tile(self, pixels: torch.Tensor):
+        self.calls["encode_tile"] += 1
+        return self.inner.encode_tile(pixels)
+
+    def query(self, features, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        self.calls["query"] += 1
+        return self.inner.query(features, coord, cell)
+
+
+def test_the_pipeline_runs_any_executor() -> None:
+    model = tiny_model("rdn-lte")
+    torch.manual_seed(7)
+    image = torch.rand(3, 20, 13)
+    executor = CountingExecutor(model)
+    settings = settings_for("cpu", tile_size=6, budget=TINY_BUDGET, chunk_size=50)
+    out = torch.empty(3, 45, 29)
+    upscale_into(executor, image, out, settings)
+    expected = upscale(image, size=(29, 45), model=model, device="cpu")
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    # 4 x 3 tiles, each encoded once; every region decoded in chunks of 50 queries.
+    assert executor.calls["encode_tile"] == 12 and executor.calls["query"] >= 45 * 29 / 50

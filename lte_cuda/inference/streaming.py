@@ -13,7 +13,7 @@ import torch
 from ..coords import Box
 from ..models.lte import LTE, LTEFeatures
 from .device import ENCODE_BYTES_PER_PIXEL, default_chunk, memory_budget
-from .ensemble import self_ensemble
+from .ensemble import DIHEDRAL_TRANSFORMS, self_ensemble
 from .executor import Executor, torch_executor
 from .features import FeatureSource
 from .geometry import axis_coords, owned_outputs, padded_side, query_cell, with_margin
@@ -121,7 +121,7 @@ def upscale_into(
     """
     with _executor_for(model, settings.device, settings.precision) as executor:
         out_size = tuple(dest.shape[-2:])
-        passes = 8 if settings.self_ensemble else 1
+        passes = len(DIHEDRAL_TRANSFORMS) if settings.self_ensemble else 1
         total = passes * _region_count(executor, tuple(source.shape[-2:]), settings)
         report = _progress_counter(settings.progress, total)
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -13,19 +12,18 @@ from torch import nn
 
 from .. import ops, reference
 from ..coords import Box
-from .edsr import make_edsr_baseline
+from .bounds import Bound, int_bound
+from .edsr import EDSR
 from .mlp import MLP
 from .norm import PUBLISHED_NORM, check_data_norm, norm_buffers
-from .rdn import make_rdn
-from .swinir import make_swinir
+from .rdn import RDN
+from .swinir import SwinIR
 from .traits import EncoderTraits, conv_radius
 
-ENCODERS: dict[str, Callable[..., nn.Module]] = {
-    "edsr-baseline": make_edsr_baseline,
-    "rdn": make_rdn,
-    "swinir": make_swinir,
-}
-IMNETS: dict[str, Callable[..., nn.Module]] = {"mlp": MLP}
+# The registry: a name -> a class whose constructor takes the published arguments and which
+# declares ``arg_bounds``, ``count_numbers``, ``out_dim_of`` and (encoders) ``traits``.
+ENCODERS: dict[str, type[nn.Module]] = {"edsr-baseline": EDSR, "rdn": RDN, "swinir": SwinIR}
+IMNETS: dict[str, type[nn.Module]] = {"mlp": MLP}
 BACKENDS = ("fused", "reference")
 DEFAULT_BACKEND = BACKENDS[0]
 # Rows (query-neighbour pairs) per MLP block at inference: 8 MiB per hidden layer of 256,
@@ -34,9 +32,7 @@ MLP_ROWS_PER_BLOCK = 8192
 TRAINED_MAX_SCALE = 4.0
 
 
-def make_part(
-    registry: dict[str, Callable[..., nn.Module]], spec: dict, **extra_args: Any
-) -> nn.Module:
+def make_part(registry: dict[str, type[nn.Module]], spec: dict, **extra_args: Any) -> nn.Module:
     """Build ``spec = {'name': ..., 'args': {...}}`` from ``registry``; ``extra_args`` are
     added to (and override) ``spec['args']``, as the published ``models.make`` does."""
     name = spec.get("name")
@@ -79,6 +75,11 @@ class LTE(nn.Module):
 
     # The published models were trained on scales up to 4; above it the cell is enlarged.
     trained_max_scale = TRAINED_MAX_SCALE
+    arg_bounds: ClassVar[dict[str, Bound]] = {
+        "hidden_dim": int_bound(2, 8192),
+        "backend": Bound("choice", choices=BACKENDS),
+        "data_norm": Bound("data-norm", optional=True),
+    }
 
     def __init__(
         self,
