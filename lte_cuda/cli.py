@@ -32,10 +32,10 @@ from .image_io.files import (
     same_file,
     write_image_file,
 )
-from .inference import NonFiniteOutputError, resolve_device
+from .inference import PRECISIONS, NonFiniteOutputError, resolve_device
 from .texture_map import add_inspect_parser
 from .train import add_train_parser
-from .upscale import PRECISIONS, resolve_model, upscale
+from .upscale import resolve_model, upscale
 from .viewer import add_view_parser
 
 PROG = "lte-sr"

@@ -1,8 +1,9 @@
 """Evaluation with the published test protocol, and the ``lte-sr test`` subcommand.
 
-Per image: normalise the LR input, (SwinIR only) reflect-pad it, decode every HR pixel in
-chunks of ``eval_bsize`` queries with the cell enlarged above the training scale, de-normalise
-and clamp, and take the PSNR of :func:`lte_cuda.metrics.psnr` for the config's ``eval_type``.
+Per image: (SwinIR only) reflect-pad the LR input, decode every HR pixel in chunks of
+``eval_bsize`` queries with the cell enlarged above the training scale (the model normalises
+and de-normalises with its own norm, so a test config's ``data_norm`` is not used), clamp,
+and take the PSNR of :func:`lte_cuda.metrics.psnr` for the config's ``eval_type``.
 """
 
 from __future__ import annotations
@@ -23,42 +24,19 @@ from . import distributed
 from .config import ConfigError, check_dataset_spec, load_config
 from .coords import make_cell, make_coord
 from .data import make_dataset
-from .inference import (
-    batched_predict,
-    cell_enlargement,
-    padding_window,
-    reflect_pad_to_window,
-    resolve_device,
-)
+from .inference import cell_enlargement, reflect_pad_to_window, resolve_device
 from .metrics import parse_eval_type, psnr
 from .models import BACKENDS, DEFAULT_BACKEND
-
-# Published default when a config has no data_norm: no normalisation.
-IDENTITY_NORM = {"inp": {"sub": [0], "div": [1]}, "gt": {"sub": [0], "div": [1]}}
-
-
-def norm_tensors(
-    data_norm: dict[str, Any] | None, device: torch.device | str
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(inp_sub, inp_div, gt_sub, gt_div)`` shaped to broadcast over images (B, 3, h, w)
-    and query values (B, Q, 3)."""
-    norm = data_norm or IDENTITY_NORM
-    inp_sub = torch.tensor(norm["inp"]["sub"], dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    inp_div = torch.tensor(norm["inp"]["div"], dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    gt_sub = torch.tensor(norm["gt"]["sub"], dtype=torch.float32, device=device).view(1, 1, -1)
-    gt_div = torch.tensor(norm["gt"]["div"], dtype=torch.float32, device=device).view(1, 1, -1)
-    return inp_sub, inp_div, gt_sub, gt_div
 
 
 @torch.no_grad()
 def evaluate(
     loader: DataLoader,
     model: nn.Module,
-    data_norm: dict[str, Any] | None = None,
     eval_type: str | None = None,
     eval_bsize: int | None = None,
     window_size: int = 0,
-    scale_max: float = 4,
+    scale_max: float | None = None,
     on_image: Callable[[int, float], None] | None = None,
 ) -> list[float]:
     """PSNR of every sample of ``loader``, in loader order.
@@ -66,12 +44,14 @@ def evaluate(
     ``eval_type`` None scores the query samples as they are (training validation); otherwise
     the queries must cover the whole HR image, which is rebuilt from them and scored with
     the shave and channel weights of ``eval_type``. ``window_size`` > 0 applies the published
-    SwinIR reflection padding (needs ``eval_type`` for the scale). ``on_image(i, psnr)`` is
-    called after each sample. The model is left in eval mode.
+    SwinIR reflection padding (needs ``eval_type`` for the scale). The cell is enlarged above
+    ``scale_max`` (default: the model's ``trained_max_scale``). The model normalises its
+    input and de-normalises its output itself (the norm it was trained with).
+    ``on_image(i, psnr)`` is called after each sample. The model is left in eval mode.
     """
     model.eval()
     device = next(model.parameters()).device
-    inp_sub, inp_div, gt_sub, gt_div = norm_tensors(data_norm, device)
+    scale_max = model.trained_max_scale if scale_max is None else scale_max
     _, scale = parse_eval_type(eval_type)
     if window_size and not scale:
         raise ValueError("SwinIR padding needs eval_type 'div2k-N' or 'benchmark-N' for the scale")
@@ -80,7 +60,7 @@ def evaluate(
     results: list[float] = []
     for batch in loader:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        inp = (batch["inp"] - inp_sub) / inp_div
+        inp = batch["inp"]
         coord, cell = batch["coord"], batch["cell"]
         if eval_type is not None:
             # The cell is (2/H, 2/W) of the HR image: it gives the shape to rebuild.
@@ -98,8 +78,7 @@ def evaluate(
             coord = make_coord((out_h, out_w), device=device, flatten=True)
             coord = coord.unsqueeze(0).expand(inp.shape[0], -1, -1)
             cell = make_cell(coord, out_h, out_w)
-        pred = batched_predict(model, inp, coord, cell * cell_factor, eval_bsize)
-        pred = (pred * gt_div + gt_sub).clamp_(0, 1)
+        pred = batched_predict(model, inp, coord, cell * cell_factor, eval_bsize).clamp_(0, 1)
         gt = batch["gt"]
         if eval_type is not None:
             bsz = pred.shape[0]
@@ -110,6 +89,27 @@ def evaluate(
             if on_image is not None:
                 on_image(len(results) - 1, value)
     return results
+
+
+def batched_predict(
+    model: nn.Module,
+    pixels: torch.Tensor,
+    coord: torch.Tensor,
+    cell: torch.Tensor,
+    bsize: int | None = None,
+) -> torch.Tensor:
+    """The model's RGB (B, Q, 3) in [0, 1] units (unclamped) for ``pixels (B, 3, h, w)`` in
+    [0, 1], as the published test runs it: features once, then queries in chunks of
+    ``bsize`` (all at once when None)."""
+    with torch.no_grad():
+        if bsize is None:
+            return model(pixels, coord, cell)
+        features = model.encode(pixels)
+        chunks = [
+            model.query(features, coord[:, i : i + bsize], cell[:, i : i + bsize])
+            for i in range(0, coord.shape[1], bsize)
+        ]
+        return torch.cat(chunks, dim=1)
 
 
 def _image_names(dataset: Dataset) -> list[str] | None:
@@ -165,11 +165,10 @@ def run_test(
     local_values = evaluate(
         loader,
         model,
-        data_norm=config.get("data_norm"),
         eval_type=eval_type,
         eval_bsize=eval_bsize if eval_bsize is not None else config.get("eval_bsize"),
-        window_size=padding_window(model),
-        scale_max=config.get("scale_max", 4),
+        window_size=model.traits.window,
+        scale_max=config.get("scale_max"),
         on_image=on_image,
     )
     values = distributed.gather_in_order(local_values, indices, count)

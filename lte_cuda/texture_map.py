@@ -42,13 +42,9 @@ def estimate_textures(
     """
     if rgb.dim() != 3 or rgb.shape[0] != 3:
         raise ValueError(f"rgb must have shape (3, h, w), got {tuple(rgb.shape)}")
-    height, width = rgb.shape[-2:]
-    was_training = model.training
-    try:
-        features = encode_image(model, rgb.unsqueeze(0), device=device)
-    finally:
-        model.train(was_training)
-    # SwinIR pads its features bottom/right: keep the image's own pixels.
+    features = encode_image(model, rgb.unsqueeze(0), device=device)
+    # An encoder with a window has its maps padded bottom/right: keep the image's own pixels.
+    height, width = features.image_size
     coef = features.coef[0, :, :height, :width].float().cpu()
     freq = features.freq[0, :, :height, :width].float().cpu()
     pairs = coef.shape[0] // 2

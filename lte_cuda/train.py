@@ -61,9 +61,10 @@ from .config import (
     require_mapping,
 )
 from .data import make_dataset, seed_worker
-from .evaluate import evaluate, norm_tensors
+from .evaluate import evaluate
 from .inference import resolve_device
 from .models import BACKENDS, DEFAULT_BACKEND, make_model
+from .models.norm import IDENTITY_NORM
 from .run_lock import RunLock, RunLockedError
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
@@ -440,6 +441,8 @@ class Trainer:
         self.log = _Log(save_path, env.main)
         self.seed = int(config.get("seed", 0))
         self.model = model.to(env.device)
+        # Trained with the config's norm (none when absent, as published); saved in its spec.
+        self.model.set_data_norm(config.get("data_norm") or IDENTITY_NORM)
         self.optimizer_spec = {k: v for k, v in optimizer_spec.items() if k != "sd"}
         self.optimizer = make_optimizer(self.model.parameters(), self.optimizer_spec)
         total_steps = config.get("max_steps") or config["epoch_max"] * steps_per_epoch
@@ -455,7 +458,6 @@ class Trainer:
         self.progress = Progress()
         self.ddp_model = DistributedDataParallel(self.model) if env.enabled else self.model
         self.forward = torch.compile(self.ddp_model) if config.get("compile") else self.ddp_model
-        self.norm = norm_tensors(config.get("data_norm"), env.device)
 
     # ------------------------------------------------------------------ restore state
 
@@ -545,10 +547,10 @@ class Trainer:
         raises :class:`TrainingDiverged` before the weights change."""
         device = self.env.device
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        inp_sub, inp_div, gt_sub, gt_div = self.norm
         with self.autocast:
-            pred = self.forward((batch["inp"] - inp_sub) / inp_div, batch["coord"], batch["cell"])
-        loss = F.l1_loss(pred.float(), (batch["gt"] - gt_sub) / gt_div)
+            pred = self.forward(batch["inp"], batch["coord"], batch["cell"], normalised=True)
+        # On normalised values, as published.
+        loss = F.l1_loss(pred.float(), self.model.normalise_target(batch["gt"]))
         finite = bool(
             torch.isfinite(loss)
         )  # one scalar sync per step: the price of stopping in time
@@ -639,7 +641,6 @@ class Trainer:
         values = evaluate(
             loader,
             self.model,
-            data_norm=self.config.get("data_norm"),
             eval_type=self.config.get("eval_type"),
             eval_bsize=self.config.get("eval_bsize"),
         )

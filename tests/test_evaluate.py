@@ -6,7 +6,6 @@ import json
 import math
 import re
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,6 +21,7 @@ from lte_cuda.data import DATASETS
 from lte_cuda.evaluate import run_test
 from lte_cuda.metrics import parse_eval_type, psnr
 from lte_cuda.models import make_model
+from lte_cuda.models.traits import EncoderTraits
 
 NORM = {"inp": {"sub": [0.5], "div": [0.5]}, "gt": {"sub": [0.5], "div": [0.5]}}
 Y = np.array([65.738, 129.057, 25.064]) / 256
@@ -56,7 +56,11 @@ class CoordModel(nn.Module):
         super().__init__()
         self.anchor = nn.Parameter(torch.zeros(()))  # gives evaluate() a device
         self.spec = {"name": "lte", "args": {"encoder_spec": {"name": encoder, "args": {}}}}
-        self.encoder = SimpleNamespace(window_size=8)  # as published SwinIR
+        # As published SwinIR: a window of 8.
+        self.traits = EncoderTraits(
+            local=encoder != "swinir", radius=0, window=8 * (encoder == "swinir")
+        )
+        self.trained_max_scale = 4.0
         self.inputs: list[torch.Size] = []
         self.chunks: list[int] = []
         self.cells: list[torch.Tensor] = []
@@ -65,10 +69,11 @@ class CoordModel(nn.Module):
         self.inputs.append(inp.shape)
 
     def query(self, features: None, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        """The coordinates, read as normalised values and de-normalised as LTE.query does."""
         self.chunks.append(coord.shape[1])
         self.cells.append(cell)
         r, c = coord[..., 0], coord[..., 1]
-        return torch.stack([r, c, r * c], dim=-1)
+        return torch.stack([r, c, r * c], dim=-1) * 0.5 + 0.5
 
     def forward(self, inp, coord, cell):
         return self.query(self.encode(inp), coord, cell)
@@ -205,7 +210,7 @@ def test_swinir_padding_content(div2k):
     seen = []
     model.encode = seen.append  # keep the padded input itself
     run_test(paired_config(div2k, 2, "div2k-2"), model, verbose=False)
-    lr = np.asarray(Image.open(div2k / "X2" / "a.png")) / 255.0 * 2 - 1  # normalised, 48 x 45
+    lr = np.asarray(Image.open(div2k / "X2" / "a.png")) / 255.0  # pixels in [0, 1], 48 x 45
     expected = _reflect_pad_np(lr, 56, 48)
     np.testing.assert_allclose(seen[0][0].permute(1, 2, 0).numpy(), expected, atol=1e-6)
 
