@@ -4,11 +4,13 @@ Cases: x4 128x128 -> 512x512 and x2 512x512 -> 1024x1024, with the bundled defau
 with an EDSR-baseline-LTE of the published size (random weights: the time does not depend on
 them). Every configuration runs through :func:`lte_cuda.upscale` (one pipeline: tiles, chunks,
 the memory budget), ``runtime=None`` for torch (the fused op, float32) or the runtime's
-executor over the exported parts. Each measurement is a fresh process: it builds the model and
-the executor (export, compile; reported as setup), upscales a 32x32 crop once (the runtimes
-prepare their kernels), then times the case once and reports the peak resident memory of the
-whole process (VmHWM). Configurations alternate within every round; the table gives medians
-and the min-max spread over rounds, and the speed against torch fp32 from the medians.
+executor over the parts exported beforehand (``lte-sr export --parts [--int8]``, as a user
+deploys them). Each measurement is a fresh process: it loads the model or the graphs (reported
+as setup), upscales a 32x32 crop once (the runtimes prepare their kernels), then times the case
+once and reports the peak resident memory of the whole process (VmHWM) and how far the timed
+run raised it above the resident size before it (the run's own working set). Configurations
+alternate within every round; the table gives medians and the min-max spread over rounds, and
+the speed against torch fp32 from the medians.
 
     nice -n 10 python benchmarks/bench_runtimes.py --rounds 3 --out benchmarks/results/runtimes.md
 
@@ -21,6 +23,7 @@ import argparse
 import json
 import statistics
 import subprocess
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -44,8 +47,9 @@ CHILD = textwrap.dedent(
     from benchmarks.bench_large import textured_image
     from benchmarks.bench_runtimes import build_model
     from lte_cuda import ops, upscale
+    from lte_cuda.upscale import resolve_runner
 
-    model_name, side, out_side, runtime, precision = sys.argv[1:6]
+    model_name, side, out_side, runtime, precision, graphs = sys.argv[1:7]
     side, out_side = int(side), int(out_side)
     runtime = None if runtime == "torch" else runtime
     if runtime is None and not ops.library_available():
@@ -55,16 +59,22 @@ CHILD = textwrap.dedent(
         with open("/proc/self/status") as f:
             return next(int(l.split()[1]) * 1024 for l in f if l.startswith(field + ":"))
 
-    model = build_model(model_name)
     image = textured_image(side, side)
-    run = dict(model=model, device="cpu", runtime=runtime, precision=precision)
     start = time.perf_counter()
-    upscale(image[:32, :32], size=(128, 128), **run)  # setup: export, compile, first kernels
+    if runtime is None:
+        model = build_model(model_name)
+    else:
+        model = resolve_runner(graphs, runtime, precision, torch.device("cpu"))
+    run = dict(model=model, device="cpu", runtime=runtime, precision=precision)
+    upscale(image[:32, :32], size=(128, 128), **run)  # the runtimes prepare their kernels
     setup = time.perf_counter() - start
+    before = status("VmRSS")
     start = time.perf_counter()
     upscale(image, size=(out_side, out_side), **run)
     seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "setup": setup, "peak_rss": status("VmHWM")}))
+    peak = status("VmHWM")
+    print(json.dumps({"seconds": seconds, "setup": setup, "peak_rss": peak,
+                      "run_rss": peak - before}))
     """
 )
 
@@ -89,25 +99,42 @@ def cpu_description() -> str:
     return f"{fields.get('Model name', '?').strip()}; flags: {fields.get('Flags', '?').strip()}"
 
 
+def export_parts(models: list[str], folder: Path) -> dict:
+    """``{(model, precision): OUT.onnx}``: each model's parts exported once, fp32 and int8."""
+    from lte_cuda.export import to_onnx
+
+    paths = {}
+    for model in models:
+        for precision in ("fp32", "int8"):
+            path = folder / f"{model}-{precision}.onnx"
+            to_onnx(build_model(model), path, parts=True, int8=precision == "int8")
+            paths[model, precision] = path
+    return paths
+
+
 def measure(rounds: int, cases: list[str], models: list[str], configs: list) -> dict:
     """``{(case, model, runtime, precision): [child results]}``, configurations alternating."""
     results: dict = {}
+    folder = Path(tempfile.mkdtemp(prefix="bench-runtimes-"))
+    graphs = export_parts(models, folder)
     for _ in range(rounds):
         for case in cases:
             side, out_side = CASES[case]
             for model in models:
                 for runtime, precision in configs:
-                    args = [model, str(side), str(out_side), runtime, precision]
+                    path = str(graphs[model, precision])
+                    args = [model, str(side), str(out_side), runtime, precision, path]
                     result = run_child(CHILD, args, exact_peak=False)
                     results.setdefault((case, model, runtime, precision), []).append(result)
     return results
 
 
 def table(results: dict) -> str:
-    """Markdown: median time (min-max), speed against torch fp32, setup, peak memory."""
+    """Markdown: median time (min-max), speed against torch fp32, setup, peak memory of the
+    process and the timed run's rise above its resident size before."""
     lines = [
-        "| case | model | runtime | precision | time s, median (min-max) | vs torch fp32 | setup s | peak MB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| case | model | runtime | precision | time s, median (min-max) | vs torch fp32 | setup s | peak MB | run's rise MB |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for (case, model, runtime, precision), runs in results.items():
         times = [r["seconds"] for r in runs]
@@ -117,7 +144,8 @@ def table(results: dict) -> str:
             f"| {case} | {model} | {runtime} | {precision} | {median:.2f} ({min(times):.2f}-"
             f"{max(times):.2f}) | {base / median:.2f}x | "
             f"{statistics.median(r['setup'] for r in runs):.1f} | "
-            f"{statistics.median(r['peak_rss'] for r in runs) / 2**20:.0f} |"
+            f"{statistics.median(r['peak_rss'] for r in runs) / 2**20:.0f} | "
+            f"{statistics.median(r['run_rss'] for r in runs) / 2**20:.0f} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -13,6 +13,7 @@ bicubic and the model card's targets.
     python benchmarks/eval_default_model.py                      # the bundled default model
     python benchmarks/eval_default_model.py --model save/run/epoch-last.pth --out card.md
     python benchmarks/eval_default_model.py --self-ensemble      # 8 flips/transposes averaged
+    python benchmarks/eval_default_model.py --runtime onnxruntime --precision int8
 
 with lte_cuda installed (or PYTHONPATH set to the project root) and scikit-image.
 """
@@ -28,7 +29,7 @@ import torch
 from PIL import Image
 
 from lte_cuda.metrics import psnr
-from lte_cuda.upscale import DEFAULT_WEIGHTS, resolve_model, upscale
+from lte_cuda.upscale import DEFAULT_WEIGHTS, resolve_runner, upscale
 
 PHOTOS = ("chelsea", "coffee", "camera")
 SCALES = (2, 3, 4, 6, 8)
@@ -68,17 +69,31 @@ def shaved_psnr(sr: np.ndarray, hr: np.ndarray, shave: int) -> float:
 
 
 def evaluate(
-    model, photos=PHOTOS, scales=SCALES, self_ensemble: bool = False
+    model,
+    photos=PHOTOS,
+    scales=SCALES,
+    self_ensemble: bool = False,
+    runtime: str | None = None,
+    precision: str = "fp32",
 ) -> dict[tuple[str, int], tuple[float, float]]:
-    """``{(photo, scale): (bicubic PSNR, LTE PSNR)}`` for ``model`` (an LTE or a path)."""
-    lte = resolve_model(model)
+    """``{(photo, scale): (bicubic PSNR, LTE PSNR)}`` for ``model`` (an LTE or a path), run by
+    torch or by ``runtime`` at ``precision`` (as :func:`lte_cuda.upscale` takes them)."""
+    device = torch.device("cpu") if runtime else None
+    lte = resolve_runner(model, runtime, precision, device)
     results = {}
     for name in photos:
         photo = load_photo(name)
         for scale in scales:
             hr, lr = make_pair(photo, scale)
             bicubic = lr.resize(hr.size, Image.Resampling.BICUBIC)
-            sr = upscale(lr, size=hr.size, model=lte, self_ensemble=self_ensemble)
+            sr = upscale(
+                lr,
+                size=hr.size,
+                model=lte,
+                self_ensemble=self_ensemble,
+                runtime=runtime,
+                precision=precision,
+            )
             target = np.asarray(hr)
             results[name, scale] = (
                 shaved_psnr(np.asarray(bicubic), target, scale),
@@ -132,12 +147,21 @@ def main() -> None:
     parser.add_argument(
         "--self-ensemble", action="store_true", help="upscale with self_ensemble=True"
     )
+    parser.add_argument("--runtime", choices=("onnxruntime", "openvino"), help="default: torch")
+    parser.add_argument("--precision", default="fp32", help="fp32 (default), or int8 on a runtime")
     args = parser.parse_args()
 
     start = time.perf_counter()
-    results = evaluate(args.model, scales=args.scales, self_ensemble=args.self_ensemble)
+    results = evaluate(
+        args.model,
+        scales=args.scales,
+        self_ensemble=args.self_ensemble,
+        runtime=args.runtime,
+        precision=args.precision,
+    )
     tables = markdown_tables(results)
     ensemble = ", self-ensemble" if args.self_ensemble else ""
+    ensemble += f", {args.runtime} {args.precision}" if args.runtime else ""
     print(
         f"model: {args.model or DEFAULT_WEIGHTS}{ensemble} ({time.perf_counter() - start:.0f} s)\n"
     )

@@ -22,6 +22,7 @@ from .cli_args import add_model_arguments
 from .demo import add_demo_parser
 from .evaluate import add_test_parser
 from .export.command import add_export_parser
+from .export.runtimes import RUNTIMES
 from .image_io.files import (
     DEFAULT_QUALITY,
     IMAGE_SUFFIXES,
@@ -35,7 +36,7 @@ from .image_io.files import (
 from .inference import PRECISIONS, NonFiniteOutputError, resolve_device
 from .texture_map import add_inspect_parser
 from .train import add_train_parser
-from .upscale import resolve_model, upscale
+from .upscale import resolve_runner, upscale
 from .viewer import add_view_parser
 
 PROG = "lte-sr"
@@ -81,7 +82,16 @@ def add_upscale_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     target.add_argument("--size", help="exact output size WIDTHxHEIGHT, e.g. 1920x1080")
     add_model_arguments(parser)
     parser.add_argument(
-        "--precision", choices=sorted(PRECISIONS), default="fp32", help="default: fp32"
+        "--precision",
+        choices=[*sorted(PRECISIONS), "int8"],
+        default="fp32",
+        help="default: fp32; int8 with --runtime",
+    )
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        help="run the model's exported ONNX graphs on this runtime (CPU; needs the runtime "
+        "extra); --model may then also be an lte-sr export --parts OUT.onnx",
     )
     parser.add_argument(
         "--tile", type=int, help="encoder tile side in input pixels (default: from free memory)"
@@ -173,8 +183,9 @@ def run_upscale_command(args: argparse.Namespace) -> int:
         if skipped:
             print(f"{PROG}: {skipped} skipped (outputs exist)", file=sys.stderr)
         return 0
-    model = resolve_model(args.model)
-    resolve_device(args.device)  # a device error concerns every file: stop before the first
+    # A device or model error concerns every file: stop before the first.
+    device = resolve_device("cpu" if args.runtime and args.device == "auto" else args.device)
+    model = resolve_runner(args.model, args.runtime, args.precision, device)
 
     def upscale_one(src: Path, dst: Path) -> None:
         # Arrays in and out: the file is then written without a PIL copy of the output.
@@ -189,6 +200,7 @@ def run_upscale_command(args: argparse.Namespace) -> int:
                     model=model,
                     device=args.device,
                     precision=args.precision,
+                    runtime=args.runtime,
                     chunk_size=args.chunk,
                     tile_size=args.tile,
                     self_ensemble=args.self_ensemble,

@@ -19,6 +19,7 @@ from .bicubic import bicubic_into
 from .checkpoint import load_model
 from .image_io.convert import ImageLike, to_pixels
 from .inference import (
+    Executor,
     NonFiniteOutputError,
     check_fits,
     output_bytes,
@@ -40,7 +41,7 @@ def upscale(
     scale: float | tuple[float, float] | None = None,
     size: tuple[int, int] | None = None,
     *,
-    model: LTE | str | os.PathLike | None = None,
+    model: LTE | Executor | str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     precision: str = "fp32",
     chunk_size: int | None = None,
@@ -48,6 +49,7 @@ def upscale(
     tile_overlap: int | None = None,
     self_ensemble: bool = False,
     memory_budget: int | None = None,
+    runtime: str | None = None,
 ) -> ImageLike:
     """Super-resolve ``image`` by ``scale`` or to ``size`` with an LTE model.
 
@@ -64,11 +66,14 @@ def upscale(
         model: an :class:`~lte_cuda.models.LTE`, a checkpoint path, or a preset name with
             bundled weights (``lte_cuda/weights/<name>.pth``); ``None`` uses the bundled
             default model ``lte_cuda/weights/default.pth``. A module is moved to ``device``
-            in place and left there, with its train/eval mode restored.
+            in place and left there, with its train/eval mode restored. With ``runtime``,
+            also an ``lte-sr export --parts`` file (``OUT.onnx`` names its two graphs), or
+            the executor :func:`resolve_runner` returns (reused across calls).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"``/``None`` (CUDA if present)
             or a ``torch.device``.
         precision: ``"fp32"``, ``"fp16"`` or ``"bf16"``; the last two run under
-            ``torch.autocast`` on ``device``.
+            ``torch.autocast`` on ``device``. With ``runtime``: ``"fp32"`` or ``"int8"`` (the
+            MLP's matrix products quantised, :func:`lte_cuda.export.runtimes.quantize_int8`).
         chunk_size: output pixels decoded per model call; default from free device memory.
         tile_size: side, in input pixels, of the encoder tiles (without their overlap);
             default: none while the whole input fits the budget. Exact for EDSR-baseline and
@@ -81,6 +86,10 @@ def upscale(
         memory_budget: bytes the working set (tiles, chunks) may use; default half the free
             memory of a CUDA device, or on CPU min(1 GiB, a quarter of MemAvailable). Above it
             the input is streamed in tiles (:mod:`lte_cuda.inference`).
+        runtime: ``None`` (torch), ``"onnxruntime"`` or ``"openvino"``: the model's exported
+            encode and query graphs run there, on the CPU, through the same tiles, chunks and
+            budget (:mod:`lte_cuda.export`; needs the ``runtime`` extra). A module is exported
+            once per runtime and precision and the result kept with it.
     Returns:
         The upscaled image as the same kind: PIL image of the same mode, numpy array of the
         same dtype (uint8/uint16 rounded) and layout, or tensor of the same dtype, device and layout.
@@ -97,16 +106,18 @@ def upscale(
     pixels, new_output, restore = to_pixels(image)
     height, width = pixels.shape[-2:]
     out_h, out_w = output_size(height, width, scale, size)
+    on_runtime = runtime is not None or _is_executor(model)
+    _check_int8(precision, on_runtime)
     settings = settings_for(
-        device,
-        precision=precision,
+        "cpu" if on_runtime and device in (None, "auto") else device,
+        precision="fp32" if on_runtime else precision,  # the torch side's autocast: none
         chunk_size=chunk_size,
         tile_size=tile_size,
         tile_overlap=tile_overlap,
         self_ensemble=self_ensemble,
         budget=memory_budget,
     )
-    lte = resolve_model(model)
+    runner = resolve_runner(model, runtime, precision, settings.device)
 
     channels = pixels.shape[1]
     need = output_bytes(len(pixels), channels, (out_h, out_w), pixels.dtype, settings.self_ensemble)
@@ -115,9 +126,9 @@ def upscale(
     for img, out in zip(pixels, result):
         rgb = img[:3] if channels >= 3 else img[:1].expand(3, -1, -1)
         try:
-            upscale_into(lte, rgb, out[:3] if channels >= 3 else out[:1], settings)
+            upscale_into(runner, rgb, out[:3] if channels >= 3 else out[:1], settings)
         except NonFiniteOutputError as err:
-            if isinstance(model, LTE):
+            if isinstance(model, LTE) or _is_executor(model):
                 raise  # a module: its caller knows where it came from
             raise NonFiniteOutputError(f"model {model_file(model)}: {err}") from None
         if channels in (2, 4):
@@ -195,6 +206,40 @@ def _scale_pair(scale: object) -> tuple[float, float]:
     if not all(math.isfinite(v) and v > 0 for v in pair):
         raise ValueError(f"scale must be positive and finite, got {scale!r}")
     return float(pair[0]), float(pair[1])
+
+
+def resolve_runner(
+    model: LTE | Executor | str | os.PathLike | None,
+    runtime: str | None = None,
+    precision: str = "fp32",
+    device: torch.device | None = None,
+) -> LTE | Executor:
+    """What runs ``model`` for :func:`upscale` (see there): the LTE module for torch, or with
+    ``runtime`` an executor over its exported graphs (an executor given is used as it is)."""
+    if _is_executor(model):
+        return model
+    _check_int8(precision, runtime is not None)
+    if runtime is None:
+        return resolve_model(model)
+    if device is not None and device.type != "cpu":
+        raise ValueError(f"runtime={runtime!r} runs on the CPU, got device={str(device)!r}")
+    from .export.executor import runtime_executor  # the runtime extra, imported when asked for
+
+    exported = isinstance(model, (str, os.PathLike)) and str(model).endswith(".onnx")
+    return runtime_executor(model if exported else resolve_model(model), runtime, precision)
+
+
+def _check_int8(precision: str, on_runtime: bool) -> None:
+    """int8 graphs run on a runtime only: one clear line otherwise."""
+    if precision == "int8" and not on_runtime:
+        raise ValueError(
+            "precision='int8' runs on a runtime: pass runtime='onnxruntime' or 'openvino'"
+        )
+
+
+def _is_executor(model: object) -> bool:
+    """Whether ``model`` is an executor (not a module, a path or a name)."""
+    return not isinstance(model, LTE) and hasattr(model, "encode_tile")
 
 
 def resolve_model(model: LTE | str | os.PathLike | None = None) -> LTE:

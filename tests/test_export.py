@@ -19,7 +19,8 @@ from lte_cuda.demo import DEMO_PHOTO
 from lte_cuda.export import PORTABLE_OPS, check_portable, export_graphs, to_onnx
 from lte_cuda.export.portable import pairs_split, query_rgb
 from lte_cuda.export.runtimes import RUNTIMES, GraphSession, load_graph
-from lte_cuda.upscale import resolve_model, super_resolve, upscale
+from lte_cuda.models.norm import PUBLISHED_NORM
+from lte_cuda.upscale import resolve_model, upscale
 
 from tiny_models import tiny_model
 
@@ -54,7 +55,7 @@ def sessions(request: pytest.FixtureRequest, graphs):
 
 def torch_upscale(model, image: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     """The torch fused path: lte_cuda's own pipeline, float32 in [0, 1]."""
-    return super_resolve(model, image, size, device="cpu").numpy()
+    return upscale(image, size=size[::-1], model=model, device="cpu").numpy()
 
 
 def tie_coords(size: int) -> torch.Tensor:
@@ -76,14 +77,14 @@ def test_query_step_in_plain_ops_equals_the_fused_op():
     torch.manual_seed(1)
     for h, w in [(7, 5), (1, 9), (16, 1), (1, 1), (4, 6)]:
         with torch.no_grad():
-            features = model.encode(torch.rand(1, 3, h, w) * 2 - 1)
+            features = model.encode(torch.rand(1, 3, h, w))
             # Queries everywhere, on pixel centres, and where the neighbour choice is a tie.
             ties = torch.cartesian_prod(tie_coords(h), tie_coords(w))
             assert len(ties) or min(h, w) == 1
             coord = torch.cat([torch.rand(200, 2) * 2 - 1, make_coord((h, w), flatten=True), ties])
             coord = coord[None]
             cell = torch.rand_like(coord) * 0.3
-            fused = model.query(features, coord, cell)[0]
+            fused = model.query(features, coord, cell, normalised=True)[0]
             plain = query_rgb(
                 features.coef[0].permute(1, 2, 0),
                 pairs_split(features.freq[0], 0).permute(1, 2, 0),
@@ -142,7 +143,7 @@ def test_metadata_holds_what_a_runtime_user_needs(model, graphs):
         assert meta["lte_cuda.graph"] == name
         assert meta["lte_cuda.model_spec"] == model.spec
         assert meta["lte_cuda.trained_scales"] == [1.0, 4.0]
-        assert meta["lte_cuda.normalisation"] == {"mean": 0.5, "std": 0.5}
+        assert meta["lte_cuda.data_norm"] == model.data_norm == PUBLISHED_NORM
         assert meta["lte_cuda.channels"] == 16
         assert meta["lte_cuda.precision"] == "fp32"
         assert isinstance(meta["lte_cuda.version"], str)
@@ -195,3 +196,64 @@ def test_a_missing_runtime_package_names_the_extra(monkeypatch, capsys, tmp_path
     assert main(["export", str(tmp_path / "x.onnx")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "lte_cuda[runtime]" in err
+
+
+# ----------------------------------------------------------------------------- the runtimes in the pipeline
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_upscale_on_a_runtime_streams_tiles_as_torch_does(model, runtime):
+    image = torch.rand(1, 3, 37, 29)
+    expected = upscale(image, size=(70, 90), model=model, device="cpu")
+    whole = upscale(image, size=(70, 90), model=model, runtime=runtime)
+    # A budget far too small for the maps: the input streams in 8-pixel tiles, 100 queries a call.
+    streamed = upscale(
+        image,
+        size=(70, 90),
+        model=model,
+        runtime=runtime,
+        tile_size=8,
+        memory_budget=20_000,
+        chunk_size=100,
+    )
+    torch.testing.assert_close(whole, expected, atol=TOLERANCE, rtol=0)
+    torch.testing.assert_close(streamed, whole, atol=1e-5, rtol=0)
+
+
+def test_upscale_runs_an_exported_parts_file_and_int8(tmp_path):
+    model = tiny_model()
+    to_onnx(model, tmp_path / "tiny.onnx", parts=True)
+    image = np.random.default_rng(0).integers(0, 256, (21, 18, 3), dtype=np.uint8)
+    expected = upscale(image, 2.5, model=model, device="cpu").astype(int)
+    from_file = upscale(image, 2.5, model=str(tmp_path / "tiny.onnx"), runtime="onnxruntime")
+    assert np.abs(from_file - expected).max() <= 1
+    int8 = upscale(image, 2.5, model=model, runtime="onnxruntime", precision="int8")
+    assert 0 < np.abs(int8 - expected).mean() < 2
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"runtime": "tensorrt"}, "runtime must be one of onnxruntime, openvino, got 'tensorrt'"),
+        ({"precision": "int8"}, "precision='int8' runs on a runtime"),
+        ({"runtime": "openvino", "precision": "fp16"}, "precision must be one of fp32, int8"),
+    ],
+)
+def test_upscale_refuses_runtime_requests_it_cannot_run(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        upscale(np.zeros((4, 4, 3), np.uint8), 2, model=tiny_model(), **kwargs)
+
+
+def test_upscale_command_on_a_runtime_writes_what_torch_writes(tmp_path, capsys, checkpoint):
+    source = tmp_path / "in.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (13, 17, 3), dtype=np.uint8)).save(source)
+    common = ["upscale", str(source), "--scale", "2.5", "--model", str(checkpoint)]
+    assert main([*common, str(tmp_path / "torch.png"), "--device", "cpu"]) == 0
+    assert main([*common, str(tmp_path / "ov.png"), "--runtime", "openvino"]) == 0
+    assert main([*common, str(tmp_path / "bad.png"), "--precision", "int8"]) == 1
+    assert "precision='int8' runs on a runtime" in capsys.readouterr().err
+    torch_out, runtime_out = (
+        np.asarray(Image.open(tmp_path / name)).astype(int) for name in ("torch.png", "ov.png")
+    )
+    assert np.abs(torch_out - runtime_out).max() <= 1

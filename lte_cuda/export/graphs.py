@@ -20,13 +20,7 @@ import torch
 from torch import nn
 
 from ..coords import make_coord
-from ..inference import (
-    TRAINED_MAX_SCALE,
-    encoder_name,
-    normalise,
-    query_cell,
-    receptive_radius,
-)
+from ..inference.geometry import query_cell
 from ..models import LTE
 from .portable import pairs_split, query_rgb
 
@@ -45,8 +39,6 @@ PORTABLE_OPS = frozenset(
 INT8_OPS = frozenset({"DynamicQuantizeLinear", "MatMulInteger"})
 DEFAULT_OPSET = 17  # the newest opset TensorRT 8.6 parses
 OPSETS = range(13, 21)
-NORMALISATION = {"mean": 0.5, "std": 0.5}  # inputs (x - mean) / std, as the published code
-EXPORTABLE_ENCODERS = ("edsr-baseline", "rdn")
 
 
 class EncodeGraph(nn.Module):
@@ -59,10 +51,8 @@ class EncodeGraph(nn.Module):
         self.model = model
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        inp = normalise(pixels.flatten(0, 1), pixels.device)
-        features = self.model.encode(inp)
-        freq = pairs_split(features.freq, 1)
-        return features.coef.permute(0, 2, 3, 1), freq.permute(0, 2, 3, 1), inp
+        coef, freq, inp = self.model.encode_tile(pixels)
+        return coef.permute(0, 2, 3, 1), pairs_split(freq, 1).permute(0, 2, 3, 1), inp
 
 
 class QueryGraph(nn.Module):
@@ -86,18 +76,18 @@ class QueryGraph(nn.Module):
         # every call, squeeze(0) as an If on the dynamic shape.
         coef, freq, inp, coord, cell = (t.flatten(0, 1) for t in (coef, freq, inp, coord, cell))
         rgb = query_rgb(coef, freq, model.phase.weight, model.imnet, inp, coord, cell)
-        return (rgb * NORMALISATION["std"] + NORMALISATION["mean"]).unsqueeze(0)
+        return model.denormalise(rgb.unsqueeze(0))
 
 
 class UpscaleGraph(nn.Module):
     """``image (1, 3, H, W)`` in [0, 1] and ``size`` (int64 [out H, out W]) -> the upscaled
     ``(1, 3, out H, out W)`` in [0, 1]: :func:`lte_cuda.upscale` with every rule in the graph."""
 
-    def __init__(self, model: LTE, trained_max_scale: float) -> None:
+    def __init__(self, model: LTE) -> None:
         super().__init__()
         self.encode = EncodeGraph(model)
         self.query = QueryGraph(model)
-        self.trained_max_scale = trained_max_scale
+        self.trained_max_scale = model.trained_max_scale
 
     def forward(self, image: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
         coef, freq, inp = self.encode(image)
@@ -114,15 +104,16 @@ def check_exportable(model: object) -> None:
     """``ValueError`` naming what cannot be exported, before any tracing."""
     if not isinstance(model, LTE):
         raise TypeError(f"model must be an LTE module, got {type(model).__name__}")
-    name = encoder_name(model)
-    if name not in EXPORTABLE_ENCODERS:
+    traits = model.traits
+    if not traits.local or traits.window:
+        name = model.spec["args"]["encoder_spec"]["name"]
         raise ValueError(
             f"a {name} encoder does not export to ONNX (its window padding and shifted-window "
-            f"mask depend on the input size in Python); exportable: {', '.join(EXPORTABLE_ENCODERS)}"
+            "mask need ops outside the portable set); exportable: edsr-baseline, rdn"
         )
 
 
-def graph_metadata(model: LTE, graph: str, trained_max_scale: float) -> dict[str, str]:
+def graph_metadata(model: LTE, graph: str) -> dict[str, str]:
     """What a runtime user needs, stored in the file as JSON values: which graph this is, the
     model spec, the scales the model was trained on (the cell is enlarged beyond them), the
     input normalisation, the channels of the maps, the tile overlap, the precision and the
@@ -130,20 +121,13 @@ def graph_metadata(model: LTE, graph: str, trained_max_scale: float) -> dict[str
     return {
         "lte_cuda.graph": json.dumps(graph),
         "lte_cuda.model_spec": json.dumps(model.spec),
-        "lte_cuda.trained_scales": json.dumps([1.0, trained_max_scale]),
-        "lte_cuda.normalisation": json.dumps(NORMALISATION),
+        "lte_cuda.trained_scales": json.dumps([1.0, model.trained_max_scale]),
+        "lte_cuda.data_norm": json.dumps(model.data_norm),
         "lte_cuda.channels": json.dumps(model.coef.out_channels),
-        "lte_cuda.receptive_radius": json.dumps(encoder_radius(model)),
+        "lte_cuda.receptive_radius": json.dumps(model.traits.radius),
         "lte_cuda.precision": json.dumps("fp32"),
         "lte_cuda.version": json.dumps(project_version()),
     }
-
-
-def encoder_radius(model: LTE) -> int:
-    """How far the maps of one pixel see: the tile overlap a streaming host needs."""
-    return receptive_radius(model.encoder) + max(
-        receptive_radius(model.coef), receptive_radius(model.freq)
-    )
 
 
 def project_version() -> str:
@@ -159,7 +143,6 @@ def export_graphs(
     *,
     opset: int = DEFAULT_OPSET,
     parts: bool = False,
-    trained_max_scale: float = TRAINED_MAX_SCALE,
 ):
     """The ONNX model protos of ``model``: ``{"upscale": ...}``, or with ``parts``
     ``{"encode": ..., "query": ...}``; every op checked portable. Needs ``onnx``."""
@@ -174,7 +157,7 @@ def export_graphs(
     coef = torch.rand(1, 5, 6, channels)
     specs = {
         "upscale": (
-            UpscaleGraph(model, trained_max_scale),
+            UpscaleGraph(model),
             (pixels, torch.tensor([11, 9])),
             {"image": {2: "height", 3: "width"}, "size": {}},
             {"output": {2: "out_height", 3: "out_width"}},
@@ -202,7 +185,7 @@ def export_graphs(
             proto = onnx.load_from_string(_trace(module, args, inputs, outputs, opset))
             reciprocals_as_division(proto)
             check_portable(proto)
-            for key, value in graph_metadata(model, name, trained_max_scale).items():
+            for key, value in graph_metadata(model, name).items():
                 proto.metadata_props.add(key=key, value=value)
             protos[name] = proto
         return protos
@@ -269,12 +252,11 @@ def to_onnx(
     opset: int = DEFAULT_OPSET,
     parts: bool = False,
     int8: bool = False,
-    trained_max_scale: float = TRAINED_MAX_SCALE,
 ) -> list[Path]:
     """Export ``model`` to ``path`` (one graph) or, with ``parts``, to the encode and query
     graphs of :func:`part_paths`, with the MLP in int8 when ``int8``; returns the files
     written (each atomically: a failed export leaves earlier files whole)."""
-    protos = export_graphs(model, opset=opset, parts=parts, trained_max_scale=trained_max_scale)
+    protos = export_graphs(model, opset=opset, parts=parts)
     if int8:
         from .runtimes import quantize_int8
 

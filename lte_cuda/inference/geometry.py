@@ -7,15 +7,18 @@ import torch
 from ..coords import Box, make_coord
 
 
-def cell_enlargement(scale: float, trained_max_scale: float) -> float:
-    """Factor on the cell for an upscaling ``scale`` beyond the training range (published)."""
-    return max(scale / trained_max_scale, 1.0)
+def cell_enlargement(scale, trained_max_scale: float):
+    """Factor on the cell for an upscaling ``scale`` beyond the training range (published).
+
+    ``scale`` is a number, or a tensor when an ONNX export traces the rule into its graph."""
+    ratio = scale / trained_max_scale
+    return ratio.clamp(min=1.0) if isinstance(ratio, torch.Tensor) else max(ratio, 1.0)
 
 
-def query_cell(n_out: int, n_image: int, n_frame: int, trained_max_scale: float) -> float:
+def query_cell(n_out, n_image, n_frame, trained_max_scale: float):
     """Cell of one output pixel along an axis, in [-1, 1] units of a feature frame of
     ``n_frame`` input pixels, for ``n_out`` output pixels spanning ``n_image`` input pixels,
-    enlarged beyond the trained scales."""
+    enlarged beyond the trained scales. Numbers, or traced integer tensors (ONNX export)."""
     return 2.0 / n_out * n_image / n_frame * cell_enlargement(n_out / n_image, trained_max_scale)
 
 
