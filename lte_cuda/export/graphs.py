@@ -145,43 +145,17 @@ def export_graphs(
     parts: bool = False,
 ):
     """The ONNX model protos of ``model``: ``{"upscale": ...}``, or with ``parts``
-    ``{"encode": ..., "query": ...}``; every op checked portable. Needs ``onnx``."""
+    ``{"encode": ..., "query": ...}``; every op checked portable. Needs ``onnx``. The model
+    is traced on the CPU in eval mode; its device and mode are restored."""
     check_exportable(model)
     if opset not in OPSETS:
         raise ValueError(f"opset must be in {OPSETS.start}..{OPSETS.stop - 1}, got {opset!r}")
     onnx = require("onnx")
-    was_training, backend = model.training, model.backend
+    was_training, device = model.training, next(model.parameters()).device
     model.eval().to("cpu")
-    channels = model.coef.out_channels
-    pixels = torch.rand(1, 3, 5, 6)
-    coef = torch.rand(1, 5, 6, channels)
-    specs = {
-        "upscale": (
-            UpscaleGraph(model),
-            (pixels, torch.tensor([11, 9])),
-            {"image": {2: "height", 3: "width"}, "size": {}},
-            {"output": {2: "out_height", 3: "out_width"}},
-        ),
-        "encode": (
-            EncodeGraph(model),
-            (pixels,),
-            {"pixels": {2: "height", 3: "width"}},
-            {n: {1: "height", 2: "width"} for n in ("coef", "freq")}
-            | {"inp": {2: "height", 3: "width"}},
-        ),
-        "query": (
-            QueryGraph(model),
-            (coef, coef.clone(), torch.rand(1, 3, 5, 6), torch.rand(1, 7, 2), torch.rand(1, 7, 2)),
-            {n: {1: "height", 2: "width"} for n in ("coef", "freq")}
-            | {"inp": {2: "height", 3: "width"}, "coord": {1: "queries"}, "cell": {1: "queries"}},
-            {"rgb": {1: "queries"}},
-        ),
-    }
-    names = ("encode", "query") if parts else ("upscale",)
     try:
         protos = {}
-        for name in names:
-            module, args, inputs, outputs = specs[name]
+        for name, (module, args, inputs, outputs) in _graph_specs(model, parts).items():
             proto = onnx.load_from_string(_trace(module, args, inputs, outputs, opset))
             reciprocals_as_division(proto)
             check_portable(proto)
@@ -190,8 +164,40 @@ def export_graphs(
             protos[name] = proto
         return protos
     finally:
-        model.train(was_training)
-        model.backend = backend
+        model.to(device).train(was_training)
+
+
+def _graph_specs(model: LTE, parts: bool) -> dict[str, tuple]:
+    """Per graph: the module, example inputs to trace it at, and the inputs' and outputs'
+    names with their dynamic axes."""
+    channels = model.coef.out_channels
+    pixels, maps = torch.rand(1, 3, 5, 6), torch.rand(1, 5, 6, channels)
+    queries = (torch.rand(1, 7, 2), torch.rand(1, 7, 2))
+    map_axes = {n: {1: "height", 2: "width"} for n in ("coef", "freq")}
+    image_axes = {2: "height", 3: "width"}
+    if not parts:
+        return {
+            "upscale": (
+                UpscaleGraph(model),
+                (pixels, torch.tensor([11, 9])),
+                {"image": image_axes, "size": {}},
+                {"output": {2: "out_height", 3: "out_width"}},
+            )
+        }
+    return {
+        "encode": (
+            EncodeGraph(model),
+            (pixels,),
+            {"pixels": image_axes},
+            map_axes | {"inp": image_axes},
+        ),
+        "query": (
+            QueryGraph(model),
+            (maps, maps.clone(), torch.rand(1, 3, 5, 6), *queries),
+            map_axes | {"inp": image_axes, "coord": {1: "queries"}, "cell": {1: "queries"}},
+            {"rgb": {1: "queries"}},
+        ),
+    }
 
 
 def _trace(module: nn.Module, args: tuple, inputs: dict, outputs: dict, opset: int) -> bytes:
