@@ -257,3 +257,16 @@ def test_upscale_command_on_a_runtime_writes_what_torch_writes(tmp_path, capsys,
         np.asarray(Image.open(tmp_path / name)).astype(int) for name in ("torch.png", "ov.png")
     )
     assert np.abs(torch_out - runtime_out).max() <= 1
+
+
+def test_a_module_changed_in_place_is_exported_again():
+    model = tiny_model()
+    image = torch.rand(1, 3, 9, 8)
+    before = upscale(image, 2, model=model, runtime="onnxruntime")
+    with torch.no_grad():
+        model.imnet.layers[-1].bias.add_(0.25)  # as a training step would
+    after = upscale(image, 2, model=model, runtime="onnxruntime")
+    torch.testing.assert_close(
+        after, upscale(image, 2, model=model, device="cpu"), atol=TOLERANCE, rtol=0
+    )
+    assert (after - before).abs().max() > 0.1
