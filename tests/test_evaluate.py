@@ -19,6 +19,7 @@ from torch import nn
 
 from lte_cuda.checkpoint import save_model
 from lte_cuda.cli import main
+from lte_cuda.config import read_test_config
 from lte_cuda.data import DATASETS
 from lte_cuda.evaluate import NonFiniteResultError, check_finite, run_test
 from lte_cuda.metrics import parse_eval_type, psnr
@@ -252,7 +253,7 @@ def test_cli_writes_json(div2k, tmp_path, capsys):
     assert f"{result['mean_psnr']:.4f}" in printed
 
 
-def test_bundled_test_configs_follow_the_protocol():
+def test_bundled_test_configs_follow_the_protocol(capsys):
     paths = sorted((Path(__file__).resolve().parents[1] / "configs" / "test").glob("*.yaml"))
     assert len(paths) == 8 + 4 * 3
     for path in paths:
@@ -265,6 +266,8 @@ def test_bundled_test_configs_follow_the_protocol():
         paired = spec["wrapper"]["name"] == "sr-implicit-paired"
         assert paired == (scale <= 4)
         assert kind == ("div2k" if "div2k" in path.stem else "benchmark")
+        read_test_config(config, str(path))  # the schema takes it, without warnings
+    assert capsys.readouterr().err == ""
 
 
 # ----------------------------------------------------------------------------- command-line errors
@@ -471,7 +474,10 @@ def test_pairs_whose_sizes_do_not_fit_the_scale_are_refused(
 @pytest.mark.parametrize(
     "edit, pattern",
     [
-        (lambda c: c.update(eval_bsize=2**31 - 1), r"eval_bsize 2147483647 needs .* GiB, more"),
+        (
+            lambda c: c.update(eval_bsize=2**31 - 1),
+            r"eval_bsize: a chunk of 2147483647 queries needs .* GiB, more",
+        ),
         (lambda c: c.update(eval_bsize="big"), r"eval_bsize must be an integer in \[1, "),
         (lambda c: c["data_norm"]["gt"].update(div=[0.5, 0]), r"data_norm\.gt\.div must be a list"),
         (

@@ -264,7 +264,7 @@ TRAIN_CONFIGS = sorted((REPO / "configs").glob("*.yaml")) + sorted(
 
 
 @pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: p.name)
-def test_bundled_training_configs_are_well_formed(path):
+def test_bundled_training_configs_are_well_formed(path, capsys):
     config = yaml.safe_load(path.read_text())
     for key in ("train_dataset", "val_dataset"):
         assert config[key]["dataset"]["name"] in DATASETS
@@ -272,6 +272,8 @@ def test_bundled_training_configs_are_well_formed(path):
     assert config["model"]["name"] == "lte" and config["optimizer"]["name"] == "adam"
     assert isinstance(config["epoch_max"], int)
     assert bool(config.get("multi_step_lr")) != bool(config.get("warmup_cosine_lr"))
+    read_train_config(config, str(path))  # the schema takes it as it is, without warnings
+    assert capsys.readouterr().err == ""
 
 
 # ----------------------------------------------------------------------------- the loop's pieces
@@ -536,7 +538,7 @@ def _wrapper(c: dict) -> dict:
         ),
         (
             lambda c: _wrapper(c).update(inp_size=4096, sample_q=None),
-            r"train_dataset: batch_size 4 x sample_q None \(inp_size 4096\) per step needs "
+            r"train_dataset: a step of batch_size 4 x sample_q None \(inp_size 4096\) needs "
             r"[\d.]+ GiB, more than the [\d.]+ GiB free on cpu; make it smaller",
         ),
         (
