@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .image_io.files import write_image
 from .models import LTE
+from .output_guard import refuse_overwriting_inputs
 from .upscale import DEFAULT_WEIGHTS, resolve_model, upscale
 
 DEMO_PHOTO = Path(__file__).resolve().parent / "assets" / "chelsea.png"
@@ -50,8 +52,14 @@ def run_demo(
         model: a checkpoint path; ``None`` uses the bundled default model.
 
     Returns:
-        The paths of ``demo_lte_x<scale>.png`` and ``demo_compare.png``.
+        The paths of ``demo_lte_x<scale>.png`` and ``demo_compare.png``, written atomically;
+        ``ValueError`` before any work if one of them is the model file or the photo.
     """
+    out = Path(out_dir)
+    result_path = out / f"demo_lte_x{scale:g}.png"
+    compare_path = out / "demo_compare.png"
+    for path in (result_path, compare_path):
+        refuse_overwriting_inputs(path, [DEMO_PHOTO, model], "--out")
     lte = load_demo_model(model)
     photo = Image.open(DEMO_PHOTO).convert("RGB")
     result = upscale(photo, scale=scale, model=lte)
@@ -62,12 +70,9 @@ def run_demo(
     )
     compare = comparison_image(bicubic, result, title)
 
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    result_path = out / f"demo_lte_x{scale:g}.png"
-    compare_path = out / "demo_compare.png"
-    result.save(result_path)
-    compare.save(compare_path)
+    write_image(result, result_path)
+    write_image(compare, compare_path)
     return result_path, compare_path
 
 
