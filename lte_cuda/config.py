@@ -30,7 +30,7 @@ from .data import DATASETS
 from .distributed import local_rank, rank_device
 from .inference import check_fits
 from .metrics import parse_eval_type
-from .models import BACKENDS
+from .models import BACKENDS, DEFAULT_BACKEND
 from .models.limits import Bound, check_model_spec
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
@@ -488,7 +488,7 @@ def read_train_config(config: Mapping, source: str = "config") -> TrainConfig:
             config, "num_workers", _int(0, MAX_WORKERS), "", default=min(8, os.cpu_count() or 1)
         ),
         device=c.text(config, "device"),
-        backend=c.bound(config, "backend", Bound("choice", choices=BACKENDS), "", "fused"),
+        backend=c.bound(config, "backend", Bound("choice", choices=BACKENDS), "", DEFAULT_BACKEND),
         amp=c.bound(config, "amp", Bound("choice", choices=tuple(AMP_DTYPES), optional=True), ""),
         compile=c.bound(config, "compile", Bound("bool"), "", default=False),
         max_steps=c.bound(config, "max_steps", step, ""),

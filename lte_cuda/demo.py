@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .image_io.files import write_image
+from .image_io.files import read_image, to_8bit_rgb, write_image
 from .models import LTE
 from .output_guard import refuse_overwriting_inputs
 from .upscale import DEFAULT_WEIGHTS, resolve_model, upscale
@@ -47,7 +47,7 @@ def run_demo(
     """Upscale the bundled photo by ``scale`` and write the result and the comparison.
 
     Args:
-        out_dir: folder for the two PNGs (created).
+        out_dir: folder for the two PNGs (created); each is written whole or not at all.
         scale: the upscaling factor; any positive number, e.g. 3.3.
         model: a checkpoint path; ``None`` uses the bundled default model.
 
@@ -61,7 +61,7 @@ def run_demo(
     for path in (result_path, compare_path):
         refuse_overwriting_inputs(path, [DEMO_PHOTO, model], "--out")
     lte = load_demo_model(model)
-    photo = Image.open(DEMO_PHOTO).convert("RGB")
+    photo = to_8bit_rgb(read_image(DEMO_PHOTO))
     result = upscale(photo, scale=scale, model=lte)
     bicubic = photo.resize(result.size, Image.Resampling.BICUBIC)
     title = (

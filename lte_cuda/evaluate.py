@@ -24,8 +24,7 @@ from . import distributed
 from .config import TestConfig, dataset_paths, load_config, read_test_config
 from .coords import make_cell, make_coord
 from .data import make_dataset
-from .data.image_folder import IMAGE_SUFFIXES
-from .image_io.files import atomic_output
+from .image_io.files import atomic_output, is_image_path
 from .inference import (
     batched_predict,
     cell_enlargement,
@@ -34,7 +33,7 @@ from .inference import (
     resolve_device,
 )
 from .metrics import parse_eval_type, psnr
-from .models import BACKENDS
+from .models import BACKENDS, DEFAULT_BACKEND
 from .output_guard import refuse_overwriting_inputs
 
 # Published default when a config has no data_norm: no normalisation.
@@ -229,7 +228,9 @@ def add_test_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     parser.add_argument("--model", required=True, help="checkpoint (.pth) in the published format")
     parser.add_argument("--out", help="write the results (mean and per-image PSNR) as JSON here")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--backend", choices=BACKENDS, default="fused", help="query implementation")
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default=DEFAULT_BACKEND, help="query implementation"
+    )
     parser.add_argument(
         "--eval-bsize", type=int, help="queries decoded per chunk (overrides the config)"
     )
@@ -281,6 +282,6 @@ def _refuse_overwriting_inputs(out: Path, config: TestConfig, args: argparse.Nam
     inputs = [Path(args.config), Path(args.model)]
     for path in map(Path, dataset_paths(config.test_dataset)):
         inputs.append(path)
-        if out.suffix.lower() in IMAGE_SUFFIXES:
+        if is_image_path(out):
             inputs.append(path / out.name)
     refuse_overwriting_inputs(out, inputs, "--out")

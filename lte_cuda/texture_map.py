@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .cli_args import add_model_arguments
-from .image_io.files import atomic_output, read_image, to_8bit
+from .image_io.files import atomic_output, read_image, to_8bit_rgb
 from .inference import encode_image
 from .models import LTE
 from .output_guard import refuse_overwriting_inputs
@@ -210,7 +210,7 @@ def inspect_image(
     """
     model_file = model if isinstance(model, (str, os.PathLike)) else None
     refuse_overwriting_inputs(out_path, [image_path, model_file], "OUT")
-    image = np.asarray(to_8bit(read_image(image_path)).convert("RGB"))
+    image = np.asarray(to_8bit_rgb(read_image(image_path)))
     height, width = image.shape[:2]
     if height * width > MAX_PIXELS:
         raise ValueError(
