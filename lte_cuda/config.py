@@ -19,7 +19,7 @@ import inspect
 import math
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ import torch
 import yaml
 
 from .data import DATASETS
-from .distributed import local_rank, rank_device
+from .distributed import is_main, local_rank, rank_device
 from .inference import check_fits
 from .metrics import parse_eval_type
 from .models import BACKENDS, DEFAULT_BACKEND
@@ -184,9 +184,12 @@ class _Checker:
             raise self.fail(f"{where}{key}", value, "a finite number > 0")
         return float(value)
 
-    def known_keys(self, mapping: Mapping, known, where: str = "", strict: bool = False) -> None:
+    def known_keys(
+        self, mapping: Mapping, known: Iterable[str], where: str = "", strict: bool = False
+    ) -> None:
         """Unknown keys: an error when ``strict`` (they would reach a constructor), else one
-        warning line each."""
+        warning line each (from the reporting process only, under torchrun)."""
+        known = tuple(known)
         for key in mapping:
             if key in known:
                 continue
@@ -196,10 +199,11 @@ class _Checker:
                 raise ConfigError(
                     f"{self.source}: {where}{key}: unknown key{guess}; allowed: {sorted(known)}"
                 )
-            print(
-                f"warning: {self.source}: unknown key {where}{key!r} is ignored{guess}",
-                file=sys.stderr,
-            )
+            if is_main():
+                print(
+                    f"warning: {self.source}: unknown key {where}{key!r} is ignored{guess}",
+                    file=sys.stderr,
+                )
 
 
 def _hint(value: Any) -> str:
