@@ -11,7 +11,6 @@ import copy
 import os
 import pickle
 import re
-import uuid
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .image_io.files import atomic_output
 from .models import DEFAULT_BACKEND, LTE, make_model
 
 _SHOWN_KEYS = 8  # how many offending keys an error message lists
@@ -180,8 +180,9 @@ def save_model(
     an Optimizer object is described by its class name and initial ``lr``, a dict is stored
     as given. ``extra`` adds top-level entries (they must be weights-only loadable: tensors,
     numbers, strings, containers). ``half`` stores floating weights as float16. The file is
-    written to a temporary file in the same folder, fsynced, then renamed over ``path``, so a
-    crash never leaves a truncated checkpoint.
+    written as :func:`~lte_cuda.image_io.files.atomic_output` writes (a partial file in the
+    same folder, removed on an error or a SIGINT/SIGTERM), fsynced, then renamed over ``path``,
+    so neither a crash nor a stop ever leaves a truncated checkpoint.
     """
     sd = {}
     for key, value in model.state_dict().items():
@@ -198,19 +199,12 @@ def save_model(
         ckpt[key] = value
 
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    # Opened outside the try ("x": never an existing file), so cleanup only removes our file;
-    # open() (unlike mkstemp) gives the usual umask permissions.
-    f = open(tmp, "xb")
-    try:
-        with f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    # A partial file beside the target, removed on an error, SIGINT or SIGTERM; fsynced before
+    # the rename, so a crash never leaves a truncated checkpoint.
+    with atomic_output(path) as stream:
+        torch.save(ckpt, stream)
+        stream.flush()
+        os.fsync(stream.fileno())
     _fsync_dir(path.parent)
 
 

@@ -333,18 +333,6 @@ def test_partial_files_are_not_images(tmp_path: Path) -> None:
     assert not files.is_image_path(tmp_path / f".a.png{files.PARTIAL_TAG}0123abcd.png")
 
 
-def test_same_file_through_links_and_spellings(tmp_path: Path) -> None:
-    image = tmp_path / "a.png"
-    image.write_bytes(b"x")
-    (tmp_path / "link.png").symlink_to(image)
-    os.link(image, tmp_path / "hard.png")
-    assert files.same_file(image, tmp_path / "." / "a.png")
-    assert files.same_file(image, tmp_path / "link.png") and files.same_file(
-        image, tmp_path / "hard.png"
-    )
-    assert not files.same_file(image, tmp_path / "b.png")
-
-
 def test_unreadable_files_name_the_path(tmp_path: Path) -> None:
     (tmp_path / "fake.png").write_text("not an image")
     with pytest.raises(ValueError, match="fake.png: not a readable image"):

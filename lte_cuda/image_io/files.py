@@ -126,14 +126,6 @@ def is_image_path(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and PARTIAL_TAG not in path.name
 
 
-def same_file(first: str | os.PathLike, second: str | os.PathLike) -> bool:
-    """Whether two paths name one file (also through links or another spelling)."""
-    first, second = Path(first), Path(second)
-    if first.resolve() == second.resolve():
-        return True
-    return first.exists() and second.exists() and os.path.samefile(first, second)
-
-
 def read_image(path: str | os.PathLike) -> Pixels:
     """The upright pixels of the image at ``path`` (the first frame of an animation): a PIL
     image, or a ``uint16`` array for 16-bit files. ``ValueError`` naming ``path`` if it is
