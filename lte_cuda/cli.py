@@ -34,7 +34,7 @@ from .image_io.files import (
 from .inference import NonFiniteOutputError, resolve_device
 from .texture_map import add_inspect_parser
 from .train import add_train_parser
-from .upscale import PRECISIONS, resolve_model, upscale
+from .upscale import PRECISIONS, output_size, resolve_model, upscale
 from .viewer import add_view_parser
 
 PROG = "lte-sr"
@@ -176,7 +176,7 @@ def run_upscale_command(args: argparse.Namespace) -> int:
     def upscale_one(src: Path, dst: Path) -> None:
         # Arrays in and out: the file is then written without a PIL copy of the output.
         image = read_image_file(src).as_arrays()
-        check_output(dst, len(image.frames))
+        check_output(dst, len(image.frames), *output_size(*image.size[::-1], scale, size))
         try:
             frames = [
                 upscale(
