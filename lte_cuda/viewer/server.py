@@ -72,6 +72,7 @@ class ViewerServer(ThreadingHTTPServer):
     """Serves one :class:`TileRenderer`'s image, tiles and page at ``(host, port)``."""
 
     daemon_threads = True
+    request_queue_size = 128  # listen backlog: a burst of connections is accepted, not retried
 
     def __init__(
         self,
