@@ -13,7 +13,7 @@ Routes (GET and HEAD only; nothing a request sends is written anywhere):
 Connections cost no thread until their request starts arriving (:class:`_ConnectionGate`):
 at most :data:`MAX_HANDLER_THREADS` requests are served at once, the others wait their turn;
 a connection silent for :data:`IDLE_TIMEOUT_S` is closed, and beyond
-:data:`MAX_WAITING_CONNECTIONS` waiting ones a new connection gets 503.
+:data:`MAX_WAITING_CONNECTIONS` waiting ones the longest silent gets 503 and is closed.
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ class _ConnectionGate:
     """Accepted connections wait here, watched by one thread, until their request starts
     arriving; then they get a handler thread once one of the server's handler slots is free.
     Silent ones are closed after :data:`IDLE_TIMEOUT_S`; beyond
-    :data:`MAX_WAITING_CONNECTIONS` a new one gets 503 at once."""
+    :data:`MAX_WAITING_CONNECTIONS` the longest silent one gets 503 and is closed."""
 
     def __init__(self, server: ViewerServer) -> None:
         self.server = server
@@ -199,7 +199,7 @@ class _ConnectionGate:
     def admit(self, sock: socket.socket, address: tuple) -> None:
         """Take a new connection (from the accepting thread)."""
         with self.lock:
-            full = self.closed or len(self.arrived) + len(self.deadlines) >= MAX_WAITING_CONNECTIONS
+            full = self.closed or len(self.arrived) >= MAX_WAITING_CONNECTIONS
             if not full:
                 self.arrived.append((sock, address))
         if full:
@@ -245,6 +245,13 @@ class _ConnectionGate:
         with self.lock:
             arrived, self.arrived = self.arrived, []
         for sock, address in arrived:
+            if len(self.deadlines) >= MAX_WAITING_CONNECTIONS:
+                # The longest silent one makes room (a flood of silent clients cannot lock a
+                # page out): deadlines are in arrival order.
+                oldest = next(iter(self.deadlines))
+                self.selector.unregister(oldest)
+                del self.deadlines[oldest]
+                _refuse(oldest)
             self.deadlines[sock] = (address, time.monotonic() + IDLE_TIMEOUT_S)
             self.selector.register(sock, selectors.EVENT_READ)
 
