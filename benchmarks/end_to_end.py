@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import lte_plus, published_path
+from benchmarks.machine import machine_info
 from benchmarks.memory import peak_since, reset_peak
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -382,8 +383,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     records = measure(base_spec(args), paths, args.runs)
     print("\n".join(format_records(records)))
     if args.json:
-        from benchmarks.run import machine_info
-
         machine = machine_info("cuda" if args.device.startswith("cuda") else "cpu")
         Path(args.json).write_text(
             json.dumps({"machine": machine, "plan": "end-to-end", "records": records}, indent=1)

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .models import LTE, check_model_spec, make_model
+from .models import DEFAULT_BACKEND, LTE, check_model_spec, make_model
 
 _SHOWN_KEYS = 8  # how many offending keys an error message lists
 # The pickle and small entries, read before the declared model is known: the largest published
@@ -261,7 +261,7 @@ def _check_dense_and_real(ckpt: Any, name: str) -> None:
 def load_model(
     source: str | os.PathLike | Mapping,
     map_location: str | torch.device | None = None,
-    backend: str = "fused",
+    backend: str = DEFAULT_BACKEND,
     *,
     name: str | None = None,
 ) -> LTE:
