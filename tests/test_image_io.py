@@ -428,6 +428,22 @@ def test_an_exif_block_a_jpeg_cannot_hold_is_dropped_with_one_warning(
     assert read_image_file(tmp_path / "out.png").exif == image.exif
 
 
+def test_an_icc_profile_a_jpeg_cannot_hold_is_dropped_with_one_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # 256 segments' worth: Pillow would write a wrapped segment count, a profile no reader takes.
+    profile = ICC_RGB + bytes(256 * 65519 - len(ICC_RGB))
+    image = ImageFile(frames=(left_red_right_blue(),), icc_profile=profile)
+    write_image_file(image, tmp_path / "out.jpg")
+    (warning,) = capsys.readouterr().err.splitlines()
+    assert warning.endswith(
+        "out.jpg: ICC profile of 16,772,864 bytes dropped: JPEG holds at most 16,707,345 "
+        "(255 APP2 segments)"
+    )
+    with Image.open(tmp_path / "out.jpg") as written:
+        assert written.info.get("icc_profile") is None
+
+
 def test_write_errors_name_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(OSError, match=r"nowhere/out\.png: cannot write PNG: No such file"):
         write_image(np.zeros((4, 4, 3), np.uint8), tmp_path / "nowhere" / "out.png")

@@ -57,8 +57,13 @@ MULTI_FRAME_FORMATS = ("GIF", "WEBP", "PNG", "TIFF")
 MAX_SIDES = {"ICO": 256, "WEBP": 16383, "JPEG": 65500, "GIF": 65535, "TGA": 65535}
 # Formats Pillow writes at sizes of their own (ICNS: square icons up to 1024 px).
 FIXED_SIZE_FORMATS = ("ICNS",)
-# The largest EXIF block a JPEG holds: one APP1 segment, 65,535 bytes less its length field.
-JPEG_MAX_EXIF = 65533
+# The largest metadata blocks a JPEG holds (a segment is 65,535 bytes less its length field;
+# the ICC profile is split over at most 255 segments, 14 bytes of each a header), by field of
+# ImageFile: (what to call it, bytes, why).
+JPEG_METADATA_LIMITS = {
+    "exif": ("EXIF block", 65533, "one APP1 segment"),
+    "icc_profile": ("ICC profile", 255 * (65533 - 14), "255 APP2 segments"),
+}
 
 ORIENTATION_TAG = 0x0112
 EXIF_IFD_TAG, GPS_IFD_TAG = 0x8769, 0x8825
@@ -364,14 +369,17 @@ def write_image_file(
 
 def _fitting_metadata(image: ImageFile, fmt: str, path: str | os.PathLike) -> ImageFile:
     """``image`` without the metadata ``fmt`` cannot hold, each drop told in one line."""
-    if fmt == "JPEG" and image.exif and len(image.exif) > JPEG_MAX_EXIF:
-        print(
-            f"warning: {path}: EXIF block of {len(image.exif):,} bytes dropped: JPEG holds at "
-            f"most {JPEG_MAX_EXIF:,} (one APP1 segment)",
-            file=sys.stderr,
-        )
-        return dataclasses.replace(image, exif=None)
-    return image
+    dropped = {}
+    for field, (label, limit, why) in (JPEG_METADATA_LIMITS if fmt == "JPEG" else {}).items():
+        block = getattr(image, field)
+        if block and len(block) > limit:
+            print(
+                f"warning: {path}: {label} of {len(block):,} bytes dropped: {fmt} holds at most "
+                f"{limit:,} ({why})",
+                file=sys.stderr,
+            )
+            dropped[field] = None
+    return dataclasses.replace(image, **dropped) if dropped else image
 
 
 @contextlib.contextmanager
