@@ -34,7 +34,7 @@ from .inference import PRECISIONS, NonFiniteOutputError, resolve_device
 from .output_guard import refuse_overwriting_inputs
 from .texture_map import add_inspect_parser
 from .train import add_train_parser
-from .upscale import resolve_model, upscale
+from .upscale import output_size, resolve_model, upscale
 from .viewer import add_view_parser
 
 PROG = "lte-sr"
@@ -175,7 +175,7 @@ def run_upscale_command(args: argparse.Namespace) -> int:
     def upscale_one(src: Path, dst: Path) -> None:
         # Arrays in and out: the file is then written without a PIL copy of the output.
         image = read_image_file(src).as_arrays()
-        check_output(dst, len(image.frames))
+        check_output(dst, len(image.frames), *output_size(*image.size[::-1], scale, size))
         try:
             frames = [
                 upscale(

@@ -611,3 +611,19 @@ def test_inspect_writes_atomically(tmp_path: Path, checkpoint: Path, capsys) -> 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "textures.png"]
     with Image.open(tmp_path / "textures.png") as figure:
         assert figure.size == (1200, 800)
+
+
+def test_an_ico_output_too_large_for_the_format_is_refused_before_the_work(
+    tmp_path: Path, checkpoint: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("upscaled although the output cannot be written")
+
+    monkeypatch.setattr(cli_module, "upscale", no_work)
+    source = write_image(tmp_path / "in.png", width=100, height=60)
+    status, err = run(
+        capsys, "upscale", source, tmp_path / "out.ico", "--scale", "3", "--model", checkpoint
+    )
+    assert status == 1
+    assert_one_line_error(err, "out.ico: ICO holds images up to 256 pixels a side, the output")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
