@@ -30,13 +30,13 @@ from .image_io.files import (
     check_quality,
     is_image_path,
     read_image_file,
-    same_file,
     write_image_file,
 )
 from .inference import PRECISIONS, NonFiniteOutputError, resolve_device
+from .output_guard import refuse_overwriting_inputs
 from .texture_map import add_inspect_parser
 from .train import add_train_parser
-from .upscale import resolve_runner, upscale
+from .upscale import output_size, resolve_runner, upscale
 from .viewer import add_view_parser
 
 PROG = "lte-sr"
@@ -174,9 +174,8 @@ def run_upscale_command(args: argparse.Namespace) -> int:
     """Run ``lte-sr upscale``; returns the exit status."""
     scale, size = _parse_scale(args.scale), _parse_size(args.size)
     source = Path(args.input)
-    pairs = distributed.shard(
-        _plan(source, Path(args.output))
-    )  # under torchrun: this process's files
+    # Under torchrun: this process's files.
+    pairs = distributed.shard(_plan(source, Path(args.output), model_file=args.model))
     todo = [(src, dst) for src, dst in pairs if not (args.skip_existing and dst.exists())]
     skipped = len(pairs) - len(todo)
     if not todo:
@@ -190,7 +189,7 @@ def run_upscale_command(args: argparse.Namespace) -> int:
     def upscale_one(src: Path, dst: Path) -> None:
         # Arrays in and out: the file is then written without a PIL copy of the output.
         image = read_image_file(src).as_arrays()
-        check_output(dst, len(image.frames))
+        check_output(dst, len(image.frames), *output_size(*image.size[::-1], scale, size))
         try:
             frames = [
                 upscale(
@@ -266,15 +265,15 @@ def _parse_size(text: str | None) -> tuple[int, int] | None:
     return int(match.group(1)), int(match.group(2))
 
 
-def _plan(source: Path, target: Path) -> list[tuple[Path, Path]]:
-    """The (input, output) file pairs to process; refuses to write over an input."""
+def _plan(source: Path, target: Path, model_file: str | None) -> list[tuple[Path, Path]]:
+    """The (input, output) file pairs to process; refuses to write over an input image, the
+    input folder or the ``--model`` file."""
     if not source.exists():
         raise CLIError(f"{source}: no such file or folder")
     if source.is_dir():
         if target.exists() and not target.is_dir():
             raise CLIError(f"{target}: IN is a folder, so OUT must be a folder, but it is a file")
-        if same_file(target, source):
-            raise CLIError(f"{target}: OUT is the input folder; choose another folder")
+        refuse_overwriting_inputs(target, [source], "OUT")
         images = sorted(p for p in source.iterdir() if p.is_file() and is_image_path(p))
         if not images:
             raise CLIError(f"{source}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
@@ -283,8 +282,7 @@ def _plan(source: Path, target: Path) -> list[tuple[Path, Path]]:
         pairs = [(source, target / source.name if target.is_dir() else target)]
     for src, dst in pairs:
         check_output(dst)
-        if same_file(dst, src):
-            raise CLIError(f"{dst}: OUT is the input file; choose another path")
+        refuse_overwriting_inputs(dst, [src, model_file], "OUT")
     # OUT's folder (OUT itself when IN is a folder) is made now: a bad path fails before any work.
     output_folder = pairs[0][1].parent
     try:

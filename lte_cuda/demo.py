@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .image_io.files import read_image, to_8bit_rgb, write_image
 from .models import LTE
+from .output_guard import refuse_overwriting_inputs
 from .upscale import DEFAULT_WEIGHTS, resolve_model, upscale
 
 DEMO_PHOTO = Path(__file__).resolve().parent / "assets" / "chelsea.png"
@@ -51,8 +52,14 @@ def run_demo(
         model: a checkpoint path; ``None`` uses the bundled default model.
 
     Returns:
-        The paths of ``demo_lte_x<scale>.png`` and ``demo_compare.png``.
+        The paths of ``demo_lte_x<scale>.png`` and ``demo_compare.png``, written atomically;
+        ``ValueError`` before any work if one of them is the model file or the photo.
     """
+    out = Path(out_dir)
+    result_path = out / f"demo_lte_x{scale:g}.png"
+    compare_path = out / "demo_compare.png"
+    for path in (result_path, compare_path):
+        refuse_overwriting_inputs(path, [DEMO_PHOTO, model], "--out")
     lte = load_demo_model(model)
     photo = to_8bit_rgb(read_image(DEMO_PHOTO))
     result = upscale(photo, scale=scale, model=lte)
@@ -63,10 +70,7 @@ def run_demo(
     )
     compare = comparison_image(bicubic, result, title)
 
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    result_path = out / f"demo_lte_x{scale:g}.png"
-    compare_path = out / "demo_compare.png"
     write_image(result, result_path)
     write_image(compare, compare_path)
     return result_path, compare_path

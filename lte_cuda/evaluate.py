@@ -13,7 +13,8 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,12 +22,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import distributed
-from .config import ConfigError, check_dataset_spec, load_config
+from .config import TestConfig, dataset_paths, load_config, read_test_config
 from .coords import make_cell, make_coord
 from .data import make_dataset
+from .image_io.files import atomic_output, is_image_path
 from .inference import cell_enlargement, reflect_pad_to_window, resolve_device
 from .metrics import parse_eval_type, psnr
 from .models import BACKENDS, DEFAULT_BACKEND
+from .output_guard import refuse_overwriting_inputs
 
 
 @torch.no_grad()
@@ -119,7 +122,7 @@ def _image_names(dataset: Dataset) -> list[str] | None:
 
 
 def run_test(
-    config: dict[str, Any],
+    config: Mapping[str, Any] | TestConfig,
     model: nn.Module,
     eval_bsize: int | None = None,
     num_workers: int = 0,
@@ -127,23 +130,32 @@ def run_test(
 ) -> dict[str, Any]:
     """Evaluate ``model`` on a published-layout test config; returns the result record.
 
-    The record has ``eval_type``, ``mean_psnr``, ``images`` (name and PSNR of each) and
-    ``seconds``. ``eval_bsize`` overrides the config's chunk size.
+    ``config`` is a mapping (checked by :func:`~lte_cuda.config.read_test_config`) or an
+    already checked :class:`~lte_cuda.config.TestConfig`. The record has ``eval_type``,
+    ``mean_psnr``, ``images`` (name and PSNR of each) and ``seconds``. ``eval_bsize``
+    overrides the config's chunk size. PSNRs may be NaN or infinite here: see
+    :func:`check_finite`.
     """
-    spec = config["test_dataset"]
-    dataset = make_dataset(spec["wrapper"], args={"dataset": make_dataset(spec["dataset"])})
+    if not isinstance(config, TestConfig):
+        config = read_test_config(config)
+    spec = config.test_dataset
+    eval_type = config.eval_type
+    wrapper_args = {"dataset": make_dataset(spec.dataset)}
+    _, scale = parse_eval_type(eval_type)
+    if spec.wrapper["name"] == "sr-implicit-paired" and scale:
+        wrapper_args["scale"] = scale  # pairs must be at the protocol's scale
+    dataset = make_dataset(spec.wrapper, args=wrapper_args)
     device = next(model.parameters()).device
     # Under torchrun each process scores its share; the PSNRs are put back in order below.
     indices = distributed.shard(range(len(dataset)))
     loader = DataLoader(
         Subset(dataset, indices),
-        batch_size=spec.get("batch_size", 1),
+        batch_size=spec.batch_size,
         shuffle=False,
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
     )
     names = _image_names(dataset)
-    eval_type = config.get("eval_type")
     count = len(dataset)
     records: list[dict[str, Any]] = []
 
@@ -166,9 +178,9 @@ def run_test(
         loader,
         model,
         eval_type=eval_type,
-        eval_bsize=eval_bsize if eval_bsize is not None else config.get("eval_bsize"),
+        eval_bsize=eval_bsize if eval_bsize is not None else config.eval_bsize,
         window_size=model.traits.window,
-        scale_max=config.get("scale_max"),
+        scale_max=config.scale_max,
         on_image=on_image,
     )
     values = distributed.gather_in_order(local_values, indices, count)
@@ -182,15 +194,24 @@ def run_test(
     }
 
 
-def check_test_config(config: dict[str, Any], source: str = "config") -> None:
-    """ConfigError (one line naming ``source`` and the key) unless ``config`` has a
-    ``test_dataset`` and, when given, a known ``eval_type``."""
-    check_dataset_spec(config, "test_dataset", source, batch_size=False)
-    eval_type = config.get("eval_type")
-    try:
-        parse_eval_type(eval_type if eval_type is None else str(eval_type))
-    except ValueError as err:
-        raise ConfigError(f"{source}: {err}") from None
+def check_finite(result: Mapping[str, Any]) -> None:
+    """``NonFiniteResultError`` naming the first image whose PSNR in a :func:`run_test`
+    record is not finite, and why: NaN comes from a model output that is not finite,
+    +inf from a prediction equal to the ground truth (zero error)."""
+    for record in result["images"]:
+        value = record["psnr"]
+        if math.isfinite(value):
+            continue
+        cause = (
+            "the model's output is not finite (its weights are likely corrupt)"
+            if math.isnan(value)
+            else "the prediction equals the ground truth exactly (zero error)"
+        )
+        raise NonFiniteResultError(f"{record['name']}: PSNR is {value}: {cause}")
+
+
+class NonFiniteResultError(ValueError):
+    """A PSNR of a test run is NaN or infinite: the result is not a measurement."""
 
 
 def add_test_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -219,11 +240,13 @@ def add_test_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 
 
 def run_test_command(args: argparse.Namespace) -> int:
-    """Run ``lte-sr test``; returns the exit status."""
+    """Run ``lte-sr test``; returns the exit status (1, with no JSON written, when any PSNR
+    is not finite)."""
     from .checkpoint import load_model
 
-    config = load_config(args.config)
-    check_test_config(config, args.config)
+    config = read_test_config(load_config(args.config), args.config)
+    if args.out:
+        _refuse_overwriting_inputs(Path(args.out), config, args)
     device = resolve_device(args.device)
     model = load_model(args.model, map_location=device, backend=args.backend).to(device)
     result = run_test(
@@ -233,14 +256,31 @@ def run_test_command(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         verbose=not args.quiet,
     )
+    try:
+        check_finite(result)
+    except NonFiniteResultError as err:
+        raise NonFiniteResultError(
+            f"{args.model}: {err}" + ("; no JSON written" if args.out else "")
+        ) from None
     print(
         f"result: {result['mean_psnr']:.4f} dB ({result['eval_type'] or 'rgb'}, "
         f"{len(result['images'])} images, {result['seconds']:.1f} s)"
     )
     if args.out and distributed.is_main():  # under torchrun every process has the result
         result.update(config=os.path.abspath(args.config), model=os.path.abspath(args.model))
-        directory = os.path.dirname(os.path.abspath(args.out))
-        os.makedirs(directory, exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+        text = json.dumps(result, indent=2, allow_nan=False)  # strict JSON: no NaN/Infinity
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with atomic_output(args.out) as stream:
+            stream.write(text.encode())
     return 0
+
+
+def _refuse_overwriting_inputs(out: Path, config: TestConfig, args: argparse.Namespace) -> None:
+    """``--out`` is none of the files the run reads: the config, the checkpoint, and (for an
+    image-named output) an image of the test set's folders."""
+    inputs = [Path(args.config), Path(args.model)]
+    for path in map(Path, dataset_paths(config.test_dataset)):
+        inputs.append(path)
+        if is_image_path(out):
+            inputs.append(path / out.name)
+    refuse_overwriting_inputs(out, inputs, "--out")

@@ -344,6 +344,16 @@ def test_bad_arguments(
             r"tensors must be \(C, H, W\) or \(B, C, H, W\) with C in 1..4, got shape \(4, 4\)",
         ),
         (torch.full((3, 4, 4), -0.5), ValueError, r"got range \[-0.5, -0.5\]"),
+        (
+            torch.zeros(3, 4, 4, device="meta"),
+            ValueError,
+            r"image: tensors must hold dense pixel values, got a meta tensor \(no values\)",
+        ),
+        (
+            torch.zeros(3, 4, 4).to_sparse(),
+            ValueError,
+            r"image: tensors must hold dense pixel values, got a torch.sparse_coo tensor",
+        ),
         (Image.new("I;16", (4, 4)), TypeError, r"PIL mode 'I;16' is not supported"),
     ],
 )

@@ -24,8 +24,8 @@ class MeanShift(nn.Conv2d):
     def __init__(self, rgb_range: float, sign: int) -> None:
         super().__init__(3, 3, kernel_size=1)
         with torch.no_grad():
-            self.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
-            self.bias.copy_(sign * rgb_range * torch.tensor(RGB_MEAN))
+            self.weight.copy_(torch.eye(3, device="cpu").view(3, 3, 1, 1))
+            self.bias.copy_(sign * rgb_range * torch.tensor(RGB_MEAN, device="cpu"))
         self.requires_grad_(False)
 
 

@@ -311,7 +311,7 @@ class SwinIR(nn.Module):
         self.conv_first = nn.Conv2d(3, embed_dim, 3, padding=1)
         self.patch_embed = PatchEmbed(embed_dim)
         # Stochastic depth grows linearly over all blocks of all layers.
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         self.layers = nn.ModuleList()
         start = 0
         for depth, heads in zip(depths, num_heads):
