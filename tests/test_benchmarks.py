@@ -309,3 +309,18 @@ def test_op_variants_are_read_from_lte_cuda_ops(monkeypatch):
     monkeypatch.setattr(ops, "KERNEL_VARIANTS", {"a": "one", "b": "two"}, raising=False)
     monkeypatch.setattr(ops, "KERNEL_ENV", "LTE_CUDA_KERNEL", raising=False)
     assert op_variants.available_variants() == (["default", "a", "b", "a,b"], "LTE_CUDA_KERNEL")
+
+
+def test_bench_runtimes_table_gives_medians_spreads_and_speed_against_torch():
+    from benchmarks import bench_runtimes
+
+    def runs(*seconds):
+        return [{"seconds": s, "setup": 1.0, "peak_rss": 2**30, "run_rss": 2**29} for s in seconds]
+
+    results = {
+        ("x4", "bundled", "torch", "fp32"): runs(4.0, 6.0, 5.0),
+        ("x4", "bundled", "onnxruntime", "fp32"): runs(2.0, 3.0, 2.5),
+    }
+    lines = bench_runtimes.table(results).splitlines()
+    assert lines[2].startswith("| x4 | bundled | torch | fp32 | 5.00 (4.00-6.00) | 1.00x |")
+    assert "| 2.50 (2.00-3.00) | 2.00x | 1.0 | 1024 | 512 |" in lines[3]
