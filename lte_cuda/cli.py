@@ -18,7 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import distributed
-from .cli_args import add_model_arguments
+from .cli_args import add_model_arguments, add_precision_argument
 from .demo import add_demo_parser
 from .evaluate import add_test_parser
 from .image_io.files import (
@@ -34,7 +34,7 @@ from .image_io.files import (
 from .inference import NonFiniteOutputError, resolve_device
 from .texture_map import add_inspect_parser
 from .train import add_train_parser
-from .upscale import PRECISIONS, resolve_model, upscale
+from .upscale import resolve_model, upscale
 from .viewer import add_view_parser
 
 PROG = "lte-sr"
@@ -79,9 +79,7 @@ def add_upscale_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     )
     target.add_argument("--size", help="exact output size WIDTHxHEIGHT, e.g. 1920x1080")
     add_model_arguments(parser)
-    parser.add_argument(
-        "--precision", choices=sorted(PRECISIONS), default="fp32", help="default: fp32"
-    )
+    add_precision_argument(parser)
     parser.add_argument(
         "--tile", type=int, help="encoder tile side in input pixels (default: from free memory)"
     )

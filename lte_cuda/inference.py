@@ -27,10 +27,10 @@ from torch import nn
 from .coords import make_coord
 from .image_io.convert import pixel_scale
 from .models.lte import LTE, LTEFeatures
+from .precision import PRECISIONS, resolve_precision
 
 # The published models were trained on scales up to 4; above it the cell is enlarged.
 TRAINED_MAX_SCALE = 4.0
-PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 # The eight flips and transposes of the image plane, (transpose, flip_y, flip_x); the first is
 # the identity. Self-ensemble averages the model's outputs over them.
 DIHEDRAL_TRANSFORMS = [
@@ -65,7 +65,7 @@ class InferenceSettings:
     device: torch.device
     budget: int  # bytes the working set may use (tiles, chunks)
     chunk: int  # output pixels decoded per model call
-    precision: str = "fp32"
+    precision: str = "fp32"  # resolved (fp32, bf16, fp16): lte_cuda.precision
     tile_size: int | None = None  # encoder tile side in input pixels; None: from the budget
     tile_overlap: int | None = None  # None: the encoder's receptive radius
     self_ensemble: bool = False
@@ -85,9 +85,11 @@ def settings_for(
     budget: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> InferenceSettings:
-    """Settings with ``device`` resolved and the budget and chunk size defaulted from the
-    device's free memory (arguments are assumed checked, as :mod:`lte_cuda.upscale` does)."""
+    """Settings with ``device`` and ``precision`` (``"auto"`` too) resolved and the budget and
+    chunk size defaulted from the device's free memory (the other arguments are assumed
+    checked, as :mod:`lte_cuda.upscale` does)."""
     dev = resolve_device(device)
+    precision = resolve_precision(precision, dev).name
     budget = memory_budget(dev) if budget is None else budget
     chunk = chunk_size or default_chunk(budget)
     return InferenceSettings(

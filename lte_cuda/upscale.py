@@ -19,7 +19,6 @@ from .bicubic import bicubic_into
 from .checkpoint import load_model
 from .image_io.convert import ImageLike, to_pixels
 from .inference import (
-    PRECISIONS,
     InferenceSettings,
     NonFiniteOutputError,
     check_fits,
@@ -44,7 +43,7 @@ def upscale(
     *,
     model: LTE | str | os.PathLike | None = None,
     device: str | torch.device | None = None,
-    precision: str = "fp32",
+    precision: str = "auto",
     chunk_size: int | None = None,
     tile_size: int | None = None,
     tile_overlap: int | None = None,
@@ -69,8 +68,9 @@ def upscale(
             in place and left there, with its train/eval mode restored.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"``/``None`` (CUDA if present)
             or a ``torch.device``.
-        precision: ``"fp32"``, ``"fp16"`` or ``"bf16"``; the last two run under
-            ``torch.autocast`` on ``device``.
+        precision: ``"auto"`` (bf16 on a CPU that computes it natively, else fp32: the rule
+            of :mod:`lte_cuda.precision`), ``"fp32"``, ``"fp16"`` or ``"bf16"``; the
+            reduced ones run under ``torch.autocast`` on ``device``.
         chunk_size: output pixels decoded per model call; default from free device memory.
         tile_size: side, in input pixels, of the encoder tiles (without their overlap);
             default: none while the whole input fits the budget. Exact for EDSR-baseline and
@@ -141,7 +141,7 @@ def super_resolve(
     out_size: tuple[int, int],
     *,
     device: str | torch.device | None = None,
-    precision: str = "fp32",
+    precision: str = "auto",
     chunk_size: int | None = None,
     tile_size: int | None = None,
     tile_overlap: int | None = None,
@@ -180,8 +180,6 @@ def _settings(
     memory_budget: int | None,
 ) -> InferenceSettings:
     """The arguments of :func:`upscale` that say how to run, checked, as inference settings."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     if not isinstance(self_ensemble, bool):
         raise TypeError(f"self_ensemble must be True or False, got {self_ensemble!r}")
     return settings_for(
