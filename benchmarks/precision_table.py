@@ -77,11 +77,15 @@ def quality_against_fp32(
     }
 
 
-def fit_published_size(steps: int, seed: int = 0) -> torch.nn.Module:
+def fit_published_size(
+    steps: int, crop: int = 48, batch: int = 4, seed: int = 0
+) -> torch.nn.Module:
     """An EDSR-baseline-LTE of the published size trained for ``steps`` steps on the bundled
-    model's training photos with its recipe (48x48 LR crops, scale U(1, 4), flips, L1, Adam
-    2e-3 with warm-up), shortened: batch 4, 512 queries per crop. Random weights say nothing
-    about PSNR; a briefly fitted model has trained weight statistics and a real image output."""
+    model's training photos with its recipe (``crop``-pixel LR crops, 48 in the recipe; scale
+    U(1, 4), flips, L1, Adam 2e-3 with warm-up), shortened: ``batch`` crops, 512 queries each.
+    Random weights say nothing about PSNR; a fitted model's weights have moved from their
+    initialisation and its output is a real reconstruction. One step costs seconds on a
+    2-core CPU (the encoder's backward), so the fit is short: see the README's caveat."""
     from lte_cuda.data.image_folder import SkimagePhotos
     from lte_cuda.data.wrappers import SRImplicitDownsampled
     from lte_cuda.models import build_preset
@@ -89,10 +93,10 @@ def fit_published_size(steps: int, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = build_preset("edsr-baseline-lte")
     data = SRImplicitDownsampled(
-        SkimagePhotos(list(TRAINING), repeat=1000), 48, 1, 4, augment=True, sample_q=512
+        SkimagePhotos(list(TRAINING), repeat=1000), crop, 1, 4, augment=True, sample_q=512
     )
     data.set_seed(seed)
-    loader = torch.utils.data.DataLoader(data, batch_size=4, shuffle=True)
+    loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=True)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     warmup = max(steps // 5, 1)
     model.train()
@@ -197,7 +201,8 @@ def quality_rows(models: dict[str, torch.nn.Module]) -> dict[tuple[str, str], di
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="timed rounds (after one warm-up)")
-    parser.add_argument("--fit-steps", type=int, default=200, help="published-size fit steps")
+    parser.add_argument("--fit-steps", type=int, default=30, help="published-size fit steps")
+    parser.add_argument("--fit-crop", type=int, default=32, help="LR crop side of the fit")
     args = parser.parse_args(argv)
     require_fused("precision_table")
     from lte_cuda.precision import resolve_precision

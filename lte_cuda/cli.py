@@ -32,9 +32,11 @@ from .image_io.files import (
     write_image_file,
 )
 from .inference import NonFiniteOutputError, resolve_device
+from .precision import resolve_precision
+from .progress import RunProgress
 from .texture_map import add_inspect_parser
 from .train import add_train_parser
-from .upscale import resolve_model, upscale
+from .upscale import output_size, resolve_model, upscale
 from .viewer import add_view_parser
 
 PROG = "lte-sr"
@@ -96,6 +98,9 @@ def add_upscale_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         type=_quality,
         default=DEFAULT_QUALITY,
         help=f"JPEG/WebP output quality, 1..100 (default: {DEFAULT_QUALITY})",
+    )
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bars or per-file lines, only errors"
     )
     parser.add_argument(
         "--skip-existing",
@@ -169,12 +174,17 @@ def run_upscale_command(args: argparse.Namespace) -> int:
             print(f"{PROG}: {skipped} skipped (outputs exist)", file=sys.stderr)
         return 0
     model = resolve_model(args.model)
-    resolve_device(args.device)  # a device error concerns every file: stop before the first
+    # A device error concerns every file: stop before the first.
+    precision = resolve_precision(args.precision, resolve_device(args.device))
+    progress = RunProgress(len(todo), quiet=args.quiet)
 
     def upscale_one(src: Path, dst: Path) -> None:
         # Arrays in and out: the file is then written without a PIL copy of the output.
         image = read_image_file(src).as_arrays()
         check_output(dst, len(image.frames))
+        width, height = image.size
+        out_h, out_w = output_size(height, width, scale, size)
+        shown = progress.file(src, dst, (width, height), (out_w, out_h), precision)
         try:
             frames = [
                 upscale(
@@ -183,12 +193,13 @@ def run_upscale_command(args: argparse.Namespace) -> int:
                     size=size,
                     model=model,
                     device=args.device,
-                    precision=args.precision,
+                    precision=precision.name,
                     chunk_size=args.chunk,
                     tile_size=args.tile,
                     self_ensemble=args.self_ensemble,
+                    progress=_frame_progress(shown.update, index, len(image.frames)),
                 )
-                for frame in image.frames
+                for index, frame in enumerate(image.frames)
             ]
         except NonFiniteOutputError as err:  # name the file the model came from
             raise NonFiniteOutputError(
@@ -196,22 +207,31 @@ def run_upscale_command(args: argparse.Namespace) -> int:
             ) from None
         image = image.with_frames(frames)  # the input frames are let go before writing
         write_image_file(image, dst, quality=args.quality)
+        shown.done()
 
-    if not source.is_dir():
-        upscale_one(*todo[0])  # one file: its error is the command's error
-        return 0
-    failed = _run_folder(todo, upscale_one)
-    print(
-        f"{PROG}: {len(todo) - failed} written, {skipped} skipped, {failed} failed", file=sys.stderr
-    )
+    try:
+        if not source.is_dir():
+            upscale_one(*todo[0])  # one file: its error is the command's error
+            return 0
+        failed = _run_folder(todo, upscale_one)
+    finally:
+        progress.close()
+    progress.say(f"{len(todo) - failed} written, {skipped} skipped, {failed} failed")
     return 1 if failed else 0
+
+
+def _frame_progress(
+    update: Callable[[int, int], None], index: int, frames: int
+) -> Callable[[int, int], None]:
+    """Frame ``index``'s ``progress(done, total)`` as progress over all ``frames`` frames."""
+    return lambda done, total: update(index * total + done, frames * total)
 
 
 def _run_folder(pairs: list[tuple[Path, Path]], upscale_one: Callable[[Path, Path], None]) -> int:
     """Run ``upscale_one`` on every pair; a file that fails is reported in one line and the
     run goes on. Returns the number of failures."""
     failed = 0
-    for src, dst in tqdm(pairs, desc="upscale", unit="image"):
+    for src, dst in pairs:
         try:
             upscale_one(src, dst)
         except NonFiniteOutputError:

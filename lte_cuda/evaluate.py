@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import distributed
+from .cli_args import add_precision_argument
 from .config import ConfigError, check_dataset_spec, load_config
 from .coords import make_cell, make_coord
 from .data import make_dataset
@@ -32,6 +33,7 @@ from .inference import (
 )
 from .metrics import parse_eval_type, psnr
 from .models import BACKENDS
+from .precision import autocast, resolve_precision
 
 # Published default when a config has no data_norm: no normalisation.
 IDENTITY_NORM = {"inp": {"sub": [0], "div": [1]}, "gt": {"sub": [0], "div": [1]}}
@@ -213,6 +215,8 @@ def add_test_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     )
     parser.add_argument("--num-workers", type=int, default=0, help="data loader workers")
     parser.add_argument("--quiet", action="store_true", help="print only the mean PSNR")
+    # Evaluation protocols are float32: auto (bf16 on CPUs with native bf16) is opt-in here.
+    add_precision_argument(parser, default="fp32")
     parser.set_defaults(func=run_test_command)
     return parser
 
@@ -224,17 +228,20 @@ def run_test_command(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     check_test_config(config, args.config)
     device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
     model = load_model(args.model, map_location=device, backend=args.backend).to(device)
-    result = run_test(
-        config,
-        model,
-        eval_bsize=args.eval_bsize,
-        num_workers=args.num_workers,
-        verbose=not args.quiet,
-    )
+    with autocast(precision.name, device):
+        result = run_test(
+            config,
+            model,
+            eval_bsize=args.eval_bsize,
+            num_workers=args.num_workers,
+            verbose=not args.quiet,
+        )
+    result["precision"] = precision.name
     print(
         f"result: {result['mean_psnr']:.4f} dB ({result['eval_type'] or 'rgb'}, "
-        f"{len(result['images'])} images, {result['seconds']:.1f} s)"
+        f"{len(result['images'])} images, {result['seconds']:.1f} s, {precision})"
     )
     if args.out and distributed.is_main():  # under torchrun every process has the result
         result.update(config=os.path.abspath(args.config), model=os.path.abspath(args.model))

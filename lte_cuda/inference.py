@@ -27,7 +27,7 @@ from torch import nn
 from .coords import make_coord
 from .image_io.convert import pixel_scale
 from .models.lte import LTE, LTEFeatures
-from .precision import PRECISIONS, resolve_precision
+from .precision import autocast, resolve_precision
 
 # The published models were trained on scales up to 4; above it the cell is enlarged.
 TRAINED_MAX_SCALE = 4.0
@@ -72,6 +72,9 @@ class InferenceSettings:
     # Called as progress(done, total) after each region of the input is decoded (every
     # pass counted: 8 with self-ensemble); may raise to stop the run.
     progress: Callable[[int, int], None] | None = None
+    # Called with the number of output pixels just decoded, after each decode chunk (finer
+    # than ``progress``: a whole image is often one region).
+    pixel_progress: Callable[[int], None] | None = None
 
 
 def settings_for(
@@ -84,6 +87,7 @@ def settings_for(
     self_ensemble: bool = False,
     budget: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    pixel_progress: Callable[[int], None] | None = None,
 ) -> InferenceSettings:
     """Settings with ``device`` and ``precision`` (``"auto"`` too) resolved and the budget and
     chunk size defaulted from the device's free memory (the other arguments are assumed
@@ -93,7 +97,15 @@ def settings_for(
     budget = memory_budget(dev) if budget is None else budget
     chunk = chunk_size or default_chunk(budget)
     return InferenceSettings(
-        dev, budget, chunk, precision, tile_size, tile_overlap, self_ensemble, progress
+        dev,
+        budget,
+        chunk,
+        precision,
+        tile_size,
+        tile_overlap,
+        self_ensemble,
+        progress,
+        pixel_progress,
     )
 
 
@@ -173,8 +185,7 @@ def available_ram() -> int:
 
 def autocast_for(settings: InferenceSettings) -> contextlib.AbstractContextManager:
     """``torch.autocast`` for a reduced precision, else a context that does nothing."""
-    dtype = PRECISIONS[settings.precision]
-    return torch.autocast(settings.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+    return autocast(settings.precision, settings.device)
 
 
 # ----------------------------------------------------------------------------- model rules
@@ -357,9 +368,11 @@ def decode_box(
     box: Box,
     chunk: int,
     write: Writer,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> None:
     """Decode output pixels ``box`` from ``features`` of the input pixels ``frame``, ``chunk``
-    queries at a time in row-major order, handing each run of pixels to ``write``."""
+    queries at a time in row-major order, handing each run of pixels to ``write`` (and its
+    length to ``on_chunk``)."""
     top, left, bottom, right = box
     dev = features.coef.device
     (out_h, out_w), (in_h, in_w) = out_size, image_size
@@ -382,6 +395,8 @@ def decode_box(
             )
         values = (pred[0].float() * 0.5 + 0.5).clamp_(0, 1).t()
         _write_run(write, top, left, width, start, values)
+        if on_chunk is not None:
+            on_chunk(values.shape[1])
 
 
 def _write_run(
@@ -484,6 +499,7 @@ def _stream(
             (0, 0, *out_size),
             settings.chunk,
             write,
+            settings.pixel_progress,
         )
         report()
         return
@@ -499,7 +515,17 @@ def _stream(
             frame = (max(y0 - 1, 0), max(x0 - 1, 0), min(y0 + tile + 1, h), min(x0 + tile + 1, w))
             features = encode_box(model, source, frame, tile + 2, overlap, settings.device)
             box = (rows[0], cols[0], rows[1], cols[1])
-            decode_box(model, features, frame, image_size, out_size, box, settings.chunk, write)
+            decode_box(
+                model,
+                features,
+                frame,
+                image_size,
+                out_size,
+                box,
+                settings.chunk,
+                write,
+                settings.pixel_progress,
+            )
             report()
 
 

@@ -16,6 +16,7 @@ fallback, or to keep fp32 on a machine whose bf16 you do not trust).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -76,3 +77,12 @@ def resolve_precision(requested: str, device: torch.device | str) -> Precision:
     if feature is None:
         return Precision("fp32", None, "auto: this CPU has no native bf16")
     return Precision("bf16", torch.bfloat16, f"auto: this CPU computes bf16 natively ({feature})")
+
+
+def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` on ``device`` for a resolved reduced ``precision`` name (bf16,
+    fp16), else a context that does nothing (fp32)."""
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)

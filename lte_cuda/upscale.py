@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from numbers import Integral, Real
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from .bicubic import bicubic_into
 from .checkpoint import load_model
 from .image_io.convert import ImageLike, to_pixels
 from .inference import (
+    DIHEDRAL_TRANSFORMS,
     InferenceSettings,
     NonFiniteOutputError,
     check_fits,
@@ -49,6 +51,7 @@ def upscale(
     tile_overlap: int | None = None,
     self_ensemble: bool = False,
     memory_budget: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ImageLike:
     """Super-resolve ``image`` by ``scale`` or to ``size`` with an LTE model.
 
@@ -83,6 +86,8 @@ def upscale(
         memory_budget: bytes the working set (tiles, chunks) may use; default half the free
             memory of a CUDA device, or on CPU min(1 GiB, a quarter of MemAvailable). Above it
             the input is streamed in tiles (:mod:`lte_cuda.inference`).
+        progress: called as ``progress(done, total)`` in output pixels (every image of a
+            batch and every pass of a self-ensemble counted) after each decoded chunk.
     Returns:
         The upscaled image as the same kind: PIL image of the same mode, numpy array of the
         same dtype (uint8/uint16 rounded) and layout, or tensor of the same dtype, device and layout.
@@ -102,6 +107,10 @@ def upscale(
     settings = _settings(
         device, precision, chunk_size, tile_size, tile_overlap, self_ensemble, memory_budget
     )
+    if progress is not None:
+        passes = len(DIHEDRAL_TRANSFORMS) if settings.self_ensemble else 1
+        total = len(pixels) * passes * out_h * out_w
+        settings = replace(settings, pixel_progress=_pixel_counter(progress, total))
     lte = resolve_model(model)
 
     channels = pixels.shape[1]
@@ -119,6 +128,18 @@ def upscale(
         if channels in (2, 4):
             bicubic_into(img[-1], out[-1])
     return restore(result)
+
+
+def _pixel_counter(progress: Callable[[int, int], None], total: int) -> Callable[[int], None]:
+    """A per-chunk callback that sums the pixels decoded and tells ``progress``."""
+    done = 0
+
+    def count(pixels: int) -> None:
+        nonlocal done
+        done += pixels
+        progress(done, total)
+
+    return count
 
 
 def _preset_weights(name: str) -> Path:

@@ -48,21 +48,27 @@ class MLP(nn.Module):
         if dtype is None:
             return self.layers(x)
         layers = self._packed_layers(dtype)
+        if layers is None:
+            return self.layers(x)
         hidden = x.reshape(-1, x.shape[-1]).to(dtype)
         for n, (weight, bias) in enumerate(layers):
             attr = "relu" if n < len(layers) - 1 else "none"
             hidden = torch.ops.mkldnn._linear_pointwise(hidden, weight, bias, attr, [], "")
         return hidden.view(*x.shape[:-1], hidden.shape[-1])
 
-    def _packed_layers(self, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _packed_layers(self, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
         """The Linear layers' weights packed for oneDNN in ``dtype`` (and biases cast), made
-        once and again only when a parameter is replaced or changed in place."""
+        once and again only when a parameter is replaced or changed in place. None when a
+        parameter is not finite: oneDNN's fused ReLU maps NaN to 0, which would hide corrupt
+        weights that the plain layers let through to the caller's check."""
         params = list(self.parameters())
         key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
         cached_key, by_dtype = _PACKED.get(self, (None, {}))
         if cached_key != key:
             by_dtype = {}
             _PACKED[self] = (key, by_dtype)
+        if dtype not in by_dtype and not all(p.isfinite().all() for p in params):
+            by_dtype[dtype] = None
         if dtype not in by_dtype:
             linears = [m for m in self.layers if isinstance(m, nn.Linear)]
             by_dtype[dtype] = [
@@ -77,9 +83,11 @@ class MLP(nn.Module):
 
 def _packed_dtype(x: torch.Tensor) -> torch.dtype | None:
     """The dtype the packed CPU path computes ``x`` in (torch.autocast's on CPU when enabled),
-    or None where it does not apply (gradients, other devices, float16/float64, no oneDNN)."""
+    or None where it does not apply (gradients, other devices, float16/float64, no oneDNN, or
+    under torch.compile, which packs weights itself)."""
     if (
-        torch.is_grad_enabled()
+        torch.compiler.is_compiling()
+        or torch.is_grad_enabled()
         or x.device.type != "cpu"
         or not torch.backends.mkldnn.is_available()
     ):

@@ -27,6 +27,7 @@ from ..inference import (
     receptive_radius,
 )
 from ..models.lte import LTE, LTEFeatures
+from ..precision import autocast, resolve_precision
 
 # Input pixels per side of a feature block: small, so a tile encodes little beyond its own pixels.
 BLOCK = 16
@@ -43,8 +44,11 @@ class ImageFeatures:
         rgb: torch.Tensor,
         device: torch.device,
         max_bytes: int = DEFAULT_FEATURE_BYTES,
+        precision: str = "auto",
     ):
         self.model = model.to(device).eval()
+        # bf16 features (and tiles) where the rule picks it: half the memory per block.
+        self.precision = resolve_precision(precision, device)
         self.rgb = rgb
         self.device = device
         self.max_bytes = max_bytes
@@ -62,7 +66,9 @@ class ImageFeatures:
     def prepare(self) -> None:
         """Encode the whole image now if the encoder cannot be run block by block."""
         if not self.blockwise:
-            self._whole = encode_image(self.model, self.rgb.unsqueeze(0), device=self.device)
+            self._whole = encode_image(
+                self.model, self.rgb.unsqueeze(0), device=self.device, precision=self.precision.name
+            )
             self.bytes = sum(
                 t.numel() * t.element_size() for t in (self._whole.coef, self._whole.freq)
             )
@@ -71,7 +77,7 @@ class ImageFeatures:
         """Output pixels ``box`` (top, left, bottom, right) of the image upscaled to
         ``out_size`` (H, W): float32 ``(3, rows, cols)`` in [0, 1], as lte_cuda.upscale gives them."""
         image_size = tuple(self.rgb.shape[-2:])
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.precision.name, self.device):
             features, frame = self._features_for(self._frame(image_size, out_size, box))
             return decode_region(
                 self.model,
