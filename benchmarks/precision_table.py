@@ -49,7 +49,7 @@ def held_out_crops(side: int = CROP) -> list[tuple[str, torch.Tensor]]:
 
 
 def quality_against_fp32(
-    model: torch.nn.Module, hr: torch.Tensor, scale: float, precision: str
+    model: torch.nn.Module, hr: torch.Tensor, scale: float, precision: str, device: str = "cpu"
 ) -> dict[str, float]:
     """Upscale the PIL-bicubic downscale of ``hr`` by ``scale`` back to ``hr``'s size in fp32
     and in ``precision``: both PSNRs against ``hr`` (8-bit outputs, ``ceil(scale)`` border
@@ -60,7 +60,7 @@ def quality_against_fp32(
     side = hr.shape[-1]
     lr = resize_bicubic(hr, (round(side / scale), round(side / scale)))
     outputs = [
-        (upscale(lr, size=(side, side), model=model, device="cpu", precision=p) * 255).round()
+        (upscale(lr, size=(side, side), model=model, device=device, precision=p) * 255).round()
         for p in ("fp32", precision)
     ]
     shave = math.ceil(scale)
@@ -179,14 +179,18 @@ def speed_rows(runs: int) -> dict[str, dict[str, float]]:
     return table
 
 
-def quality_rows(models: dict[str, torch.nn.Module]) -> dict[tuple[str, str], dict[str, float]]:
+def quality_rows(
+    models: dict[str, torch.nn.Module],
+    precisions: tuple[str, ...] = ("bf16", "auto"),
+    device: str = "cpu",
+) -> dict[tuple[str, str], dict[str, float]]:
     """(model, precision) -> worst PSNR delta and pixel delta over held-out crops and scales."""
     crops = held_out_crops()
     rows = {}
     for model_name, model in models.items():
-        for precision in ("bf16", "auto"):
+        for precision in precisions:
             results = [
-                quality_against_fp32(model, hr, scale, precision)
+                quality_against_fp32(model, hr, scale, precision, device)
                 for _, hr in crops
                 for scale in SCALES
             ]

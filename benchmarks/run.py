@@ -60,8 +60,8 @@ import torch.utils.benchmark as benchmark
 
 from benchmarks import bench_basis, lte_plus, plots, published_path
 from benchmarks.end_to_end import make_batch, make_model
+from benchmarks.machine import cpu_summary, require_fused
 from benchmarks.memory import CHILD_ENV, peak_rss_above_current
-from lte_cuda import ops
 from lte_cuda.inference import available_ram
 from lte_cuda.upscale import upscale
 
@@ -525,6 +525,7 @@ def machine_info(device: str) -> dict:
         pass
     return {
         "cpu": cpu,
+        "cpu_flags": cpu_summary()["flags"],
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -788,8 +789,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.peak_child:
         print(peak_child(args.peak_child))
         return []
-    if not ops.library_available():
-        sys.exit(f"run.py: the fused op is not available: {ops.LIBRARY_ERROR}")
+    require_fused("run.py")
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("run.py: --device cuda but CUDA is not available")
 
