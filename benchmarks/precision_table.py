@@ -111,10 +111,11 @@ def fit_published_size(
     return model.eval()
 
 
-def _median_time(fn: Callable[[], object], times: list[float]) -> None:
-    start = time.perf_counter()
+def _timed(fn: Callable[[], object], times: list[tuple[float, float]]) -> None:
+    """Append (wall seconds, CPU seconds of the process) of one call of ``fn``."""
+    start, cpu_start = time.perf_counter(), time.process_time()
     fn()
-    times.append(time.perf_counter() - start)
+    times.append((time.perf_counter() - start, time.process_time() - cpu_start))
 
 
 def _mlp_and_gemm_calls(model, dtype: torch.dtype) -> dict[str, tuple[Callable, float]]:
@@ -155,23 +156,27 @@ def speed_rows(runs: int) -> dict[str, dict[str, float]]:
     names = ("fp32", "bf16", "auto")
     dtypes = {n: resolve_precision(n, "cpu").dtype or torch.float32 for n in names}
     calls = {n: _mlp_and_gemm_calls(model, dtypes[n]) for n in names}
-    times: dict[tuple[str, str], list[float]] = {}
+    times: dict[tuple[str, str], list[tuple[float, float]]] = {}
     with torch.inference_mode():
         for run in range(runs + 1):  # the first round warms up
             for name in names:
                 work = {"upscale": lambda n=name: upscale(rgb, scale=4, model=model, precision=n)}
                 work.update({k: c for k, (c, _) in calls[name].items()})
                 for key, fn in work.items():
-                    _median_time(fn, times.setdefault((name, key), []) if run else [])
+                    _timed(fn, times.setdefault((name, key), []) if run else [])
     table = {}
     for name in names:
-        med = {key: statistics.median(times[(name, key)]) for key in ("upscale", *calls[name])}
+        med = {
+            key: statistics.median(t for t, _ in times[(name, key)])
+            for key in ("upscale", *calls[name])
+        }
         rate = {k: macs / med[k] / 1e9 for k, (_, macs) in calls[name].items()}
-        spread = times[(name, "upscale")]
+        walls = [t for t, _ in times[(name, "upscale")]]
         table[name] = {
             "upscale_s": med["upscale"],
-            "upscale_min_s": min(spread),
-            "upscale_max_s": max(spread),
+            "upscale_min_s": min(walls),
+            "upscale_max_s": max(walls),
+            "upscale_cpu_s": statistics.median(c for _, c in times[(name, "upscale")]),
             "mlp_gmacs": rate["mlp"],
             "mm_gmacs": rate["torch.mm"],
             "onednn_gmacs": rate["onednn"],
@@ -228,10 +233,10 @@ def main(argv: list[str] | None = None) -> None:
         f"{len(HELD_OUT)} held-out {CROP}px crops x scales {SCALES}\n"
     )
     print(
-        "| precision | upscale s | MLP GMAC/s | torch.mm | oneDNN | MLP % of torch.mm | "
+        "| precision | upscale s [min-max] | CPU s | MLP GMAC/s | torch.mm | oneDNN | MLP % of torch.mm | "
         "MLP % of oneDNN | PSNR delta bundled / published-size dB | max 8-bit delta |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, row in speed.items():
         if name == "fp32":
             delta, pixels = "0 / 0", "0 / 0"
@@ -241,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
             pixels = f"{b['max_pixel_delta']:.0f} / {p['max_pixel_delta']:.0f}"
         print(
             f"| {name} | {row['upscale_s']:.2f} [{row['upscale_min_s']:.2f}-"
-            f"{row['upscale_max_s']:.2f}] | {row['mlp_gmacs']:.0f} | {row['mm_gmacs']:.0f} | "
+            f"{row['upscale_max_s']:.2f}] | {row['upscale_cpu_s']:.2f} | {row['mlp_gmacs']:.0f} | {row['mm_gmacs']:.0f} | "
             f"{row['onednn_gmacs']:.0f} | {100 * row['mlp_gmacs'] / row['mm_gmacs']:.0f}% | "
             f"{100 * row['mlp_gmacs'] / row['onednn_gmacs']:.0f}% | {delta} | {pixels} |"
         )
