@@ -212,6 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=3, help="timed rounds (after one warm-up)")
     parser.add_argument("--fit-steps", type=int, default=30, help="published-size fit steps")
     parser.add_argument("--fit-crop", type=int, default=32, help="LR crop side of the fit")
+    parser.add_argument("--speed-only", action="store_true", help="skip the quality columns")
     args = parser.parse_args(argv)
     require_fused("precision_table")
     from lte_cuda.precision import resolve_precision
@@ -220,6 +221,9 @@ def main(argv: list[str] | None = None) -> None:
     print(cpu_line())
     print(f"auto resolves to {resolve_precision('auto', 'cpu')}")
     speed = speed_rows(args.runs)
+    if args.speed_only:
+        print_table(speed, None, args.runs)
+        return
     start = time.perf_counter()
     fitted = fit_published_size(args.fit_steps)
     print(
@@ -227,7 +231,12 @@ def main(argv: list[str] | None = None) -> None:
         f"{time.perf_counter() - start:.0f} s"
     )
     quality = quality_rows({"bundled": resolve_model(None), "published-size": fitted})
-    print(f"\nx4 128->512 EDSR-baseline-LTE, median of {args.runs} rounds in turns [min-max];")
+    print_table(speed, quality, args.runs)
+
+
+def print_table(speed: dict, quality: dict | None, runs: int) -> None:
+    """The markdown table of :func:`speed_rows` and :func:`quality_rows` (None: no quality)."""
+    print(f"\nx4 128->512 EDSR-baseline-LTE, median of {runs} rounds in turns [min-max];")
     print(
         "MLP and GEMM rates in GMAC/s; PSNR delta: worst |auto or bf16 - fp32| over "
         f"{len(HELD_OUT)} held-out {CROP}px crops x scales {SCALES}\n"
@@ -238,7 +247,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, row in speed.items():
-        if name == "fp32":
+        if quality is None:
+            delta = pixels = "-"
+        elif name == "fp32":
             delta, pixels = "0 / 0", "0 / 0"
         else:
             b, p = quality[("bundled", name)], quality[("published-size", name)]
@@ -250,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{row['onednn_gmacs']:.0f} | {100 * row['mlp_gmacs'] / row['mm_gmacs']:.0f}% | "
             f"{100 * row['mlp_gmacs'] / row['onednn_gmacs']:.0f}% | {delta} | {pixels} |"
         )
-    for model_name in ("bundled", "published-size"):
+    for model_name in ("bundled", "published-size") if quality else ():
         row = quality[(model_name, "bf16")]
         print(f"{model_name}: mean fp32 PSNR over the crops {row['mean_psnr_fp32']:.2f} dB")
 
