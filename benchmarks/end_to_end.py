@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import lte_plus, published_path
-from benchmarks.machine import cpu_line, require_fused
+from benchmarks.machine import cpu_line, machine_info, require_fused
 from benchmarks.memory import peak_since, reset_peak
 from lte_cuda.precision import CHOICES, resolve_precision
 
@@ -415,8 +415,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     records = measure(base_spec(args), paths, args.runs)
     print("\n".join(format_records(records)))
     if args.json:
-        from benchmarks.run import machine_info
-
         machine = machine_info("cuda" if args.device.startswith("cuda") else "cpu")
         Path(args.json).write_text(
             json.dumps({"machine": machine, "plan": "end-to-end", "records": records}, indent=1)

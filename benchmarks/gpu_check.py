@@ -523,7 +523,8 @@ def write_results(
     out: Path, steps: list[Step], records: list[dict], device: str, started: float
 ) -> None:
     """results.json (run.py's format plus the steps), results.md and summary.txt in ``out``."""
-    from benchmarks.run import machine_info, write_markdown
+    from benchmarks.machine import machine_info
+    from benchmarks.run import write_markdown
 
     machine = machine_info(device)
     machine.update(suite_s=time.perf_counter() - started, load_average_end=os.getloadavg()[0])

@@ -1,13 +1,17 @@
-"""What every benchmark records about the machine, and its refusal to time a fallback.
+"""The machine a benchmark record was measured on, as every results.json stores it, and every
+benchmark's refusal to time the reference fallback under the fused name.
 
-cpu_summary()    # {"cpu": model name, "flags": [...], "torch_capability": ..., ...}
-require_fused("end_to_end")   # exits with one line if the compiled op did not load
+    machine_info("cpu")      # the block results.json stores
+    print(cpu_line())        # CPU model, flags, threads: the header of a benchmark's output
+    require_fused("end_to_end")   # exits with one line if the compiled op did not load
 """
 
 from __future__ import annotations
 
 import os
+import platform
 import sys
+import time
 
 import torch
 
@@ -23,6 +27,26 @@ RELEVANT_FLAGS = (
     "amx_tile",
     "amx_bf16",
 )
+
+
+def machine_info(device: str) -> dict:
+    """CPU model and flags (:func:`cpu_summary`), core and thread counts, torch and Python
+    versions, GPU name, the device measured, the load average at the start and the date."""
+    cpu = cpu_summary()
+    return {
+        "cpu": cpu["cpu"]
+        if cpu["cpu"] != "unknown"
+        else platform.processor() or platform.machine(),
+        "cpu_flags": cpu["flags"],
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "device": device,
+        "load_average_start": os.getloadavg()[0],
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
 
 def cpu_summary() -> dict:

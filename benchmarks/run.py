@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -60,7 +59,7 @@ import torch.utils.benchmark as benchmark
 
 from benchmarks import bench_basis, lte_plus, plots, published_path
 from benchmarks.end_to_end import make_batch, make_model
-from benchmarks.machine import cpu_summary, require_fused
+from benchmarks.machine import machine_info, require_fused
 from benchmarks.memory import CHILD_ENV, peak_rss_above_current
 from lte_cuda.inference import available_ram
 from lte_cuda.upscale import upscale
@@ -108,30 +107,34 @@ class Plan:
     max_call_s: float
 
 
-def _op(channels: int, queries: int, lr: int = 64) -> dict:
+def op_shape(channels: int, queries: int, lr: int = 64) -> dict:
+    """An ``op`` bench shape: ``queries`` points on an ``lr`` x ``lr`` feature map of
+    ``channels`` channels (batch 1)."""
     return {"batch": 1, "channels": channels, "lr": lr, "queries": queries}
 
 
-def _upscale(scale: int, output: int) -> dict:
+def upscale_shape(scale: int, output: int) -> dict:
+    """An ``upscale`` bench shape: an ``output`` x ``output`` result at ``scale``."""
     return {"scale": scale, "input": output // scale, "output": output}
 
 
-def _train(batch: int, lr: int, queries: int) -> dict:
+def train_shape(batch: int, lr: int, queries: int) -> dict:
+    """A ``train`` bench shape: ``batch`` crops of ``lr`` x ``lr``, ``queries`` each."""
     return {"batch": batch, "lr": lr, "queries": queries}
 
 
-PUBLISHED_TRAIN = _train(16, 48, 2304)
+PUBLISHED_TRAIN = train_shape(16, 48, 2304)
 PLANS = {
     "full": Plan(
         shapes={
-            "op": [_op(256, q) for q in (1_000, 10_000, 100_000, 1_000_000)]
-            + [_op(c, 30_000) for c in (64, 128, 256, 512)],
-            "upscale": [_upscale(s, 256) for s in (2, 4, 8)] + [_upscale(4, 512)],
+            "op": [op_shape(256, q) for q in (1_000, 10_000, 100_000, 1_000_000)]
+            + [op_shape(c, 30_000) for c in (64, 128, 256, 512)],
+            "upscale": [upscale_shape(s, 256) for s in (2, 4, 8)] + [upscale_shape(4, 512)],
             "train": [PUBLISHED_TRAIN],
         },
         compiled={
-            "op": [_op(256, 100_000)],
-            "upscale": [_upscale(4, 256)],
+            "op": [op_shape(256, 100_000)],
+            "upscale": [upscale_shape(4, 256)],
             "train": [PUBLISHED_TRAIN],
         },
         peak=None,
@@ -140,22 +143,22 @@ PLANS = {
     ),
     "quick": Plan(
         shapes={
-            "op": [_op(256, q) for q in (1_000, 10_000, 100_000)]
-            + [_op(c, 1_000) for c in (64, 512)],
-            "upscale": [_upscale(s, 64) for s in (2, 4, 8)],
-            "train": [_train(2, 24, 576)],
+            "op": [op_shape(256, q) for q in (1_000, 10_000, 100_000)]
+            + [op_shape(c, 1_000) for c in (64, 512)],
+            "upscale": [upscale_shape(s, 64) for s in (2, 4, 8)],
+            "train": [train_shape(2, 24, 576)],
         },
         compiled={bench: [] for bench in BENCHES},
-        peak={"op": [_op(256, 10_000)], "upscale": [], "train": [_train(2, 24, 576)]},
+        peak={"op": [op_shape(256, 10_000)], "upscale": [], "train": [train_shape(2, 24, 576)]},
         min_run_time=0.2,
         max_call_s=2.5,
     ),
     # Tiny shapes: a test of the harness (no compile, no peak memory), not a benchmark.
     "smoke": Plan(
         shapes={
-            "op": [_op(16, q, lr=8) for q in (64, 256)],
-            "upscale": [_upscale(4, 32)],
-            "train": [_train(2, 8, 16)],
+            "op": [op_shape(16, q, lr=8) for q in (64, 256)],
+            "upscale": [upscale_shape(4, 32)],
+            "train": [train_shape(2, 8, 16)],
         },
         compiled={bench: [] for bench in BENCHES},
         peak={bench: [] for bench in BENCHES},
@@ -514,27 +517,6 @@ def measure_paths(
                 cuda_peak(prepared[case.path][0]) if device == "cuda" else cpu_peak(case)
             )
     return [done[case.path] for case in cases]
-
-
-def machine_info(device: str) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cpu": cpu,
-        "cpu_flags": cpu_summary()["flags"],
-        "cores": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "device": device,
-        "load_average_start": os.getloadavg()[0],
-        "date": time.strftime("%Y-%m-%d"),
-    }
 
 
 def print_record(record: dict) -> None:

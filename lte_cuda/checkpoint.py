@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .models import LTE, make_model
+from .models import DEFAULT_BACKEND, LTE, make_model
 
 _SHOWN_KEYS = 8  # how many offending keys an error message lists
 
@@ -140,7 +140,7 @@ def _check_state_dict(sd: Mapping, expected: Mapping[str, torch.Tensor], name: s
 def load_model(
     source: str | os.PathLike | Mapping,
     map_location: str | torch.device | None = None,
-    backend: str = "fused",
+    backend: str = DEFAULT_BACKEND,
     *,
     name: str | None = None,
 ) -> LTE:

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .cli_args import add_precision_argument
+from .image_io.files import read_image, to_8bit_rgb, write_image
 from .inference import resolve_device
 from .models import LTE
 from .precision import resolve_precision
@@ -51,7 +52,7 @@ def run_demo(
     """Upscale the bundled photo by ``scale`` and write the result and the comparison.
 
     Args:
-        out_dir: folder for the two PNGs (created).
+        out_dir: folder for the two PNGs (created); each is written whole or not at all.
         scale: the upscaling factor; any positive number, e.g. 3.3.
         model: a checkpoint path; ``None`` uses the bundled default model.
         precision: as :func:`lte_cuda.upscale` takes it (default ``"auto"``).
@@ -60,7 +61,7 @@ def run_demo(
         The paths of ``demo_lte_x<scale>.png`` and ``demo_compare.png``.
     """
     lte = load_demo_model(model)
-    photo = Image.open(DEMO_PHOTO).convert("RGB")
+    photo = to_8bit_rgb(read_image(DEMO_PHOTO))
     result = upscale(photo, scale=scale, model=lte, precision=precision)
     bicubic = photo.resize(result.size, Image.Resampling.BICUBIC)
     title = (
@@ -73,8 +74,8 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     result_path = out / f"demo_lte_x{scale:g}.png"
     compare_path = out / "demo_compare.png"
-    result.save(result_path)
-    compare.save(compare_path)
+    write_image(result, result_path)
+    write_image(compare, compare_path)
     return result_path, compare_path
 
 

@@ -32,7 +32,7 @@ from .inference import (
     resolve_device,
 )
 from .metrics import parse_eval_type, psnr
-from .models import BACKENDS
+from .models import BACKENDS, DEFAULT_BACKEND
 from .precision import autocast, resolve_precision
 
 # Published default when a config has no data_norm: no normalisation.
@@ -209,7 +209,9 @@ def add_test_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     parser.add_argument("--model", required=True, help="checkpoint (.pth) in the published format")
     parser.add_argument("--out", help="write the results (mean and per-image PSNR) as JSON here")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--backend", choices=BACKENDS, default="fused", help="query implementation")
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default=DEFAULT_BACKEND, help="query implementation"
+    )
     parser.add_argument(
         "--eval-bsize", type=int, help="queries decoded per chunk (overrides the config)"
     )

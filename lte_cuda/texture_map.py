@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .cli_args import add_model_arguments
-from .image_io.files import atomic_output, read_image, same_file, to_8bit
+from .image_io.files import atomic_output, read_image, same_file, to_8bit_rgb
 from .inference import encode_image
 from .models import LTE
 from .upscale import resolve_model
@@ -208,7 +208,7 @@ def inspect_image(
     """
     if same_file(out_path, image_path):
         raise ValueError(f"{out_path}: OUT is the input image; choose another path")
-    image = np.asarray(to_8bit(read_image(image_path)).convert("RGB"))
+    image = np.asarray(to_8bit_rgb(read_image(image_path)))
     height, width = image.shape[:2]
     if height * width > MAX_PIXELS:
         raise ValueError(

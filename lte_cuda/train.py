@@ -63,7 +63,7 @@ from .config import (
 from .data import make_dataset, seed_worker
 from .evaluate import evaluate, norm_tensors
 from .inference import resolve_device
-from .models import BACKENDS, make_model
+from .models import BACKENDS, DEFAULT_BACKEND, make_model
 from .run_lock import RunLock, RunLockedError
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
@@ -159,7 +159,7 @@ def check_train_config(config: Mapping[str, Any], source: str = "config") -> Non
         raise ConfigError(
             f"{source}: amp must be one of {sorted(AMP_DTYPES)} or null, got {config['amp']!r}"
         )
-    if config.get("backend", "fused") not in BACKENDS:
+    if config.get("backend", DEFAULT_BACKEND) not in BACKENDS:
         raise ConfigError(
             f"{source}: backend must be one of {list(BACKENDS)}, got {config['backend']!r}"
         )
@@ -397,7 +397,7 @@ def initial_model(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """``(model, optimizer spec)`` a run starts from: the resumed checkpoint's, or a new model
     from ``config['model']`` (with ``init_weights`` loaded into it) and the config's optimizer."""
-    backend = config.get("backend", "fused")
+    backend = config.get("backend", DEFAULT_BACKEND)
     if ckpt is not None:
         return load_model(ckpt, backend=backend, name=resume).train(), ckpt["optimizer"]
     model = make_model(config["model"], backend=backend)

@@ -127,7 +127,7 @@ def test_peak_memory_sees_the_call_and_not_the_parent() -> None:
     """The CPU peak is measured in a fresh process; a large parent must not leak into it (a
     spawned process's ru_maxrss starts at its parent's resident size)."""
     parent_ballast = torch.ones(128 << 20)  # 512 MiB resident in this process
-    case = run.Case("op", "lte-plus", "fwd", run._op(64, 50_000, lr=16))
+    case = run.Case("op", "lte-plus", "fwd", run.op_shape(64, 50_000, lr=16))
     peak = run.cpu_peak(case)
     # Four MLP-input maps of 64 x 50,000 float32 values are 49 MiB, plus temporaries.
     assert 48 << 20 < peak < 400 << 20
@@ -147,13 +147,15 @@ def test_cases_extrapolated_past_the_caps_are_skipped() -> None:
             "peak_bytes": 1 << 20,
         }
     ]
-    small = run.Case("op", "reference", "fwd", run._op(64, 10_000))
-    large = run.Case("op", "reference", "fwd", run._op(64, 100_000))
+    small = run.Case("op", "reference", "fwd", run.op_shape(64, 10_000))
+    large = run.Case("op", "reference", "fwd", run.op_shape(64, 100_000))
     assert run.skip_reason(small, done, plan, cap=1 << 30) is None
     assert "per call" in run.skip_reason(large, done, plan, cap=1 << 30)
     assert "peak" in run.skip_reason(small, done, plan, cap=4 << 20)
     assert (
-        run.skip_reason(run.Case("op", "fused", "fwd", run._op(64, 100_000)), done, plan, 1 << 30)
+        run.skip_reason(
+            run.Case("op", "fused", "fwd", run.op_shape(64, 100_000)), done, plan, 1 << 30
+        )
         is None
     )
 
@@ -162,7 +164,9 @@ def test_cases_extrapolated_past_the_caps_are_skipped() -> None:
 def test_compiled_path_is_checked_timed_and_its_compilation_reported_apart() -> None:
     """One torch.compile of the reference (about a minute on a small CPU)."""
     plan = run.Plan(shapes={}, compiled={}, peak=None, min_run_time=0.01, max_call_s=10.0)
-    cases = [run.Case("op", path, "fwd", run._op(16, 256, lr=8)) for path in ("fused", "compiled")]
+    cases = [
+        run.Case("op", path, "fwd", run.op_shape(16, 256, lr=8)) for path in ("fused", "compiled")
+    ]
     fused, compiled = run.measure_paths(cases, "cpu", plan, [], cap=1 << 30)
     assert compiled["max_abs_diff"] < 1e-4 and compiled["median_s"] > 0
     assert compiled["compile_s"] > compiled["median_s"] and "compile_s" not in fused

@@ -81,6 +81,35 @@ def test_image_folder_order_first_k_repeat_and_cache(folder):
         ImageFolder(str(folder), cache="disk")
 
 
+def test_image_folder_reads_photos_upright(tmp_path):
+    # A camera stores this photo sideways (20 wide, 10 high; left red, right blue) with EXIF
+    # orientation 6: shown turned 90 degrees clockwise, 10 wide and 20 high, red on top.
+    stored = np.zeros((10, 20, 3), np.uint8)
+    stored[:, :10, 0], stored[:, 10:, 2] = 255, 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "camera.png", exif=exif.tobytes())
+    photos = ImageFolder(str(tmp_path))
+    image = photos[0]
+    assert len(photos) == 1 and image.shape == (3, 20, 10)
+    assert (image[0, :10] == 1).all() and (image[2, 10:] == 1).all()
+
+
+def test_image_folder_takes_the_files_a_folder_run_takes(folder):
+    # The same image suffixes as `lte-sr upscale` on a folder, and never a partial output.
+    Image.fromarray(_photo(8, 8, 3)).save(folder / "anim.GIF")
+    Image.fromarray(_photo(8, 8, 4)).save(folder / ".out.png.lte-partial-0123abcd", format="PNG")
+    assert ImageFolder(str(folder)).names == ["anim.GIF", "img0.png", "img1.png", "img2.png"]
+
+
+def test_16_bit_training_images_are_rounded_to_8_bits(tmp_path):
+    gray = np.array([[0, 257, 32896, 65535]], dtype=np.uint16)
+    Image.fromarray(gray).save(tmp_path / "deep.png")
+    image = ImageFolder(str(tmp_path))[0]
+    expected = torch.tensor([0, 1, 128, 255]) / 255
+    assert image.shape == (3, 1, 4) and torch.equal(image[:, 0], expected.expand(3, 4))
+
+
 def test_paired_folders_pair_by_position_and_check_sizes(folder, tmp_path_factory):
     other = tmp_path_factory.mktemp("lr")
     for i in range(3):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,31 @@ def test_demo_writes_result_and_comparison(tmp_path: Path, checkpoint: Path, cap
     width, height = Image.open(compare).size
     assert width == 2 * 240 + 3 * demo.MARGIN
     assert height > 225 + (225 // demo.ZOOM) * demo.ZOOM
+
+
+def test_demo_that_cannot_finish_writing_leaves_no_partial_file(
+    tmp_path: Path, checkpoint: Path, capsys, monkeypatch
+) -> None:
+    real_save = Image.Image.save
+
+    def disk_full_at_the_second_image(image, target, *args, **kwargs):
+        """Image.save that runs out of space half-way through the second image."""
+        if not (tmp_path / "demo_lte_x1.5.png").exists():
+            return real_save(image, target, *args, **kwargs)
+        opened = isinstance(target, (str, os.PathLike))  # Pillow opens a path itself
+        stream = open(target, "wb") if opened else target
+        stream.write(b"\x89PNG half an image")
+        if opened:
+            stream.close()
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", disk_full_at_the_second_image)
+    status, _, err = run(capsys, "demo", "--out", tmp_path, "--scale", "1.5", "--model", checkpoint)
+    assert status == 1
+    assert_one_line_error(err, "No space left on device")
+    # The result is whole; of the comparison there is nothing, not even a partial file.
+    assert [p.name for p in tmp_path.iterdir()] == ["demo_lte_x1.5.png"]
+    assert Image.open(tmp_path / "demo_lte_x1.5.png").size == (240, 225)
 
 
 def test_demo_uses_the_default_model(tmp_path: Path, checkpoint: Path, capsys, monkeypatch) -> None:

@@ -2,13 +2,19 @@
 (lte_cuda.reference.lte_basis) on values, gradients, dtypes, layouts and bad input."""
 
 import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import DEVICES
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from lte_cuda import _build_info, ops, reference
+import lte_cuda
+from lte_cuda import ops, reference
 from lte_cuda.coords import make_coord
 
 
@@ -439,7 +445,7 @@ def test_cuda_backward_is_deterministic():
 
 
 def test_cuda_kernels_are_registered_in_a_cuda_build():
-    if not _build_info.WITH_CUDA:
+    if not ops.HAS_CUDA_KERNELS:
         pytest.skip("built without CUDA kernels")
     for op in ("lte_cuda::lte_basis", "lte_cuda::lte_basis_backward"):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA"), op
@@ -452,29 +458,88 @@ def test_cuda_tensors_without_cuda_kernels_get_a_clear_error(monkeypatch):
         ops.lte_basis(*make_inputs(device="cuda"))
 
 
-def test_missing_library_falls_back_to_reference_with_one_warning(monkeypatch):
-    monkeypatch.setattr(ops, "LIBRARY_ERROR", "the compiled op library is not built")
-    monkeypatch.setattr(ops, "_warned_fallback", False)
-    monkeypatch.delenv("LTE_CUDA_REQUIRE_LIBRARY")
-    inputs = make_inputs()
-    with pytest.warns(
-        UserWarning, match="slow reference path: the compiled op library is not built"
-    ):
-        x, _ = ops.lte_basis(*inputs)
-    torch.testing.assert_close(x, reference.lte_basis(*inputs)[0])
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        ops.lte_basis(*inputs)  # warned once only
-    with pytest.raises(RuntimeError, match="freq must have the shape of coef"):
-        ops.lte_basis(inputs[0][:, :3], *inputs[1:])  # the fallback checks its input too
+def run_python(code: str) -> str:
+    """What ``code`` prints in a fresh interpreter that imports this checkout's lte_cuda."""
+    package_root = str(Path(lte_cuda.__file__).resolve().parents[1])
+    path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": path},
+    )
+    return done.stdout
 
 
-def test_library_built_against_another_torch_is_refused(monkeypatch):
-    monkeypatch.setattr(_build_info, "TORCH_VERSION", "0.0.1")
-    error, _ = ops._load_library()
-    assert "built against torch 0.0.1" in error and "pip install ." in error
+# Run first in a fresh interpreter: torch then reports a version the library was not built for.
+ANOTHER_TORCH = "import torch\ntorch.__version__ = '0.0.1'\n"
+
+
+def test_library_built_against_another_torch_is_refused():
+    # Loading a library built against another torch can crash the process: ops refuses it
+    # before loading it.
+    probe = ANOTHER_TORCH + "from lte_cuda import ops\nprint(ops.library_available())\n"
+    probe += "print(ops.LIBRARY_ERROR)\n"
+    available, error = run_python(probe).splitlines()
+    assert available == "False"
+    assert f"built against torch {torch.__version__} but torch 0.0.1 is installed" in error
+    assert "pip install ." in error
+
+
+def test_refused_library_falls_back_to_reference_with_one_warning():
+    probe = ANOTHER_TORCH + textwrap.dedent(
+        """
+        import os, warnings
+        from lte_cuda import ops, reference
+        os.environ.pop("LTE_CUDA_REQUIRE_LIBRARY", None)  # as in a user's environment
+        g = torch.Generator().manual_seed(0)
+        coef, freq = torch.randn(2, 1, 8, 5, 7, generator=g, dtype=torch.float64)
+        coord = torch.rand(1, 50, 2, generator=g, dtype=torch.float64) * 2 - 1
+        inputs = (coef, freq, torch.randn(4, 2, generator=g, dtype=torch.float64), coord,
+                  torch.full_like(coord, 0.1))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            x = ops.lte_basis(*inputs)[0]
+            ops.lte_basis(*inputs)
+        print(len(caught), caught[0].message)
+        print(torch.equal(x, reference.lte_basis(*inputs)[0]))
+        try:
+            ops.lte_basis(coef[:, :3], *inputs[1:])
+        except RuntimeError as error:
+            print(error)
+        """
+    )
+    warned, same, refused = run_python(probe).splitlines()
+    assert warned.startswith("1 lte_cuda: using the slow reference path: the compiled op library")
+    assert same == "True"
+    assert "freq must have the shape of coef" in refused  # the fallback checks its input too
+
+
+def test_importing_ops_loads_no_images_and_no_inference():
+    probe = (
+        "import sys\n"
+        "import lte_cuda.ops\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'PIL'"
+        " or m in ('lte_cuda.inference', 'lte_cuda.upscale', 'lte_cuda.checkpoint')))\n"
+    )
+    assert run_python(probe).strip() == "[]"
+
+
+def test_the_package_names_import_on_first_use():
+    probe = (
+        "import sys\n"
+        "import lte_cuda\n"
+        "print('lte_cuda.upscale' in sys.modules)\n"
+        "from lte_cuda.upscale import resolve_model\n"  # the module of the same name
+        "print(callable(lte_cuda.upscale) and lte_cuda.upscale.__name__)\n"
+        "print(lte_cuda.load_model.__module__, lte_cuda.reference.__name__)\n"
+    )
+    assert run_python(probe).splitlines() == [
+        "False",
+        "upscale",
+        "lte_cuda.checkpoint lte_cuda.reference",
+    ]
 
 
 @pytest.mark.slow
@@ -586,6 +651,15 @@ def test_out_dtype_is_checked(mode):
                 torch.ops.lte_cuda.lte_basis(*fakes, out_dtype=torch.bfloat16)
 
 
+@pytest.fixture
+def kernel_variants():
+    """``ops.set_kernel_variants`` for one test, which starts and ends with the variants of
+    the environment."""
+    ops.set_kernel_variants(None)
+    yield ops.set_kernel_variants
+    ops.set_kernel_variants(None)
+
+
 @pytest.mark.parametrize("spec", ["bogus", "default,bogus", "sync_free_backward, autocast-x"])
 def test_unknown_kernel_variant_is_a_clear_error(monkeypatch, spec):
     pattern = r"LTE_CUDA_KERNEL: unknown kernel variant .* known: default, "
@@ -596,15 +670,14 @@ def test_unknown_kernel_variant_is_a_clear_error(monkeypatch, spec):
         ops.active_kernel_variants()
 
 
-def test_kernel_variants_are_selected_by_environment_or_call(monkeypatch):
-    monkeypatch.setattr(ops, "_selected_variants", None)
+def test_kernel_variants_are_selected_by_environment_or_call(monkeypatch, kernel_variants):
     monkeypatch.delenv("LTE_CUDA_KERNEL", raising=False)
     assert ops.active_kernel_variants() == frozenset()
     monkeypatch.setenv("LTE_CUDA_KERNEL", "sync_free_backward,autocast_x")
     assert ops.active_kernel_variants() == {"sync_free_backward", "autocast_x"}
-    ops.set_kernel_variants("default")
+    kernel_variants("default")
     assert ops.active_kernel_variants() == frozenset()
-    ops.set_kernel_variants(None)
+    kernel_variants(None)
     assert ops.active_kernel_variants() == {"sync_free_backward", "autocast_x"}
 
 
@@ -631,7 +704,7 @@ def test_sync_free_backward_equals_the_default_on_cpu(dtype, batch, height, widt
     assert all(torch.equal(a, b) for a, b in zip(default, sync_free))
 
 
-def test_sync_free_backward_variant_reaches_the_backward(monkeypatch):
+def test_sync_free_backward_variant_reaches_the_backward(monkeypatch, kernel_variants):
     inputs = make_inputs(batch=2, channels=8, queries=40, dtype=torch.float32)
     calls = []
     backward = torch.ops.lte_cuda.lte_basis_backward
@@ -640,27 +713,26 @@ def test_sync_free_backward_variant_reaches_the_backward(monkeypatch):
         calls.append(kwargs.get("sync_free"))
         return backward(*args, **kwargs)
 
-    monkeypatch.setattr(ops, "_selected_variants", None)
     grads = []
     for spec in ("default", "sync_free_backward"):
         monkeypatch.setenv("LTE_CUDA_KERNEL", spec)
         params = [t.clone().requires_grad_(True) for t in inputs[:3]]
         x, _ = ops.lte_basis(*params, *inputs[3:])
-        ops.set_kernel_variants("default")  # the forward's choice holds for its backward
+        kernel_variants("default")  # the forward's choice holds for its backward
         monkeypatch.setattr(torch.ops.lte_cuda, "lte_basis_backward", spy)
         x.square().sum().backward()
         monkeypatch.setattr(torch.ops.lte_cuda, "lte_basis_backward", backward)
-        ops.set_kernel_variants(None)
+        kernel_variants(None)
         grads.append([p.grad for p in params])
     assert calls == [False, True]
     assert all(torch.equal(a, b) for a, b in zip(*grads))
 
 
-def test_autocast_x_variant_writes_x_from_float32_features(monkeypatch):
+def test_autocast_x_variant_writes_x_from_float32_features(kernel_variants):
     """autocast_x: x is the float32 computation rounded once to the autocast dtype (the default
     rounds the features first); gradients reach the float32 features from a bfloat16 grad_x."""
     inputs = make_inputs(dtype=torch.float32)
-    monkeypatch.setattr(ops, "_selected_variants", frozenset({"autocast_x"}))
+    kernel_variants("autocast_x")
     coef = inputs[0].clone().requires_grad_(True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         x, weights = ops.lte_basis(coef, *inputs[1:])
@@ -674,8 +746,8 @@ def test_autocast_x_variant_writes_x_from_float32_features(monkeypatch):
 
 
 @pytest.mark.parametrize("variant", ["sync_free_backward", "autocast_x"])
-def test_variants_pass_opcheck(monkeypatch, variant):
-    monkeypatch.setattr(ops, "_selected_variants", frozenset({variant}))
+def test_variants_pass_opcheck(kernel_variants, variant):
+    kernel_variants(variant)
     inputs = make_inputs(batch=2, channels=8, height=4, width=5, queries=9, dtype=torch.float32)
     for t in inputs[:3]:
         t.requires_grad_(True)

@@ -23,10 +23,10 @@ from PIL import Image
 
 from lte_cuda import upscale
 from lte_cuda.cli import main
+from lte_cuda.image_io.files import to_8bit_rgb
 from lte_cuda.models import build_preset
 from lte_cuda.upscale import resolve_model
 from lte_cuda.viewer import start_viewer
-from lte_cuda.viewer.command import as_8bit_rgb
 from lte_cuda.viewer.features import BLOCK
 from lte_cuda.viewer.renderer import TileRenderer
 from lte_cuda.viewer.scheduler import DecodeScheduler, StaleRequest
@@ -351,12 +351,12 @@ def test_view_command_errors_are_one_line(
 
 def test_16_bit_and_gray_images_are_shown_as_8_bit_rgb() -> None:
     deep = np.array([[0, 257, 65535]], dtype=np.uint16)
-    assert np.asarray(as_8bit_rgb(deep)).tolist() == [[[0, 0, 0], [1, 1, 1], [255, 255, 255]]]
+    assert np.asarray(to_8bit_rgb(deep)).tolist() == [[[0, 0, 0], [1, 1, 1], [255, 255, 255]]]
     colour = np.zeros((1, 1, 4), dtype=np.uint16) + np.array(
         [65535, 0, 514, 65535], dtype=np.uint16
     )
-    assert np.asarray(as_8bit_rgb(colour)).tolist() == [[[255, 0, 2]]]
-    assert as_8bit_rgb(Image.new("LA", (2, 1), (7, 100))).getpixel((0, 0)) == (7, 7, 7)
+    assert np.asarray(to_8bit_rgb(colour)).tolist() == [[[255, 0, 2]]]
+    assert to_8bit_rgb(Image.new("LA", (2, 1), (7, 100))).getpixel((0, 0)) == (7, 7, 7)
 
 
 # --- the page in a real browser ----------------------------------------------------------

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..image_io.files import Pixels, is_image_path, read_image, to_8bit_rgb
 from . import register
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
-
-def pil_to_uint8(image: Image.Image) -> torch.Tensor:
-    """An image as 8-bit RGB (3, H, W)."""
-    array = np.array(image.convert("RGB"), dtype=np.uint8, copy=True)
+def to_uint8_rgb(pixels: Pixels) -> torch.Tensor:
+    """An image (a PIL image, or a 16-bit array as :func:`read_image` gives them) as 8-bit
+    RGB (3, H, W)."""
+    array = np.array(to_8bit_rgb(pixels), dtype=np.uint8, copy=True)
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
@@ -28,16 +29,16 @@ def to_float(image: torch.Tensor) -> torch.Tensor:
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     """An image as float32 RGB (3, H, W) in [0, 1] (torchvision's ToTensor)."""
-    return to_float(pil_to_uint8(image))
+    return to_float(to_uint8_rgb(image))
 
 
 def _read_uint8(path: str | os.PathLike) -> torch.Tensor:
-    with Image.open(path) as image:
-        return pil_to_uint8(image)
+    """The upright (EXIF orientation applied) image at ``path`` as 8-bit RGB (3, H, W)."""
+    return to_uint8_rgb(read_image(path))
 
 
 def load_image(path: str | os.PathLike) -> torch.Tensor:
-    """Read an image file as float32 RGB (3, H, W) in [0, 1]."""
+    """Read an image file as float32 RGB (3, H, W) in [0, 1], upright."""
     return to_float(_read_uint8(path))
 
 
@@ -46,7 +47,8 @@ class ImageFolder(Dataset):
     """The images of a folder in sorted file-name order, each seen ``repeat`` times per epoch.
 
     Args:
-        root_path: folder of images; files without an image suffix are skipped.
+        root_path: folder of images; files that are not images by
+            :func:`~lte_cuda.image_io.files.is_image_path` are skipped.
         split_file, split_key: take the file names from ``json.load(split_file)[split_key]``
             instead of listing the folder (published option).
         first_k: keep only the first k names.
@@ -71,7 +73,7 @@ class ImageFolder(Dataset):
         if split_file is None:
             if not os.path.isdir(root_path):
                 raise FileNotFoundError(f"image folder not found: {root_path}")
-            names = sorted(n for n in os.listdir(root_path) if n.lower().endswith(IMAGE_SUFFIXES))
+            names = sorted(n for n in os.listdir(root_path) if is_image_path(Path(n)))
         else:
             with open(split_file) as f:
                 names = json.load(f)[split_key]
@@ -163,8 +165,7 @@ def _bundled_uint8_images(name: str) -> list[np.ndarray]:
         path = matplotlib.cbook.get_sample_data(f"{stem}.jpg", asfileobj=False)
         if not os.path.isfile(path):
             raise ValueError(f"matplotlib's sample data has no photo {stem!r} (looked for {path})")
-        with Image.open(path) as image:
-            return [np.asarray(image.convert("RGB"))]
+        return [np.asarray(to_8bit_rgb(read_image(path)))]
     if name.startswith("sklearn:"):
         from sklearn.datasets import load_sample_image  # optional dependency, only for these names
 

@@ -22,8 +22,9 @@ PIL_MODES = ("L", "LA", "RGB", "RGBA")
 INTEGER_SCALES = {torch.uint8: 255.0, torch.uint16: 65535.0}
 
 
-class Pixels(NamedTuple):
-    """An image as a pixel tensor, with what it takes to hand a result back in its kind."""
+class TensorRoundTrip(NamedTuple):
+    """An image as a pixel tensor, and the way back: a result in the image's own kind (PIL
+    image, numpy array or tensor, dtype and layout)."""
 
     tensor: torch.Tensor  # (B, C, H, W): uint8/uint16 as given, else float32 in [0, 1]
     new_output: Callable[
@@ -41,9 +42,9 @@ def pixel_scale(dtype: torch.dtype) -> float:
     return INTEGER_SCALES[dtype]
 
 
-def to_pixels(image: ImageLike) -> Pixels:
+def to_pixels(image: ImageLike) -> TensorRoundTrip:
     """``image`` (PIL image, numpy array (H, W) / (H, W, C), tensor (C, H, W) / (B, C, H, W),
-    C in 1..4) as :class:`Pixels`; ``TypeError``/``ValueError`` naming what is wrong."""
+    C in 1..4) as :class:`TensorRoundTrip`; ``TypeError``/``ValueError`` naming what is wrong."""
     if isinstance(image, Image.Image):
         return _from_pil(image)
     if isinstance(image, np.ndarray):
@@ -70,12 +71,12 @@ def array_from_pil(image: Image.Image) -> np.ndarray:
     return np.asarray(image)
 
 
-def _from_pil(image: Image.Image) -> Pixels:
+def _from_pil(image: Image.Image) -> TensorRoundTrip:
     tensor, new_output, restore = _from_numpy(array_from_pil(image))
-    return Pixels(tensor, new_output, lambda result: Image.fromarray(restore(result)))
+    return TensorRoundTrip(tensor, new_output, lambda result: Image.fromarray(restore(result)))
 
 
-def _from_numpy(array: np.ndarray) -> Pixels:
+def _from_numpy(array: np.ndarray) -> TensorRoundTrip:
     if array.ndim not in (2, 3) or (array.ndim == 3 and not 1 <= array.shape[2] <= 4):
         raise ValueError(
             f"image: numpy arrays must be (H, W) or (H, W, C) with C in 1..4, got shape {array.shape}"
@@ -106,10 +107,10 @@ def _from_numpy(array: np.ndarray) -> Pixels:
             out = out[:, :, 0]
         return out if out.dtype == array.dtype else out.astype(array.dtype)
 
-    return Pixels(tensor, new_output, restore)
+    return TensorRoundTrip(tensor, new_output, restore)
 
 
-def _from_tensor(tensor: torch.Tensor) -> Pixels:
+def _from_tensor(tensor: torch.Tensor) -> TensorRoundTrip:
     if tensor.dim() not in (3, 4) or not 1 <= tensor.shape[-3] <= 4:
         raise ValueError(
             f"image: tensors must be (C, H, W) or (B, C, H, W) with C in 1..4, got shape {tuple(tensor.shape)}"
@@ -126,7 +127,7 @@ def _from_tensor(tensor: torch.Tensor) -> Pixels:
         result = result.to(tensor.dtype)
         return result if batched else result[0]
 
-    return Pixels(pixels, new_output, restore)
+    return TensorRoundTrip(pixels, new_output, restore)
 
 
 def _checked(pixels: torch.Tensor) -> torch.Tensor:

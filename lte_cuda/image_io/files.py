@@ -395,6 +395,12 @@ def to_8bit(pixels: Pixels) -> Image.Image:
     return Image.fromarray(checked[:, :, 0] if checked.shape[2] == 1 else checked)
 
 
+def to_8bit_rgb(pixels: Pixels) -> Image.Image:
+    """``pixels`` as an 8-bit RGB image, as models and the viewer read them: 16-bit arrays
+    rounded to 8 bits, gray repeated into three channels, alpha dropped."""
+    return to_8bit(pixels).convert("RGB")
+
+
 def _for_format(frame: Pixels, fmt: str) -> Image.Image:
     """``frame`` as a PIL image ``fmt`` can store: 8 bits per sample, no alpha for JPEG."""
     frame = to_8bit(frame)

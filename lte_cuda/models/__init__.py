@@ -2,8 +2,8 @@
 
 Names: ``lte`` (the full model), encoders ``edsr-baseline``, ``rdn``, ``swinir``, and the
 decoder ``mlp``. :data:`PRESETS` holds the published LTE configurations, :data:`BACKENDS`
-the implementations of the query step. Specs are checked against :mod:`.limits` before
-anything is built.
+the implementations of the query step (:data:`DEFAULT_BACKEND` unless one is asked for).
+Specs are checked against :mod:`.limits` before anything is built.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from .limits import MAX_MODEL_NUMBERS, check_model_spec
-from .lte import BACKENDS, ENCODERS, IMNETS, LTE, make_part
+from .lte import BACKENDS, DEFAULT_BACKEND, ENCODERS, IMNETS, LTE, make_part
 from .mlp import MLP
 
 MODELS = {"lte": LTE, **ENCODERS, **IMNETS}
@@ -61,6 +61,7 @@ def build_preset(name: str, encoder_args: dict | None = None, **overrides: Any) 
 
 __all__ = [
     "BACKENDS",
+    "DEFAULT_BACKEND",
     "LTE",
     "MAX_MODEL_NUMBERS",
     "MLP",

@@ -24,6 +24,7 @@ ENCODERS: dict[str, Callable[..., nn.Module]] = {
 }
 IMNETS: dict[str, Callable[..., nn.Module]] = {"mlp": MLP}
 BACKENDS = ("fused", "reference")
+DEFAULT_BACKEND = BACKENDS[0]
 # Rows (query-neighbour pairs) per MLP block at inference: 8 MiB per hidden layer of 256,
 # small beside x (4 KiB per query) and still large enough for efficient matrix products.
 MLP_ROWS_PER_BLOCK = 8192
@@ -68,7 +69,7 @@ class LTE(nn.Module):
         encoder_spec: dict,
         imnet_spec: dict,
         hidden_dim: int = 256,
-        backend: str = "fused",
+        backend: str = DEFAULT_BACKEND,
     ) -> None:
         super().__init__()
         if hidden_dim % 2:

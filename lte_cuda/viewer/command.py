@@ -8,11 +8,10 @@ import threading
 import webbrowser
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from ..cli_args import add_model_arguments, add_precision_argument
-from ..image_io.files import Pixels, read_image
+from ..image_io.files import read_image, to_8bit_rgb
 from ..inference import resolve_device
 from ..upscale import resolve_model
 from .features import DEFAULT_FEATURE_BYTES
@@ -76,18 +75,9 @@ def start_viewer(
     return server
 
 
-def as_8bit_rgb(pixels: Pixels) -> Image.Image:
-    """What the page shows and the model reads: ``pixels`` (as read_image returns them) as an
-    8-bit RGB image; 16-bit arrays are rounded to 8 bits, gray is repeated, alpha dropped."""
-    if isinstance(pixels, np.ndarray):
-        eight_bit = np.rint(pixels / 257.0).astype(np.uint8)
-        pixels = Image.fromarray(eight_bit if eight_bit.ndim == 2 else eight_bit[:, :, :3])
-    return pixels.convert("RGB")
-
-
 def run_view_command(args: argparse.Namespace) -> int:
     """Run ``lte-sr view``; returns the exit status (0 after Ctrl-C)."""
-    image = as_8bit_rgb(read_image(args.image))
+    image = to_8bit_rgb(read_image(args.image))
     server = start_viewer(
         image, args.model, args.device, args.host, args.port, precision=args.precision
     )
