@@ -147,14 +147,14 @@ SMALL_CHILD = textwrap.dedent(
     import torch
     import lte_cuda
     assert lte_cuda.__file__.startswith(sys.argv[1]), lte_cuda.__file__  # the checkout asked for
-    from lte_cuda.upscale import resolve_model, super_resolve
+    from lte_cuda.upscale import resolve_model
 
     model = resolve_model(None).eval()
     torch.manual_seed(0)
     rgb = torch.rand(1, 3, 128, 128)
-    super_resolve(model, rgb, (512, 512), device="cpu")  # warm up
+    lte_cuda.upscale(rgb, size=(512, 512), model=model, device="cpu")  # warm up
     start, cpu = time.perf_counter(), time.process_time()
-    super_resolve(model, rgb, (512, 512), device="cpu")
+    lte_cuda.upscale(rgb, size=(512, 512), model=model, device="cpu")
     print(json.dumps({"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu}))
     """
 )

@@ -63,7 +63,7 @@ PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def make_batch(batch: int, side: int, queries: int) -> dict[str, torch.Tensor]:
-    """Seeded normalised inputs and targets shaped like the published training samples
+    """Seeded input pixels and normalised targets shaped like the published training samples
     (a random scale in [1, 4] per image, ``queries`` HR pixels sampled without replacement)."""
     from lte_cuda.coords import make_coord
 
@@ -75,7 +75,7 @@ def make_batch(batch: int, side: int, queries: int) -> dict[str, torch.Tensor]:
         coords.append(grid[torch.randperm(len(grid), generator=gen)[:queries]])
         cells.append(torch.full((queries, 2), 2 / hr))
     return {
-        "inp": (torch.rand(batch, 3, side, side, generator=gen) - 0.5) / 0.5,
+        "inp": torch.rand(batch, 3, side, side, generator=gen),
         "coord": torch.stack(coords),
         "cell": torch.stack(cells),
         "gt": (torch.rand(batch, queries, 3, generator=gen) - 0.5) / 0.5,
@@ -135,12 +135,13 @@ def setup_train(spec: dict, device: str) -> Callable[..., list[torch.Tensor]]:
         grid, grid_cell = data["coord"].unsqueeze(2), data["cell"][:, 0]
 
         def predict() -> torch.Tensor:
-            return net(data["inp"], grid, grid_cell)[..., 0].permute(0, 2, 1)  # (B, Q, 3)
+            pred = net(data["inp"], grid, grid_cell, normalised=True)
+            return pred[..., 0].permute(0, 2, 1)  # (B, Q, 3)
     else:
         net = model if spec["path"] == "fused" else published_path.PublishedLTE(model).train()
 
         def predict() -> torch.Tensor:
-            return net(data["inp"], data["coord"], data["cell"])
+            return net(data["inp"], data["coord"], data["cell"], normalised=True)
 
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
 

@@ -32,6 +32,8 @@ from lte_cuda.inference import query_cell
 from lte_cuda.models import LTE
 from lte_cuda.reference import EPS_SHIFT, NEIGHBOUR_OFFSETS
 
+from .published_path import PublishedInterface
+
 
 def split_permutation(channels: int) -> torch.Tensor:
     """The index that turns LTE's interleaved frequency channels (row 0, col 0, row 1, col 1,
@@ -98,9 +100,9 @@ def lte_plus_basis(
     return list(xs), _ensemble_weights(list(areas))
 
 
-class LTEPlus(nn.Module):
+class LTEPlus(PublishedInterface):
     """LTE+ around an encoder: ``forward(inp (B, 3, h, w), coord (B, H, W, 2), cell (B, 2))
-    -> (B, 3, H, W)``, normalised values as in :class:`~lte_cuda.models.LTE`."""
+    -> (B, 3, H, W)``, pixels in and RGB out as in :class:`~lte_cuda.models.LTE`."""
 
     def __init__(
         self,
@@ -109,8 +111,9 @@ class LTEPlus(nn.Module):
         freq: nn.Conv2d,
         phase: nn.Linear,
         layers: nn.Sequential,
+        source: LTE,
     ) -> None:
-        super().__init__()
+        super().__init__(source)
         self.encoder = encoder
         self.coef = coef
         self.freq = freq
@@ -147,6 +150,7 @@ class LTEPlus(nn.Module):
             freq,
             copy.deepcopy(model.phase),
             nn.Sequential(*layers),
+            model,
         ).to(model.phase.weight.device)
 
     def gen_feat(self, inp: torch.Tensor) -> torch.Tensor:
@@ -171,9 +175,9 @@ class LTEPlus(nn.Module):
         )
         return rgb + bilinear
 
-    def forward(self, inp: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
-        self.gen_feat(inp)
-        return self.query_rgb(coord, cell)
+    def denormalise_output(self, pred: torch.Tensor) -> torch.Tensor:
+        """The LTE's de-normalisation on channel-first ``(B, 3, H, W)``."""
+        return self.denormalise(pred.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 @torch.inference_mode()
@@ -183,7 +187,8 @@ def super_resolve(model: LTEPlus, rgb: torch.Tensor, out_size: tuple[int, int]) 
     trained scales as :func:`lte_cuda.upscale.upscale` enlarges it, so the two agree."""
     (out_h, out_w), (in_h, in_w), batch = out_size, rgb.shape[-2:], rgb.shape[0]
     coord = make_coord((out_h, out_w), device=rgb.device).unsqueeze(0).expand(batch, -1, -1, -1)
-    cell = rgb.new_tensor([query_cell(out_h, in_h, in_h), query_cell(out_w, in_w, in_w)])
-    cell = cell.expand(batch, 2)
-    model.gen_feat((rgb - 0.5) / 0.5)
-    return (model.query_rgb(coord, cell) * 0.5 + 0.5).clamp_(0, 1)
+    trained = model.trained_max_scale
+    cell = rgb.new_tensor(
+        [query_cell(out_h, in_h, in_h, trained), query_cell(out_w, in_w, in_w, trained)]
+    )
+    return model(rgb, coord, cell.expand(batch, 2)).clamp_(0, 1)

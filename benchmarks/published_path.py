@@ -43,14 +43,42 @@ def _gather_nearest(maps: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     )
 
 
-class PublishedLTE(nn.Module):
+class PublishedInterface(nn.Module):
+    """The published models' interface (``gen_feat`` on a normalised image, ``query_rgb``)
+    with ``source``'s norm and scale rule, and ``forward`` as :meth:`LTE.forward`'s."""
+
+    def __init__(self, source: LTE) -> None:
+        super().__init__()
+        # The published code reads these from its config; here they are the LTE's own.
+        self.normalise_input, self.denormalise = source.normalise_input, source.denormalise
+        self.trained_max_scale = source.trained_max_scale
+
+    def forward(
+        self,
+        pixels: torch.Tensor,
+        coord: torch.Tensor,
+        cell: torch.Tensor,
+        *,
+        normalised: bool = False,
+    ) -> torch.Tensor:
+        """Pixels in [0, 1] -> RGB (in the normalised units if asked)."""
+        self.gen_feat(self.normalise_input(pixels))
+        pred = self.query_rgb(coord, cell)
+        return pred if normalised else self.denormalise_output(pred)
+
+    def denormalise_output(self, pred: torch.Tensor) -> torch.Tensor:
+        """``query_rgb``'s output in RGB units."""
+        return self.denormalise(pred)
+
+
+class PublishedLTE(PublishedInterface):
     """An LTE decoded the published way; ``forward(inp, coord, cell)`` as :class:`LTE`'s.
 
     The MLP is the LTE's own Linear layers with out-of-place ReLUs between them, as published.
     """
 
     def __init__(self, model: LTE) -> None:
-        super().__init__()
+        super().__init__(model)
         self.encoder, self.coef, self.freq, self.phase = (
             model.encoder,
             model.coef,
@@ -122,26 +150,23 @@ class PublishedLTE(nn.Module):
         )
         return rgb + bilinear[:, :, 0, :].permute(0, 2, 1)
 
-    def forward(self, inp: torch.Tensor, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
-        self.gen_feat(inp)
-        return self.query_rgb(coord, cell)
-
 
 @torch.no_grad()
 def batched_predict(
     model: PublishedLTE,
-    inp: torch.Tensor,
+    pixels: torch.Tensor,
     coord: torch.Tensor,
     cell: torch.Tensor,
     chunk: int = PUBLISHED_CHUNK,
 ) -> torch.Tensor:
-    """The published test's decode: features once, queries in chunks, predictions concatenated."""
-    model.gen_feat(inp)
+    """The published test's decode: features once, queries in chunks, predictions
+    concatenated and de-normalised (RGB in [0, 1] units, unclamped)."""
+    model.gen_feat(model.normalise_input(pixels))
     preds = [
         model.query_rgb(coord[:, i : i + chunk], cell[:, i : i + chunk])
         for i in range(0, coord.shape[1], chunk)
     ]
-    return torch.cat(preds, dim=1)
+    return model.denormalise(torch.cat(preds, dim=1))
 
 
 def upscale(
@@ -163,11 +188,11 @@ def upscale(
     (out_h, out_w), (in_h, in_w) = out_size, rgb.shape[-2:]
     coord = make_coord((out_h, out_w), device=rgb.device, flatten=True).unsqueeze(0)
     cell = torch.ones_like(coord)
-    cell[:, :, 0] *= 2 / out_h * cell_enlargement(out_h / in_h)
-    cell[:, :, 1] *= 2 / out_w * cell_enlargement(out_w / in_w)
+    cell[:, :, 0] *= 2 / out_h * cell_enlargement(out_h / in_h, model.trained_max_scale)
+    cell[:, :, 1] *= 2 / out_w * cell_enlargement(out_w / in_w, model.trained_max_scale)
     dtype = PRECISIONS[precision]
     autocast = torch.autocast(rgb.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
     with autocast:
-        pred = batched_predict(model, (rgb - 0.5) / 0.5, coord, cell, chunk)
-    pred = (pred.float() * 0.5 + 0.5).clamp(0, 1)
+        pred = batched_predict(model, rgb, coord, cell, chunk)
+    pred = pred.float().clamp(0, 1)
     return pred.view(1, out_h, out_w, 3).permute(0, 3, 1, 2)

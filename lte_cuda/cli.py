@@ -28,10 +28,10 @@ from .image_io.files import (
     check_quality,
     is_image_path,
     read_image_file,
-    same_file,
     write_image_file,
 )
 from .inference import NonFiniteOutputError, resolve_device
+from .output_guard import refuse_overwriting_inputs
 from .precision import resolve_precision
 from .progress import RunProgress
 from .texture_map import add_inspect_parser
@@ -164,9 +164,8 @@ def run_upscale_command(args: argparse.Namespace) -> int:
     """Run ``lte-sr upscale``; returns the exit status."""
     scale, size = _parse_scale(args.scale), _parse_size(args.size)
     source = Path(args.input)
-    pairs = distributed.shard(
-        _plan(source, Path(args.output))
-    )  # under torchrun: this process's files
+    # Under torchrun: this process's files.
+    pairs = distributed.shard(_plan(source, Path(args.output), model_file=args.model))
     todo = [(src, dst) for src, dst in pairs if not (args.skip_existing and dst.exists())]
     skipped = len(pairs) - len(todo)
     if not todo:
@@ -181,9 +180,9 @@ def run_upscale_command(args: argparse.Namespace) -> int:
     def upscale_one(src: Path, dst: Path) -> None:
         # Arrays in and out: the file is then written without a PIL copy of the output.
         image = read_image_file(src).as_arrays()
-        check_output(dst, len(image.frames))
         width, height = image.size
         out_h, out_w = output_size(height, width, scale, size)
+        check_output(dst, len(image.frames), out_h, out_w)
         shown = progress.file(src, dst, (width, height), (out_w, out_h), precision)
         try:
             frames = [
@@ -269,15 +268,15 @@ def _parse_size(text: str | None) -> tuple[int, int] | None:
     return int(match.group(1)), int(match.group(2))
 
 
-def _plan(source: Path, target: Path) -> list[tuple[Path, Path]]:
-    """The (input, output) file pairs to process; refuses to write over an input."""
+def _plan(source: Path, target: Path, model_file: str | None) -> list[tuple[Path, Path]]:
+    """The (input, output) file pairs to process; refuses to write over an input image, the
+    input folder or the ``--model`` file."""
     if not source.exists():
         raise CLIError(f"{source}: no such file or folder")
     if source.is_dir():
         if target.exists() and not target.is_dir():
             raise CLIError(f"{target}: IN is a folder, so OUT must be a folder, but it is a file")
-        if same_file(target, source):
-            raise CLIError(f"{target}: OUT is the input folder; choose another folder")
+        refuse_overwriting_inputs(target, [source], "OUT")
         images = sorted(p for p in source.iterdir() if p.is_file() and is_image_path(p))
         if not images:
             raise CLIError(f"{source}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
@@ -286,8 +285,7 @@ def _plan(source: Path, target: Path) -> list[tuple[Path, Path]]:
         pairs = [(source, target / source.name if target.is_dir() else target)]
     for src, dst in pairs:
         check_output(dst)
-        if same_file(dst, src):
-            raise CLIError(f"{dst}: OUT is the input file; choose another path")
+        refuse_overwriting_inputs(dst, [src, model_file], "OUT")
     # OUT's folder (OUT itself when IN is a folder) is made now: a bad path fails before any work.
     output_folder = pairs[0][1].parent
     try:

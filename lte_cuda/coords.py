@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+Box = tuple[int, int, int, int]  # (top, left, bottom, right) in pixels, bottom/right exclusive
+
 
 def make_coord(
     shape: tuple[int, ...],

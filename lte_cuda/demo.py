@@ -18,6 +18,7 @@ from .cli_args import add_precision_argument
 from .image_io.files import read_image, to_8bit_rgb, write_image
 from .inference import resolve_device
 from .models import LTE
+from .output_guard import refuse_overwriting_inputs
 from .precision import resolve_precision
 from .upscale import DEFAULT_WEIGHTS, resolve_model, upscale
 
@@ -58,8 +59,14 @@ def run_demo(
         precision: as :func:`lte_cuda.upscale` takes it (default ``"auto"``).
 
     Returns:
-        The paths of ``demo_lte_x<scale>.png`` and ``demo_compare.png``.
+        The paths of ``demo_lte_x<scale>.png`` and ``demo_compare.png``, written atomically;
+        ``ValueError`` before any work if one of them is the model file or the photo.
     """
+    out = Path(out_dir)
+    result_path = out / f"demo_lte_x{scale:g}.png"
+    compare_path = out / "demo_compare.png"
+    for path in (result_path, compare_path):
+        refuse_overwriting_inputs(path, [DEMO_PHOTO, model], "--out")
     lte = load_demo_model(model)
     photo = to_8bit_rgb(read_image(DEMO_PHOTO))
     result = upscale(photo, scale=scale, model=lte, precision=precision)
@@ -70,10 +77,7 @@ def run_demo(
     )
     compare = comparison_image(bicubic, result, title)
 
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    result_path = out / f"demo_lte_x{scale:g}.png"
-    compare_path = out / "demo_compare.png"
     write_image(result, result_path)
     write_image(compare, compare_path)
     return result_path, compare_path

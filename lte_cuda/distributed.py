@@ -9,7 +9,8 @@ single process computes, to the bit. Where there are GPUs, process ``LOCAL_RANK`
 is the identity: one process does all the work.
 
 Only the results exchange needs a process group; it uses gloo on CPU tensors (a handful of
-float64 numbers), so it works the same with or without GPUs.
+float64 numbers), so it works the same with or without GPUs. Training (:class:`DistEnv`)
+starts its own group for DistributedDataParallel, which the exchange then reuses.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+from .inference import resolve_device
 
 T = TypeVar("T")
 
@@ -123,3 +126,53 @@ def gather_in_order(values: Sequence[float], indices: Sequence[int], total: int)
             f"items {missing} were done by no process or by several (world size {world_size()})"
         )
     return slots.tolist()
+
+
+def rank_device(name: str | None, local_rank: int | None) -> torch.device:
+    """This process's device: ``name`` as :func:`resolve_device` reads it (None: CUDA if
+    present); under torchrun (``local_rank`` set) a bare ``cuda`` is this rank's own GPU."""
+    if name == "cuda" and local_rank is not None:
+        device = torch.device("cuda")  # checked against this rank's GPU below
+    else:
+        device = resolve_device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_gpu())
+    return device
+
+
+class DistEnv:
+    """A training process's place in its group: rank, world size and device, with the
+    process group started (NCCL on GPUs, gloo on CPUs) when there are several processes;
+    one process is rank 0 of 1 and everything here is local."""
+
+    def __init__(self, device: str | None) -> None:
+        self.world_size = world_size()
+        self.rank = rank()
+        self.device = rank_device(device, local_rank())
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.enabled = self.world_size > 1
+        if self.enabled and not dist.is_initialized():
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            dist.init_process_group(backend, device_id=self.device if backend == "nccl" else None)
+
+    @property
+    def main(self) -> bool:
+        """True on the process that writes files and reports (rank 0)."""
+        return self.rank == 0
+
+    def sum(self, *values: float) -> list[float]:
+        """Sum numbers over the ranks."""
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        if self.enabled:
+            dist.all_reduce(t)
+        return t.tolist()
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank if ``flag`` is true on one (ranks must stop together)."""
+        return self.sum(float(flag))[0] > 0 if self.enabled else flag
+
+    def close(self) -> None:
+        """End the process group this process started."""
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,8 +1,9 @@
 """Evaluation with the published test protocol, and the ``lte-sr test`` subcommand.
 
-Per image: normalise the LR input, (SwinIR only) reflect-pad it, decode every HR pixel in
-chunks of ``eval_bsize`` queries with the cell enlarged above the training scale, de-normalise
-and clamp, and take the PSNR of :func:`lte_cuda.metrics.psnr` for the config's ``eval_type``.
+Per image: (SwinIR only) reflect-pad the LR input, decode every HR pixel in chunks of
+``eval_bsize`` queries with the cell enlarged above the training scale (the model normalises
+and de-normalises with its own norm, so a test config's ``data_norm`` is not used), clamp,
+and take the PSNR of :func:`lte_cuda.metrics.psnr` for the config's ``eval_type``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,46 +23,25 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import distributed
 from .cli_args import add_precision_argument
-from .config import ConfigError, check_dataset_spec, load_config
+from .config import TestConfig, dataset_paths, load_config, read_test_config
 from .coords import make_cell, make_coord
 from .data import make_dataset
-from .inference import (
-    batched_predict,
-    cell_enlargement,
-    padding_window,
-    reflect_pad_to_window,
-    resolve_device,
-)
+from .image_io.files import atomic_output, is_image_path
+from .inference import cell_enlargement, reflect_pad_to_window, resolve_device
 from .metrics import parse_eval_type, psnr
 from .models import BACKENDS, DEFAULT_BACKEND
+from .output_guard import refuse_overwriting_inputs
 from .precision import autocast, resolve_precision
-
-# Published default when a config has no data_norm: no normalisation.
-IDENTITY_NORM = {"inp": {"sub": [0], "div": [1]}, "gt": {"sub": [0], "div": [1]}}
-
-
-def norm_tensors(
-    data_norm: dict[str, Any] | None, device: torch.device | str
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(inp_sub, inp_div, gt_sub, gt_div)`` shaped to broadcast over images (B, 3, h, w)
-    and query values (B, Q, 3)."""
-    norm = data_norm or IDENTITY_NORM
-    inp_sub = torch.tensor(norm["inp"]["sub"], dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    inp_div = torch.tensor(norm["inp"]["div"], dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    gt_sub = torch.tensor(norm["gt"]["sub"], dtype=torch.float32, device=device).view(1, 1, -1)
-    gt_div = torch.tensor(norm["gt"]["div"], dtype=torch.float32, device=device).view(1, 1, -1)
-    return inp_sub, inp_div, gt_sub, gt_div
 
 
 @torch.no_grad()
 def evaluate(
     loader: DataLoader,
     model: nn.Module,
-    data_norm: dict[str, Any] | None = None,
     eval_type: str | None = None,
     eval_bsize: int | None = None,
     window_size: int = 0,
-    scale_max: float = 4,
+    scale_max: float | None = None,
     on_image: Callable[[int, float], None] | None = None,
 ) -> list[float]:
     """PSNR of every sample of ``loader``, in loader order.
@@ -68,12 +49,14 @@ def evaluate(
     ``eval_type`` None scores the query samples as they are (training validation); otherwise
     the queries must cover the whole HR image, which is rebuilt from them and scored with
     the shave and channel weights of ``eval_type``. ``window_size`` > 0 applies the published
-    SwinIR reflection padding (needs ``eval_type`` for the scale). ``on_image(i, psnr)`` is
-    called after each sample. The model is left in eval mode.
+    SwinIR reflection padding (needs ``eval_type`` for the scale). The cell is enlarged above
+    ``scale_max`` (default: the model's ``trained_max_scale``). The model normalises its
+    input and de-normalises its output itself (the norm it was trained with).
+    ``on_image(i, psnr)`` is called after each sample. The model is left in eval mode.
     """
     model.eval()
     device = next(model.parameters()).device
-    inp_sub, inp_div, gt_sub, gt_div = norm_tensors(data_norm, device)
+    scale_max = model.trained_max_scale if scale_max is None else scale_max
     _, scale = parse_eval_type(eval_type)
     if window_size and not scale:
         raise ValueError("SwinIR padding needs eval_type 'div2k-N' or 'benchmark-N' for the scale")
@@ -82,7 +65,7 @@ def evaluate(
     results: list[float] = []
     for batch in loader:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        inp = (batch["inp"] - inp_sub) / inp_div
+        inp = batch["inp"]
         coord, cell = batch["coord"], batch["cell"]
         if eval_type is not None:
             # The cell is (2/H, 2/W) of the HR image: it gives the shape to rebuild.
@@ -100,8 +83,7 @@ def evaluate(
             coord = make_coord((out_h, out_w), device=device, flatten=True)
             coord = coord.unsqueeze(0).expand(inp.shape[0], -1, -1)
             cell = make_cell(coord, out_h, out_w)
-        pred = batched_predict(model, inp, coord, cell * cell_factor, eval_bsize)
-        pred = (pred * gt_div + gt_sub).clamp_(0, 1)
+        pred = batched_predict(model, inp, coord, cell * cell_factor, eval_bsize).clamp_(0, 1)
         gt = batch["gt"]
         if eval_type is not None:
             bsz = pred.shape[0]
@@ -114,6 +96,27 @@ def evaluate(
     return results
 
 
+def batched_predict(
+    model: nn.Module,
+    pixels: torch.Tensor,
+    coord: torch.Tensor,
+    cell: torch.Tensor,
+    bsize: int | None = None,
+) -> torch.Tensor:
+    """The model's RGB (B, Q, 3) in [0, 1] units (unclamped) for ``pixels (B, 3, h, w)`` in
+    [0, 1], as the published test runs it: features once, then queries in chunks of
+    ``bsize`` (all at once when None)."""
+    with torch.no_grad():
+        if bsize is None:
+            return model(pixels, coord, cell)
+        features = model.encode(pixels)
+        chunks = [
+            model.query(features, coord[:, i : i + bsize], cell[:, i : i + bsize])
+            for i in range(0, coord.shape[1], bsize)
+        ]
+        return torch.cat(chunks, dim=1)
+
+
 def _image_names(dataset: Dataset) -> list[str] | None:
     # Wrappers keep the base dataset in .dataset; folder datasets know their file names.
     base = getattr(dataset, "dataset", dataset)
@@ -121,7 +124,7 @@ def _image_names(dataset: Dataset) -> list[str] | None:
 
 
 def run_test(
-    config: dict[str, Any],
+    config: Mapping[str, Any] | TestConfig,
     model: nn.Module,
     eval_bsize: int | None = None,
     num_workers: int = 0,
@@ -129,23 +132,32 @@ def run_test(
 ) -> dict[str, Any]:
     """Evaluate ``model`` on a published-layout test config; returns the result record.
 
-    The record has ``eval_type``, ``mean_psnr``, ``images`` (name and PSNR of each) and
-    ``seconds``. ``eval_bsize`` overrides the config's chunk size.
+    ``config`` is a mapping (checked by :func:`~lte_cuda.config.read_test_config`) or an
+    already checked :class:`~lte_cuda.config.TestConfig`. The record has ``eval_type``,
+    ``mean_psnr``, ``images`` (name and PSNR of each) and ``seconds``. ``eval_bsize``
+    overrides the config's chunk size. PSNRs may be NaN or infinite here: see
+    :func:`check_finite`.
     """
-    spec = config["test_dataset"]
-    dataset = make_dataset(spec["wrapper"], args={"dataset": make_dataset(spec["dataset"])})
+    if not isinstance(config, TestConfig):
+        config = read_test_config(config)
+    spec = config.test_dataset
+    eval_type = config.eval_type
+    wrapper_args = {"dataset": make_dataset(spec.dataset)}
+    _, scale = parse_eval_type(eval_type)
+    if spec.wrapper["name"] == "sr-implicit-paired" and scale:
+        wrapper_args["scale"] = scale  # pairs must be at the protocol's scale
+    dataset = make_dataset(spec.wrapper, args=wrapper_args)
     device = next(model.parameters()).device
     # Under torchrun each process scores its share; the PSNRs are put back in order below.
     indices = distributed.shard(range(len(dataset)))
     loader = DataLoader(
         Subset(dataset, indices),
-        batch_size=spec.get("batch_size", 1),
+        batch_size=spec.batch_size,
         shuffle=False,
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
     )
     names = _image_names(dataset)
-    eval_type = config.get("eval_type")
     count = len(dataset)
     records: list[dict[str, Any]] = []
 
@@ -167,11 +179,10 @@ def run_test(
     local_values = evaluate(
         loader,
         model,
-        data_norm=config.get("data_norm"),
         eval_type=eval_type,
-        eval_bsize=eval_bsize if eval_bsize is not None else config.get("eval_bsize"),
-        window_size=padding_window(model),
-        scale_max=config.get("scale_max", 4),
+        eval_bsize=eval_bsize if eval_bsize is not None else config.eval_bsize,
+        window_size=model.traits.window,
+        scale_max=config.scale_max,
         on_image=on_image,
     )
     values = distributed.gather_in_order(local_values, indices, count)
@@ -185,15 +196,24 @@ def run_test(
     }
 
 
-def check_test_config(config: dict[str, Any], source: str = "config") -> None:
-    """ConfigError (one line naming ``source`` and the key) unless ``config`` has a
-    ``test_dataset`` and, when given, a known ``eval_type``."""
-    check_dataset_spec(config, "test_dataset", source, batch_size=False)
-    eval_type = config.get("eval_type")
-    try:
-        parse_eval_type(eval_type if eval_type is None else str(eval_type))
-    except ValueError as err:
-        raise ConfigError(f"{source}: {err}") from None
+def check_finite(result: Mapping[str, Any]) -> None:
+    """``NonFiniteResultError`` naming the first image whose PSNR in a :func:`run_test`
+    record is not finite, and why: NaN comes from a model output that is not finite,
+    +inf from a prediction equal to the ground truth (zero error)."""
+    for record in result["images"]:
+        value = record["psnr"]
+        if math.isfinite(value):
+            continue
+        cause = (
+            "the model's output is not finite (its weights are likely corrupt)"
+            if math.isnan(value)
+            else "the prediction equals the ground truth exactly (zero error)"
+        )
+        raise NonFiniteResultError(f"{record['name']}: PSNR is {value}: {cause}")
+
+
+class NonFiniteResultError(ValueError):
+    """A PSNR of a test run is NaN or infinite: the result is not a measurement."""
 
 
 def add_test_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -224,11 +244,13 @@ def add_test_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 
 
 def run_test_command(args: argparse.Namespace) -> int:
-    """Run ``lte-sr test``; returns the exit status."""
+    """Run ``lte-sr test``; returns the exit status (1, with no JSON written, when any PSNR
+    is not finite)."""
     from .checkpoint import load_model
 
-    config = load_config(args.config)
-    check_test_config(config, args.config)
+    config = read_test_config(load_config(args.config), args.config)
+    if args.out:
+        _refuse_overwriting_inputs(Path(args.out), config, args)
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     model = load_model(args.model, map_location=device, backend=args.backend).to(device)
@@ -241,14 +263,31 @@ def run_test_command(args: argparse.Namespace) -> int:
             verbose=not args.quiet,
         )
     result["precision"] = precision.name
+    try:
+        check_finite(result)
+    except NonFiniteResultError as err:
+        raise NonFiniteResultError(
+            f"{args.model}: {err}" + ("; no JSON written" if args.out else "")
+        ) from None
     print(
         f"result: {result['mean_psnr']:.4f} dB ({result['eval_type'] or 'rgb'}, "
         f"{len(result['images'])} images, {result['seconds']:.1f} s, {precision})"
     )
     if args.out and distributed.is_main():  # under torchrun every process has the result
         result.update(config=os.path.abspath(args.config), model=os.path.abspath(args.model))
-        directory = os.path.dirname(os.path.abspath(args.out))
-        os.makedirs(directory, exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+        text = json.dumps(result, indent=2, allow_nan=False)  # strict JSON: no NaN/Infinity
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with atomic_output(args.out) as stream:
+            stream.write(text.encode())
     return 0
+
+
+def _refuse_overwriting_inputs(out: Path, config: TestConfig, args: argparse.Namespace) -> None:
+    """``--out`` is none of the files the run reads: the config, the checkpoint, and (for an
+    image-named output) an image of the test set's folders."""
+    inputs = [Path(args.config), Path(args.model)]
+    for path in map(Path, dataset_paths(config.test_dataset)):
+        inputs.append(path)
+        if is_image_path(out):
+            inputs.append(path / out.name)
+    refuse_overwriting_inputs(out, inputs, "--out")

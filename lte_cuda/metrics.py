@@ -27,7 +27,8 @@ def psnr(sr: torch.Tensor, hr: torch.Tensor, eval_type: str | None = None) -> to
     - ``'benchmark-N'``: images (B, 3, H, W), the difference weighted by
       [65.738, 129.057, 25.064] / 256 and summed over channels (Y), border of N shaved.
 
-    PSNR = -10 log10(mean(diff^2)); the mean is taken in float64.
+    PSNR = -10 log10(mean(diff^2)); the mean is taken in float64. ``ValueError`` when the
+    shave leaves no pixel.
     """
     if sr.shape != hr.shape:
         raise ValueError(f"sr and hr differ in shape: {tuple(sr.shape)} vs {tuple(hr.shape)}")
@@ -41,6 +42,13 @@ def psnr(sr: torch.Tensor, hr: torch.Tensor, eval_type: str | None = None) -> to
             diff = (diff * diff.new_tensor(Y_WEIGHTS).view(1, 3, 1, 1)).sum(dim=1)
         else:
             shave = scale + 6
+        height, width = diff.shape[-2:]
+        if min(height, width) <= 2 * shave:
+            raise ValueError(
+                f"{eval_type} shaves {shave} pixels from each border, which leaves nothing of "
+                f"a {width}x{height} image to compare; the images must be larger than "
+                f"{2 * shave}x{2 * shave}"
+            )
         if shave > 0:
             diff = diff[..., shave:-shave, shave:-shave]
     mse = diff.pow(2).flatten(1).mean(dim=1)

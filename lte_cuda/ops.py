@@ -246,8 +246,11 @@ def lte_basis(
 
     Gradients flow to coef, freq and phase_weight. coord and cell get none (they are data, and
     the nearest-pixel choice is piecewise constant); weights is not differentiable. Double
-    backward is not supported and raises.
+    backward is not supported and raises. A map without rows or columns is a ``ValueError``.
+    Meta tensors give meta results of the right shapes (as under torch.compile).
     """
+    if not torch.compiler.is_compiling():
+        reference.check_map_size(coef)
     if LIBRARY_ERROR is None:
         if coef.is_cuda and not HAS_CUDA_KERNELS:
             raise RuntimeError(
@@ -332,6 +335,8 @@ def lte_basis_linear(
         and coef.dtype in (torch.float32, torch.float64)
     )
     if fused:
+        if not torch.compiler.is_compiling():
+            reference.check_map_size(coef)
         return _BasisLinear.apply(coef, freq, phase_weight, coord, cell, weight, bias)
     x, weights = lte_basis(coef, freq, phase_weight, coord, cell)
     return torch.nn.functional.linear(x.reshape(-1, x.shape[-1]), weight, bias), weights

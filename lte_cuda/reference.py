@@ -27,6 +27,15 @@ def _gather_nearest(maps: torch.Tensor, coord: torch.Tensor) -> torch.Tensor:
     return sampled[:, :, 0, :].permute(0, 2, 1)
 
 
+def check_map_size(coef: torch.Tensor) -> None:
+    """``ValueError`` unless ``coef (B, C, h, w)`` has a row and a column: queries are placed
+    relative to the map's pixel size, ``2 / h`` by ``2 / w``."""
+    if coef.dim() == 4 and (coef.shape[2] == 0 or coef.shape[3] == 0):
+        raise ValueError(
+            f"lte_basis: coef must have h >= 1 and w >= 1, got shape {tuple(coef.shape)}"
+        )
+
+
 def lte_basis(
     coef: torch.Tensor,
     freq: torch.Tensor,
@@ -39,6 +48,7 @@ def lte_basis(
     float16 and bfloat16 inputs are computed in float32 and the results cast back.
     Differentiable in every input through plain autograd (the fused op is not in coord/cell).
     """
+    check_map_size(coef)
     out_dtype = coef.dtype
     if out_dtype in (torch.float16, torch.bfloat16):
         coef, freq, phase_weight = coef.float(), freq.float(), phase_weight.float()

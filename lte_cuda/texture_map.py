@@ -13,15 +13,17 @@ figure), and the input's own Fourier spectrum for comparison.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .cli_args import add_model_arguments
-from .image_io.files import atomic_output, read_image, same_file, to_8bit_rgb
+from .image_io.files import atomic_output, read_image, to_8bit_rgb
 from .inference import encode_image
 from .models import LTE
+from .output_guard import refuse_overwriting_inputs
 from .upscale import resolve_model
 
 # One estimate per input pixel is drawn, and C maps of the image's size are held in memory.
@@ -42,13 +44,9 @@ def estimate_textures(
     """
     if rgb.dim() != 3 or rgb.shape[0] != 3:
         raise ValueError(f"rgb must have shape (3, h, w), got {tuple(rgb.shape)}")
-    height, width = rgb.shape[-2:]
-    was_training = model.training
-    try:
-        features = encode_image(model, rgb.unsqueeze(0), device=device)
-    finally:
-        model.train(was_training)
-    # SwinIR pads its features bottom/right: keep the image's own pixels.
+    features = encode_image(model, rgb.unsqueeze(0), device=device)
+    # An encoder with a window has its maps padded bottom/right: keep the image's own pixels.
+    height, width = features.image_size
     coef = features.coef[0, :, :height, :width].float().cpu()
     freq = features.freq[0, :, :height, :width].float().cpu()
     pairs = coef.shape[0] // 2
@@ -204,10 +202,10 @@ def inspect_image(
 
     ``model`` is as in :func:`lte_cuda.upscale` (``None``: the bundled default model).
     Raises ``ValueError`` for an unreadable or too large image, an ``out_path`` that is the
-    image itself, or without matplotlib.
+    image or the model file, or without matplotlib.
     """
-    if same_file(out_path, image_path):
-        raise ValueError(f"{out_path}: OUT is the input image; choose another path")
+    model_file = model if isinstance(model, (str, os.PathLike)) else None
+    refuse_overwriting_inputs(out_path, [image_path, model_file], "OUT")
     image = np.asarray(to_8bit_rgb(read_image(image_path)))
     height, width = image.shape[:2]
     if height * width > MAX_PIXELS:

@@ -17,25 +17,31 @@ randomness is keyed on (seed, epoch, index) and the batch order on (seed, epoch)
 gives the same weights whatever the number of processes or workers, and a stopped run
 resumed from ``epoch-last.pth`` ends where an uninterrupted one does.
 
-A run holds a lock on its folder (:mod:`lte_cuda.run_lock`) while it trains. A non-finite
-loss stops training before it changes the weights (:class:`TrainingDiverged`), and no
-checkpoint is ever written from non-finite weights, so ``epoch-last.pth`` stays resumable.
+Every key is checked before any work by :func:`lte_cuda.config.read_train_config`, and no
+file the run writes may be one it reads (:mod:`lte_cuda.output_guard`). A run holds a lock on
+its folder (:mod:`lte_cuda.run_lock`) while it trains. A non-finite loss stops training before
+it changes the weights, and non-finite weights or a non-finite validation PSNR stop it before
+they are saved (:class:`TrainingDiverged`, exit status 1), so ``epoch-last.pth`` keeps the last
+good state. Checkpoints and ``config.yaml`` are written atomically: a run stopped by SIGTERM or
+SIGINT while saving leaves no partial file, and partial files left by a killed run are removed
+when the folder is next locked.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import functools
 import math
 import os
 import random
+import re
 import sys
 import time
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,30 +58,33 @@ from tqdm import tqdm
 from . import distributed
 from .checkpoint import CheckpointError, load_model, read_checkpoint, save_model
 from .config import (
-    ConfigError,
-    check_dataset_spec,
+    AMP_DTYPES,
+    OPTIMIZERS,
+    DatasetSpec,
+    TrainConfig,
+    dataset_paths,
     load_config,
-    positive_int,
-    positive_number,
-    require,
-    require_mapping,
+    read_train_config,
 )
 from .data import make_dataset, seed_worker
-from .evaluate import evaluate, norm_tensors
-from .inference import resolve_device
-from .models import BACKENDS, DEFAULT_BACKEND, make_model
+from .distributed import DistEnv
+from .evaluate import evaluate
+from .image_io.files import PARTIAL_TAG, atomic_output
+from .models import BACKENDS, make_model
+from .models.norm import IDENTITY_NORM
+from .output_guard import refuse_overwriting_inputs
 from .run_lock import RunLock, RunLockedError
 
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 STATE_KEY = "train_state"  # extra checkpoint entry with what resuming needs; loaders ignore it
 LAST = "epoch-last.pth"
+CHECKPOINT_NAMES = r"epoch-(\d+|last|best)\.pth"  # what a run writes besides config and log
 # The seed of the validation patches; 1 is what runs with seed 0 used before it was fixed.
 VALIDATION_SEED = 1
 
 
 class TrainingDiverged(ValueError):
-    """The loss or the weights became non-finite; training stopped without saving them."""
+    """The loss, the gradients, the weights or the validation PSNR became non-finite;
+    training stopped without saving the model that gave them."""
 
 
 class GlobalBatchSampler(Sampler[list[int]]):
@@ -139,43 +148,18 @@ def _mix(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
-def check_train_config(config: Mapping[str, Any], source: str = "config") -> None:
-    """ConfigError (one line naming ``source`` and the key) unless ``config`` has what a run
-    needs: ``train_dataset`` (with ``batch_size``), ``model``, ``optimizer``, ``epoch_max``,
-    and well-typed optional keys."""
-    check_dataset_spec(config, "train_dataset", source)
-    if config.get("val_dataset") is not None:
-        check_dataset_spec(config, "val_dataset", source)
-    require_mapping(config, "model", source)
-    check_optimizer_spec(require(config, "optimizer", source), f"{source}: optimizer")
-    positive_int(require(config, "epoch_max", source), "epoch_max", source)
-    for key in ("epoch_val", "epoch_save", "max_steps"):
-        if config.get(key) is not None:
-            positive_int(config[key], key, source)
-    for key in ("clip_grad_norm", "time_budget"):
-        if config.get(key) is not None:
-            positive_number(config[key], key, source)
-    if config.get("amp") not in (None, *AMP_DTYPES):
-        raise ConfigError(
-            f"{source}: amp must be one of {sorted(AMP_DTYPES)} or null, got {config['amp']!r}"
-        )
-    if config.get("backend", DEFAULT_BACKEND) not in BACKENDS:
-        raise ConfigError(
-            f"{source}: backend must be one of {list(BACKENDS)}, got {config['backend']!r}"
-        )
-
-
 def check_optimizer_spec(spec: Any, where: str) -> None:
     """``{'name': 'adam', 'args': {'lr': 1e-4, ...}}`` with a known name and a number lr >= 0."""
     if not isinstance(spec, Mapping):
-        raise ConfigError(f"{where} must be a mapping with 'name' and 'args', got {spec!r}")
+        raise CheckpointError(f"{where} must be a mapping with 'name' and 'args', got {spec!r}")
     if spec.get("name") not in OPTIMIZERS:
-        raise ConfigError(
+        raise CheckpointError(
             f"{where}.name: unknown optimizer {spec.get('name')!r}; known: {sorted(OPTIMIZERS)}"
         )
-    lr = require_mapping(spec, "args", where).get("lr")
+    args = spec.get("args")
+    lr = args.get("lr") if isinstance(args, Mapping) else None
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 <= lr < math.inf:
-        raise ConfigError(f"{where}.args.lr must be a number >= 0, got {lr!r}")
+        raise CheckpointError(f"{where}.args.lr must be a number >= 0, got {lr!r}")
 
 
 def make_optimizer(params, spec: dict[str, Any]) -> torch.optim.Optimizer:
@@ -195,64 +179,19 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: flo
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def rank_device(name: str | None, local_rank: int | None) -> torch.device:
-    """This process's device: ``name`` as :func:`resolve_device` reads it (None: CUDA if
-    present); under torchrun (``local_rank`` set) a bare ``cuda`` is this rank's own GPU."""
-    if name == "cuda" and local_rank is not None:
-        device = torch.device("cuda")  # checked against this rank's GPU below
-    else:
-        device = resolve_device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", distributed.local_gpu())
-    return device
-
-
-class DistEnv:
-    """Process-group facts of this process (one process: rank 0 of 1)."""
-
-    def __init__(self, device: str | None) -> None:
-        self.world_size = distributed.world_size()
-        self.rank = distributed.rank()
-        self.device = rank_device(device, distributed.local_rank())
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-        self.enabled = self.world_size > 1
-        if self.enabled and not dist.is_initialized():
-            backend = "nccl" if self.device.type == "cuda" else "gloo"
-            dist.init_process_group(backend, device_id=self.device if backend == "nccl" else None)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def sum(self, *values: float) -> list[float]:
-        """Sum numbers over the ranks."""
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        if self.enabled:
-            dist.all_reduce(t)
-        return t.tolist()
-
-    def any(self, flag: bool) -> bool:
-        """True on every rank if ``flag`` is true on one (ranks must stop together)."""
-        return self.sum(float(flag))[0] > 0 if self.enabled else flag
-
-    def close(self) -> None:
-        if self.enabled and dist.is_initialized():
-            dist.destroy_process_group()
-
-
 def make_loader(
-    spec: dict[str, Any], seed: int, env: DistEnv, train: bool, num_workers: int
+    spec: DatasetSpec, seed: int, env: DistEnv, train: bool, num_workers: int
 ) -> tuple[Dataset, GlobalBatchSampler, DataLoader, torch.Generator]:
-    """``(dataset, batch sampler, loader, generator)`` of a dataset spec for this rank."""
-    dataset = make_dataset(spec["wrapper"], args={"dataset": make_dataset(spec["dataset"])})
+    """``(dataset, batch sampler, loader, generator)`` of a checked dataset spec for this
+    rank."""
+    dataset = make_dataset(spec.wrapper, args={"dataset": make_dataset(spec.dataset)})
     if hasattr(dataset, "set_seed"):
         # Validation always draws the same patches (epoch 0 of VALIDATION_SEED), whatever the
         # run's seed, so that runs with different seeds compare on one set.
         dataset.set_seed(seed if train else VALIDATION_SEED)
     sampler = GlobalBatchSampler(
         len(dataset),
-        spec["batch_size"],
+        spec.batch_size,
         env.rank,
         env.world_size,
         shuffle=train,
@@ -286,21 +225,20 @@ class TrainData:
         return self.sampler.num_batches
 
 
-def make_train_data(config: dict[str, Any], seed: int, env: DistEnv) -> TrainData:
+def make_train_data(config: TrainConfig, seed: int, env: DistEnv) -> TrainData:
     """Training and (when ``val_dataset`` and ``epoch_val`` are set) validation loaders."""
-    num_workers = config.get("num_workers", min(8, os.cpu_count() or 1))
     train_set, sampler, loader, generator = make_loader(
-        config["train_dataset"], seed, env, train=True, num_workers=num_workers
+        config.train_dataset, seed, env, train=True, num_workers=config.num_workers
     )
     if sampler.num_batches == 0:
         raise ValueError(
             f"training set of {len(train_set)} samples gives no full batch of "
-            f"{config['train_dataset']['batch_size']}"
+            f"{config.train_dataset.batch_size}"
         )
     val_loader = None
-    if config.get("val_dataset") is not None and config.get("epoch_val") is not None:
+    if config.val_dataset is not None and config.epoch_val is not None:
         _, _, val_loader, _ = make_loader(
-            config["val_dataset"], seed, env, train=False, num_workers=num_workers
+            config.val_dataset, seed, env, train=False, num_workers=config.num_workers
         )
     return TrainData(train_set, sampler, loader, generator, val_loader)
 
@@ -334,15 +272,14 @@ def _seed_everything(seed: int) -> None:
 
 
 def _make_schedulers(
-    config: dict[str, Any], optimizer: torch.optim.Optimizer, lr: float, default_total: int
+    config: TrainConfig, optimizer: torch.optim.Optimizer, lr: float, default_total: int
 ) -> tuple[LRScheduler | None, LRScheduler | None]:
-    """``(per-epoch scheduler, per-step scheduler)``; at most one of them is not None."""
-    if config.get("multi_step_lr") and config.get("warmup_cosine_lr"):
-        raise ValueError("give either multi_step_lr or warmup_cosine_lr, not both")
-    if config.get("multi_step_lr"):
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, **config["multi_step_lr"]), None
-    if config.get("warmup_cosine_lr"):
-        spec = config["warmup_cosine_lr"]
+    """``(per-epoch scheduler, per-step scheduler)``; at most one of them is not None (the
+    config schema allows one)."""
+    if config.multi_step_lr:
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, **config.multi_step_lr), None
+    if config.warmup_cosine_lr:
+        spec = config.warmup_cosine_lr
         factor = functools.partial(
             warmup_cosine,
             warmup_steps=spec.get("warmup_steps", 0),
@@ -393,23 +330,23 @@ def read_resume_checkpoint(path: str) -> dict[str, Any]:
 
 
 def initial_model(
-    config: dict[str, Any], ckpt: dict[str, Any] | None, resume: str | None
+    config: TrainConfig, ckpt: dict[str, Any] | None, resume: str | None
 ) -> tuple[nn.Module, dict[str, Any]]:
     """``(model, optimizer spec)`` a run starts from: the resumed checkpoint's, or a new model
-    from ``config['model']`` (with ``init_weights`` loaded into it) and the config's optimizer."""
-    backend = config.get("backend", DEFAULT_BACKEND)
+    from ``config.model`` (with ``init_weights`` loaded into it) and the config's optimizer."""
+    backend = config.backend
     if ckpt is not None:
         return load_model(ckpt, backend=backend, name=resume).train(), ckpt["optimizer"]
-    model = make_model(config["model"], backend=backend)
-    if config.get("init_weights"):
-        start = load_model(config["init_weights"])
+    model = make_model(config.model, backend=backend)
+    if config.init_weights:
+        start = load_model(config.init_weights)
         try:
             model.load_state_dict(start.state_dict())
         except RuntimeError as err:
             raise ValueError(
-                f"init_weights {config['init_weights']!r} does not fit the config's model: {err}"
+                f"init_weights {config.init_weights!r} does not fit the config's model: {err}"
             ) from None
-    return model, config["optimizer"]
+    return model, config.optimizer
 
 
 @dataclass
@@ -428,7 +365,7 @@ class Trainer:
 
     def __init__(
         self,
-        config: dict[str, Any],
+        config: TrainConfig,
         env: DistEnv,
         model: nn.Module,
         optimizer_spec: Mapping,
@@ -438,24 +375,25 @@ class Trainer:
         self.config, self.env, self.save_path = config, env, save_path
         self.steps_per_epoch = steps_per_epoch
         self.log = _Log(save_path, env.main)
-        self.seed = int(config.get("seed", 0))
+        self.seed = config.seed
         self.model = model.to(env.device)
+        # Trained with the config's norm (none when absent, as published); saved in its spec.
+        self.model.set_data_norm(config.data_norm or IDENTITY_NORM)
         self.optimizer_spec = {k: v for k, v in optimizer_spec.items() if k != "sd"}
         self.optimizer = make_optimizer(self.model.parameters(), self.optimizer_spec)
-        total_steps = config.get("max_steps") or config["epoch_max"] * steps_per_epoch
+        total_steps = config.max_steps or config.epoch_max * steps_per_epoch
         self.epoch_scheduler, self.step_scheduler = _make_schedulers(
             config, self.optimizer, self.optimizer_spec["args"]["lr"], total_steps
         )
-        amp = config.get("amp")
+        amp = config.amp
         self.scaler = torch.amp.GradScaler(env.device.type) if amp == "fp16" else None
         self.autocast = (
             torch.autocast(env.device.type, dtype=AMP_DTYPES[amp]) if amp else nullcontext()
         )
-        self.clip_grad_norm = config.get("clip_grad_norm")
+        self.clip_grad_norm = config.clip_grad_norm
         self.progress = Progress()
         self.ddp_model = DistributedDataParallel(self.model) if env.enabled else self.model
-        self.forward = torch.compile(self.ddp_model) if config.get("compile") else self.ddp_model
-        self.norm = norm_tensors(config.get("data_norm"), env.device)
+        self.forward = torch.compile(self.ddp_model) if config.compile else self.ddp_model
 
     # ------------------------------------------------------------------ restore state
 
@@ -522,7 +460,7 @@ class Trainer:
         loss_sum, loss_count = torch.zeros((), device=self.env.device), 0
         bar = tqdm(
             data.loader,
-            desc=f"epoch {epoch}/{self.config['epoch_max']}",
+            desc=f"epoch {epoch}/{self.config.epoch_max}",
             leave=False,
             disable=not self.env.main,
             dynamic_ncols=True,
@@ -545,10 +483,10 @@ class Trainer:
         raises :class:`TrainingDiverged` before the weights change."""
         device = self.env.device
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        inp_sub, inp_div, gt_sub, gt_div = self.norm
         with self.autocast:
-            pred = self.forward((batch["inp"] - inp_sub) / inp_div, batch["coord"], batch["cell"])
-        loss = F.l1_loss(pred.float(), (batch["gt"] - gt_sub) / gt_div)
+            pred = self.forward(batch["inp"], batch["coord"], batch["cell"], normalised=True)
+        # On normalised values, as published.
+        loss = F.l1_loss(pred.float(), self.model.normalise_target(batch["gt"]))
         finite = bool(
             torch.isfinite(loss)
         )  # one scalar sync per step: the price of stopping in time
@@ -558,7 +496,10 @@ class Trainer:
                 if not finite
                 else "another process's loss is not finite"
             )
-            self._diverged(f"{what} at epoch {epoch}, step {self.progress.global_step + 1}")
+            self._diverged(
+                f"{what} at epoch {epoch}, step {self.progress.global_step + 1} "
+                "(the weights were not updated with it)"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -586,11 +527,11 @@ class Trainer:
         if self.scaler is None and not torch.isfinite(norm):
             self._diverged(
                 f"the gradient norm is {norm.item()} at epoch {epoch}, "
-                f"step {self.progress.global_step + 1}"
+                f"step {self.progress.global_step + 1} (the weights were not updated with it)"
             )
 
     def _should_stop(self, start_time: float) -> bool:
-        budget, max_steps = self.config.get("time_budget"), self.config.get("max_steps")
+        budget, max_steps = self.config.time_budget, self.config.max_steps
         out_of_time = budget is not None and self.env.any(time.monotonic() - start_time > budget)
         return out_of_time or bool(max_steps and self.progress.global_step >= max_steps)
 
@@ -598,7 +539,7 @@ class Trainer:
         last = os.path.join(self.save_path, LAST)
         kept = f"{last} keeps the last saved state" if os.path.exists(last) else "nothing was saved"
         raise TrainingDiverged(
-            f"training stopped: {what}; the weights were not updated with it and {kept}. "
+            f"training stopped: {what}; {kept}. "
             "Try a lower learning rate, clip_grad_norm in the config, or no amp"
         )
 
@@ -615,16 +556,21 @@ class Trainer:
         if self.epoch_scheduler is not None:
             self.epoch_scheduler.step()
         info = [
-            f"epoch {epoch}/{self.config['epoch_max']}",
+            f"epoch {epoch}/{self.config.epoch_max}",
             f"train: loss={train_loss:.4f}",
             f"lr={lr:.3g}",
         ]
         val_psnr = None
-        if data.val_loader is not None and epoch % self.config["epoch_val"] == 0:
+        if data.val_loader is not None and epoch % self.config.epoch_val == 0:
             val_psnr = self.validate(data.val_loader)
+            if not math.isfinite(val_psnr):  # the same on every rank: it is summed over them
+                self._diverged(
+                    f"the validation PSNR is {val_psnr} after epoch {epoch} "
+                    "(the model's output is not finite; not saving it)"
+                )
             info.append(f"val: psnr={val_psnr:.4f}")
         names = [LAST]
-        if self.config.get("epoch_save") and epoch % self.config["epoch_save"] == 0:
+        if self.config.epoch_save and epoch % self.config.epoch_save == 0:
             names.append(f"epoch-{epoch}.pth")
         if val_psnr is not None and val_psnr > self.progress.best_val:
             self.progress.best_val = val_psnr
@@ -639,9 +585,8 @@ class Trainer:
         values = evaluate(
             loader,
             self.model,
-            data_norm=self.config.get("data_norm"),
-            eval_type=self.config.get("eval_type"),
-            eval_bsize=self.config.get("eval_bsize"),
+            eval_type=self.config.eval_type,
+            eval_bsize=self.config.eval_bsize,
         )
         psnr_sum, psnr_count = self.env.sum(sum(values), len(values))
         return psnr_sum / psnr_count
@@ -677,10 +622,19 @@ class Trainer:
             )
 
 
-def train(config: dict[str, Any], save_path: str, resume: str | None = None) -> dict[str, Any]:
+def train(
+    config: Mapping[str, Any] | TrainConfig,
+    save_path: str,
+    resume: str | None = None,
+    config_file: str | None = None,
+) -> dict[str, Any]:
     """Train as ``config`` says, writing checkpoints and ``log.txt`` under ``save_path``.
 
-    ``resume`` (or ``config['resume']``) is a checkpoint to continue from: a file written by
+    ``config`` is a mapping (checked by :func:`~lte_cuda.config.read_train_config`; messages
+    name ``config_file``, the file it was read from, if given) or a checked
+    :class:`~lte_cuda.config.TrainConfig`. Nothing the run reads (``config_file``,
+    ``init_weights``, the datasets' folders, a ``resume`` file of another folder) may be a
+    file the run writes. ``resume`` (or ``config.resume``) is a checkpoint to continue from: a file written by
     this trainer restores model, optimizer, scheduler, AMP scaler, step, best validation and
     RNG states; a published checkpoint restores model and optimizer and replays the
     epoch schedule. Under ``torchrun`` this runs one rank of a DistributedDataParallel job.
@@ -690,12 +644,15 @@ def train(config: dict[str, Any], save_path: str, resume: str | None = None) -> 
     Returns ``{'model', 'epoch', 'global_step', 'train_loss', 'val_psnr', 'best_val_psnr',
     'stopped_early'}``; ``model`` is the trained (unwrapped) module.
     """
-    check_train_config(config)
-    env = DistEnv(config.get("device"))
+    if not isinstance(config, TrainConfig):
+        config = read_train_config(config, config_file or "config")
+    resume = resume or config.resume
+    _refuse_overwriting_inputs(config, save_path, resume, config_file)
+    env = DistEnv(config.device)
     lock = RunLock(save_path)
     try:
         _lock_on_rank_zero(lock, env)
-        return _run(config, save_path, resume or config.get("resume"), env)
+        return _run(config, save_path, resume, env)
     finally:
         lock.release()
         env.close()
@@ -712,12 +669,29 @@ def _lock_on_rank_zero(lock: RunLock, env: DistEnv) -> None:
         raise refused or RunLockedError(f"rank 0 could not lock {lock.path.parent}")
 
 
-def _run(
-    config: dict[str, Any], save_path: str, resume: str | None, env: DistEnv
-) -> dict[str, Any]:
+def _refuse_overwriting_inputs(
+    config: TrainConfig, save_path: str, resume: str | None, config_file: str | None
+) -> None:
+    """The run folder is no input folder, and no input is a file the run writes there. A
+    ``resume`` file inside the folder is the run's own state, which it continues (it is read
+    whole before anything is written)."""
+    run = Path(save_path)
+    inputs = [config_file, config.init_weights]
+    for spec in (config.train_dataset, config.val_dataset):
+        inputs += dataset_paths(spec) if spec is not None else []
+    if resume and Path(resume).resolve().parent != run.resolve():
+        inputs.append(resume)
+    refuse_overwriting_inputs(run, inputs, "--save-dir/--name")
+    for source in filter(None, inputs):
+        name = Path(source).name
+        if is_run_file(name):
+            refuse_overwriting_inputs(run / name, inputs, "--save-dir/--name")
+
+
+def _run(config: TrainConfig, save_path: str, resume: str | None, env: DistEnv) -> dict[str, Any]:
     start_time = time.monotonic()
     _prepare_folder(config, save_path, resume, env)
-    seed = int(config.get("seed", 0))
+    seed = config.seed
     _seed_everything(seed)
     data = make_train_data(config, seed, env)
     ckpt = read_resume_checkpoint(resume) if resume else None
@@ -737,9 +711,9 @@ def _run(
     return result
 
 
-def _prepare_folder(
-    config: dict[str, Any], save_path: str, resume: str | None, env: DistEnv
-) -> None:
+def _prepare_folder(config: TrainConfig, save_path: str, resume: str | None, env: DistEnv) -> None:
+    """Refuse a folder that holds another run (unless resuming), make it, drop the partial
+    files a killed run left (the lock says no live run writes here), and record the config."""
     last = os.path.join(save_path, LAST)
     if resume is None and os.path.exists(last):  # checked on every rank: all stop together
         raise FileExistsError(
@@ -748,17 +722,31 @@ def _prepare_folder(
         )
     if env.main:
         os.makedirs(save_path, exist_ok=True)
-        with open(os.path.join(save_path, "config.yaml"), "w") as f:
-            yaml.safe_dump(config, f, sort_keys=False)
+        for stray in _stray_partials(Path(save_path)):
+            stray.unlink(missing_ok=True)
+        with atomic_output(os.path.join(save_path, "config.yaml")) as stream:
+            stream.write(yaml.safe_dump(config.raw, sort_keys=False).encode())
+
+
+def _stray_partials(folder: Path) -> list[Path]:
+    """Partial files of the run's own outputs left by a process killed while writing them:
+    ``.NAME.lte-partial-XXXXXXXX`` (see :func:`~lte_cuda.image_io.files.atomic_output`)."""
+    found = folder.glob(f".*{PARTIAL_TAG}*")
+    return [path for path in found if is_run_file(path.name[1:].split(PARTIAL_TAG)[0])]
+
+
+def is_run_file(name: str) -> bool:
+    """Whether a run writes a file called ``name`` in its folder."""
+    return name in ("config.yaml", "log.txt") or bool(re.fullmatch(CHECKPOINT_NAMES, name))
 
 
 def _fit(trainer: Trainer, data: TrainData, start_time: float) -> dict[str, Any]:
     """Epochs from where ``trainer.progress`` stands to ``epoch_max`` or an early stop."""
     progress, config = trainer.progress, trainer.config
-    max_steps = config.get("max_steps")
+    max_steps = config.max_steps
     stopped = bool(max_steps) and progress.global_step >= max_steps
     train_loss = val_psnr = None
-    for epoch in range(progress.epoch + 1, config["epoch_max"] + 1):
+    for epoch in range(progress.epoch + 1, config.epoch_max + 1):
         if stopped:
             break
         train_loss, stopped = trainer.run_epoch(data, epoch, start_time)
@@ -767,7 +755,7 @@ def _fit(trainer: Trainer, data: TrainData, start_time: float) -> dict[str, Any]
             trainer.save([LAST], epoch - 1, progress.epoch_step)
             lr = trainer.optimizer.param_groups[0]["lr"]
             trainer.log(
-                f"epoch {epoch}/{config['epoch_max']}: stopped after {progress.epoch_step}/"
+                f"epoch {epoch}/{config.epoch_max}: stopped after {progress.epoch_step}/"
                 f"{trainer.steps_per_epoch} steps (step {progress.global_step}), "
                 f"train loss {train_loss:.4f}, lr {lr:.3g}"
             )
@@ -826,10 +814,9 @@ def run_train_command(args: argparse.Namespace) -> int:
     config.update({k: v for k, v in overrides.items() if v is not None})
     if args.compile:
         config["compile"] = True
-    check_train_config(config, args.config)
     name = args.name or "_" + os.path.splitext(os.path.basename(args.config))[0]
     save_path = os.path.join(args.save_dir, name)
-    result = train(copy.deepcopy(config), save_path, resume=args.resume)
+    result = train(config, save_path, resume=args.resume, config_file=args.config)
     if distributed.is_main():
         best = result["best_val_psnr"]
         print(

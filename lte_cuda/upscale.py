@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from numbers import Integral, Real
 from pathlib import Path
 
@@ -20,14 +19,13 @@ from .bicubic import bicubic_into
 from .checkpoint import load_model
 from .image_io.convert import ImageLike, to_pixels
 from .inference import (
-    DIHEDRAL_TRANSFORMS,
-    InferenceSettings,
     NonFiniteOutputError,
     check_fits,
     output_bytes,
     settings_for,
     upscale_into,
 )
+from .inference.ensemble import DIHEDRAL_TRANSFORMS
 from .models import LTE, PRESETS
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -104,13 +102,18 @@ def upscale(
     pixels, new_output, restore = to_pixels(image)
     height, width = pixels.shape[-2:]
     out_h, out_w = output_size(height, width, scale, size)
-    settings = _settings(
-        device, precision, chunk_size, tile_size, tile_overlap, self_ensemble, memory_budget
+    passes = len(DIHEDRAL_TRANSFORMS) if self_ensemble is True else 1
+    total = len(pixels) * passes * out_h * out_w
+    settings = settings_for(
+        device,
+        precision=precision,
+        chunk_size=chunk_size,
+        tile_size=tile_size,
+        tile_overlap=tile_overlap,
+        self_ensemble=self_ensemble,
+        budget=memory_budget,
+        pixel_progress=None if progress is None else _pixel_counter(progress, total),
     )
-    if progress is not None:
-        passes = len(DIHEDRAL_TRANSFORMS) if settings.self_ensemble else 1
-        total = len(pixels) * passes * out_h * out_w
-        settings = replace(settings, pixel_progress=_pixel_counter(progress, total))
     lte = resolve_model(model)
 
     channels = pixels.shape[1]
@@ -154,66 +157,6 @@ def _model_name(model: str | os.PathLike | None) -> str:
     if isinstance(model, str) and model in PRESETS:
         return str(_preset_weights(model))
     return str(model)
-
-
-def super_resolve(
-    model: LTE,
-    rgb: torch.Tensor,
-    out_size: tuple[int, int],
-    *,
-    device: str | torch.device | None = None,
-    precision: str = "auto",
-    chunk_size: int | None = None,
-    tile_size: int | None = None,
-    tile_overlap: int | None = None,
-    self_ensemble: bool = False,
-    memory_budget: int | None = None,
-) -> torch.Tensor:
-    """The core of :func:`upscale`: ``rgb (B, 3, h, w)`` in [0, 1] -> ``(B, 3, H, W)`` float32
-    in [0, 1] on ``rgb``'s device, ``out_size = (H, W)`` (not range-checked here:
-    :func:`output_size` does that). Other arguments are as in :func:`upscale`.
-
-    The cell is ``(2 / H, 2 / W)``, enlarged per axis by ``max(s / 4, 1)`` with ``s`` the
-    axis's output/input ratio (the published rule for scales beyond training). For SwinIR
-    the input is first reflection-padded as the published test does and the queries are
-    placed on the unpadded part.
-    """
-    if not isinstance(model, LTE):
-        raise TypeError(f"model must be an LTE module, got {type(model).__name__}")
-    if rgb.dim() != 4 or rgb.shape[1] != 3:
-        raise ValueError(f"rgb must have shape (B, 3, h, w), got {tuple(rgb.shape)}")
-    settings = _settings(
-        device, precision, chunk_size, tile_size, tile_overlap, self_ensemble, memory_budget
-    )
-    out = torch.empty((rgb.shape[0], 3, *out_size), dtype=torch.float32, device=rgb.device)
-    for image, target in zip(rgb, out):
-        upscale_into(model, image, target, settings)
-    return out
-
-
-def _settings(
-    device: str | torch.device | None,
-    precision: str,
-    chunk_size: int | None,
-    tile_size: int | None,
-    tile_overlap: int | None,
-    self_ensemble: bool,
-    memory_budget: int | None,
-) -> InferenceSettings:
-    """The arguments of :func:`upscale` that say how to run, checked, as inference settings."""
-    if not isinstance(self_ensemble, bool):
-        raise TypeError(f"self_ensemble must be True or False, got {self_ensemble!r}")
-    return settings_for(
-        device,
-        precision=precision,
-        chunk_size=None if chunk_size is None else _positive_int(chunk_size, "chunk_size"),
-        tile_size=None if tile_size is None else _positive_int(tile_size, "tile_size"),
-        tile_overlap=None
-        if tile_overlap is None
-        else _non_negative_int(tile_overlap, "tile_overlap"),
-        self_ensemble=self_ensemble,
-        budget=None if memory_budget is None else _positive_int(memory_budget, "memory_budget"),
-    )
 
 
 def output_size(
@@ -303,15 +246,3 @@ def resolve_model(model: LTE | str | os.PathLike | None = None) -> LTE:
     raise TypeError(
         f"model must be an LTE module, a checkpoint path or a preset name, got {type(model).__name__}"
     )
-
-
-def _positive_int(value: object, name: str) -> int:
-    if not isinstance(value, Integral) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _non_negative_int(value: object, name: str) -> int:
-    if not isinstance(value, Integral) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    return int(value)

@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -159,13 +160,15 @@ def test_loaded_published_checkpoint_matches_independent_forward(
     model = load_model(path, backend=backend)
     assert model.backend == backend and not model.training
     torch.manual_seed(3)
-    inp = torch.rand(2, 3, 17, 23) * 2 - 1
+    pixels = torch.rand(2, 3, 17, 23)
     corners = torch.tensor([[[-1.0, 1.0], [1.0, -1.0]]]).expand(2, -1, -1)
     coord = torch.cat([torch.rand(2, 300, 2) * 2 - 1, corners], dim=1)
     cell = torch.stack([torch.full((2, 302), 2 / 41), torch.full((2, 302), 2 / 58)], dim=-1)
     with torch.no_grad():
-        expected = published_forward(sd, inp, coord, cell)
-        got = model(inp, coord, cell)
+        # The published test normalises the image and de-normalises the prediction (0.5 / 0.5);
+        # a published checkpoint carries no norm and loads with exactly that one.
+        expected = published_forward(sd, (pixels - 0.5) / 0.5, coord, cell) * 0.5 + 0.5
+        got = model(pixels, coord, cell)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -571,3 +574,124 @@ def test_published_presets_are_within_bounds() -> None:
 def test_every_constructor_argument_has_a_bound(name: str) -> None:
     params = set(inspect.signature(MODELS[name]).parameters) - {"encoder_spec", "imnet_spec"}
     assert params == set(ARG_BOUNDS[name])
+
+
+# ----------------------------------------------------------------------------- checked before read
+
+
+@pytest.mark.parametrize(
+    ("weight", "message"),
+    [
+        (lambda w: w.to_sparse(), r"\['phase\.weight'\] is a sparse_coo tensor \(not dense\)"),
+        (lambda w: w.to(torch.complex64) + 1j, r"\['phase\.weight'\] is complex \(complex64\)"),
+        (lambda w: (w * 100).long(), r"wrong types: phase\.weight is int64 \(model wants float32"),
+    ],
+    ids=["sparse", "complex", "integer"],
+)
+def test_weights_must_be_dense_real_floats(tmp_path: Path, weight, message: str) -> None:
+    sd = random_state_dict()
+    sd["phase.weight"] = weight(sd["phase.weight"])
+    path = write(tmp_path / "a.pth", published_checkpoint(sd))
+    with pytest.raises(CheckpointError, match=rf"a\.pth: .*{message}"):
+        load_model(path)
+    with pytest.raises(CheckpointError, match=message):  # a loaded dict is checked alike
+        load_model(published_checkpoint(sd))
+
+
+def test_optimizer_state_must_be_dense_and_real(tmp_path: Path) -> None:
+    ckpt = published_checkpoint()
+    ckpt["optimizer"]["sd"] = {"state": {0: {"exp_avg": torch.ones(2, dtype=torch.complex64)}}}
+    with pytest.raises(CheckpointError, match=r"\['exp_avg'\] is complex \(complex64\)"):
+        load_model(write(tmp_path / "a.pth", ckpt))
+
+
+def test_a_container_holding_itself_is_walked_once(tmp_path: Path) -> None:
+    ckpt = published_checkpoint()
+    loop: list = []
+    loop.append(loop)
+    ckpt["loop"] = loop
+    assert load_model(write(tmp_path / "a.pth", ckpt)).spec["args"] == TINY_ARGS
+
+
+def deflated_copy(source: Path, target: Path) -> Path:
+    """``source``'s archive with every entry compressed (torch.save stores them as they are)."""
+    with zipfile.ZipFile(source) as zin, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as z:
+        for info in zin.infolist():
+            z.writestr(info.filename, zin.read(info.filename))
+    return target
+
+
+def test_a_compressed_archive_within_its_model_size_loads(tmp_path: Path) -> None:
+    plain = write(tmp_path / "plain.pth", published_checkpoint())
+    model = load_model(deflated_copy(plain, tmp_path / "deflated.pth"))
+    torch.testing.assert_close(model.phase.weight, random_state_dict()["phase.weight"])
+
+
+PEAK_SCRIPT = (
+    "import resource, sys\n"
+    "from lte_cuda import CheckpointError, load_model\n"
+    "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+    "try:\n    load_model(sys.argv[1])\nexcept CheckpointError as e:\n    print(e)\n"
+    "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
+)
+
+
+def refusal_and_growth_kib(path: Path) -> tuple[str, int]:
+    """The refusal of loading ``path`` in a fresh process, and how much its peak RSS grew."""
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK_SCRIPT, str(path)], capture_output=True, text=True, check=True
+    )
+    message, grown_kib = done.stdout.splitlines()
+    return message, int(grown_kib)
+
+
+def test_a_small_file_inflating_past_its_model_is_refused_unread(tmp_path: Path) -> None:
+    ckpt = published_checkpoint()
+    ckpt["padding"] = torch.zeros(64 * 2**20)  # 256 MiB of zeros, deflated to 256 KiB
+    write(tmp_path / "plain.pth", ckpt)
+    path = deflated_copy(tmp_path / "plain.pth", tmp_path / "bomb.pth")
+    (tmp_path / "plain.pth").unlink()
+    assert path.stat().st_size < 2**20
+    message, grown_kib = refusal_and_growth_kib(path)
+    assert re.fullmatch(
+        r".*bomb\.pth: holds 268,\d{3},\d{3} bytes uncompressed, more than the 16,\d{3},\d{3} "
+        r"its model can need \(24 bytes per weight \+ 16 MiB\)",
+        message,
+    )
+    assert grown_kib < 50 * 1024  # reading it in full grew the process by 256 MiB
+
+
+def test_an_empty_state_dict_is_refused_before_its_model_is_allocated(tmp_path: Path) -> None:
+    # Within every bound: 925 million numbers, a 3.7 GB model.
+    ckpt = with_encoder_args(n_resblocks=1024, n_feats=220)
+    ckpt["model"]["sd"] = {}
+    path = write(tmp_path / "empty.pth", ckpt)
+    assert path.stat().st_size < 2000
+    message, grown_kib = refusal_and_growth_kib(path)
+    assert re.fullmatch(
+        r".*empty\.pth: state_dict does not match its model args: missing keys: "
+        r"encoder\.sub_mean\.weight, .* \(4107 more\)",
+        message,
+    )
+    assert grown_kib < 100 * 1024  # allocating the model grew the process by 3.4 GiB
+
+
+def test_an_oversized_pickle_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    path = write(tmp_path / "a.pth", published_checkpoint(epoch="x" * (2 * 2**20)))
+    with pytest.raises(
+        CheckpointError,
+        match=r"a\.pth: .* its pickle and small entries hold 2,\d{3},\d{3} bytes, more than the "
+        r"1,048,576 allowed",
+    ):
+        load_model(path)
+
+
+def test_a_legacy_format_file_is_refused_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "old.pth"
+    torch.save(published_checkpoint(), path, _use_new_zipfile_serialization=False)
+    with pytest.raises(
+        CheckpointError,
+        match=r"old\.pth: cannot be read .* \(not a zip archive: .* since PyTorch 1\.6",
+    ) as info:
+        load_model(path)
+    assert "\n" not in str(info.value)

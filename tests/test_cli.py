@@ -154,19 +154,25 @@ def test_quiet_prints_nothing_but_errors(tmp_path: Path, checkpoint: Path, capsy
 
 def test_output_never_overwrites_input(tmp_path: Path, checkpoint: Path, capsys) -> None:
     source = write_image(tmp_path / "in.png")
-    before = source.read_bytes()
-    status, err = run(
-        capsys, "upscale", source, tmp_path / "." / "in.png", "--scale", "2", "--model", checkpoint
-    )
-    assert status == 1
-    assert_one_line_error(err, "OUT is the input file")
-    status, err = run(capsys, "upscale", source, tmp_path, "--scale", "2", "--model", checkpoint)
-    assert status == 1
-    assert_one_line_error(err, "OUT is the input file")
+    (tmp_path / "link.png").symlink_to(source)
+    os.link(source, tmp_path / "hard.png")
+    model_link = tmp_path / "model.png"  # an image name that is the checkpoint
+    model_link.symlink_to(checkpoint)
+    before, model_before = source.read_bytes(), checkpoint.read_bytes()
+    for out, what in [
+        (tmp_path / "." / "in.png", "input file"),
+        (tmp_path, "input file"),  # OUT a folder: OUT/in.png
+        (tmp_path / "link.png", "input file"),
+        (tmp_path / "hard.png", "input file"),
+        (model_link, f"input file {checkpoint}"),
+    ]:
+        status, err = run(capsys, "upscale", source, out, "--scale", "2", "--model", checkpoint)
+        assert status == 1
+        assert_one_line_error(err, f"OUT: {out / 'in.png' if out.is_dir() else out} is the {what}")
     status, err = run(capsys, "upscale", tmp_path, tmp_path, "--scale", "2", "--model", checkpoint)
     assert status == 1
-    assert_one_line_error(err, "OUT is the input folder")
-    assert source.read_bytes() == before
+    assert_one_line_error(err, "is the input folder")
+    assert source.read_bytes() == before and checkpoint.read_bytes() == model_before
 
 
 @pytest.mark.parametrize(
@@ -590,8 +596,12 @@ def test_inspect_refuses_to_write_over_its_input(tmp_path: Path, checkpoint: Pat
     for out in (source, tmp_path / "." / "in.png", tmp_path / "link.png"):
         status, err = run(capsys, "inspect", source, out, "--model", checkpoint)
         assert status == 1
-        assert_one_line_error(err, "OUT is the input image")
-    assert source.read_bytes() == before
+        assert_one_line_error(err, f"OUT: {out} is the input file {source}")
+    model_before = checkpoint.read_bytes()
+    status, err = run(capsys, "inspect", source, checkpoint, "--model", checkpoint)
+    assert status == 1
+    assert_one_line_error(err, f"OUT: {checkpoint} is the input file {checkpoint}")
+    assert source.read_bytes() == before and checkpoint.read_bytes() == model_before
 
 
 def test_inspect_writes_atomically(tmp_path: Path, checkpoint: Path, capsys) -> None:
@@ -614,3 +624,19 @@ def test_inspect_writes_atomically(tmp_path: Path, checkpoint: Path, capsys) -> 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "textures.png"]
     with Image.open(tmp_path / "textures.png") as figure:
         assert figure.size == (1200, 800)
+
+
+def test_an_ico_output_too_large_for_the_format_is_refused_before_the_work(
+    tmp_path: Path, checkpoint: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("upscaled although the output cannot be written")
+
+    monkeypatch.setattr(cli_module, "upscale", no_work)
+    source = write_image(tmp_path / "in.png", width=100, height=60)
+    status, err = run(
+        capsys, "upscale", source, tmp_path / "out.ico", "--scale", "3", "--model", checkpoint
+    )
+    assert status == 1
+    assert_one_line_error(err, "out.ico: ICO holds images up to 256 pixels a side, the output")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]

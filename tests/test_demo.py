@@ -81,6 +81,16 @@ def test_demo_writes_result_and_comparison(tmp_path: Path, checkpoint: Path, cap
     assert height > 225 + (225 // demo.ZOOM) * demo.ZOOM
 
 
+def test_demo_never_writes_over_its_model(tmp_path: Path, checkpoint: Path, capsys) -> None:
+    model = tmp_path / "demo_compare.png"  # a checkpoint under the name of a demo output
+    model.write_bytes(checkpoint.read_bytes())
+    status, _, err = run(capsys, "demo", "--out", tmp_path, "--scale", "1.5", "--model", model)
+    assert status == 1
+    assert_one_line_error(err, f"--out: {model} is the input file {model}")
+    assert model.read_bytes() == checkpoint.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo_compare.png"]
+
+
 def test_demo_that_cannot_finish_writing_leaves_no_partial_file(
     tmp_path: Path, checkpoint: Path, capsys, monkeypatch
 ) -> None:

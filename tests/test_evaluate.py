@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,10 +18,12 @@ from torch import nn
 
 from lte_cuda.checkpoint import save_model
 from lte_cuda.cli import main
+from lte_cuda.config import read_test_config
 from lte_cuda.data import DATASETS
-from lte_cuda.evaluate import run_test
+from lte_cuda.evaluate import NonFiniteResultError, check_finite, run_test
 from lte_cuda.metrics import parse_eval_type, psnr
 from lte_cuda.models import make_model
+from lte_cuda.models.traits import EncoderTraits
 
 NORM = {"inp": {"sub": [0.5], "div": [0.5]}, "gt": {"sub": [0.5], "div": [0.5]}}
 Y = np.array([65.738, 129.057, 25.064]) / 256
@@ -56,7 +58,11 @@ class CoordModel(nn.Module):
         super().__init__()
         self.anchor = nn.Parameter(torch.zeros(()))  # gives evaluate() a device
         self.spec = {"name": "lte", "args": {"encoder_spec": {"name": encoder, "args": {}}}}
-        self.encoder = SimpleNamespace(window_size=8)  # as published SwinIR
+        # As published SwinIR: a window of 8.
+        self.traits = EncoderTraits(
+            local=encoder != "swinir", radius=0, window=8 * (encoder == "swinir")
+        )
+        self.trained_max_scale = 4.0
         self.inputs: list[torch.Size] = []
         self.chunks: list[int] = []
         self.cells: list[torch.Tensor] = []
@@ -65,10 +71,11 @@ class CoordModel(nn.Module):
         self.inputs.append(inp.shape)
 
     def query(self, features: None, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        """The coordinates, read as normalised values and de-normalised as LTE.query does."""
         self.chunks.append(coord.shape[1])
         self.cells.append(cell)
         r, c = coord[..., 0], coord[..., 1]
-        return torch.stack([r, c, r * c], dim=-1)
+        return torch.stack([r, c, r * c], dim=-1) * 0.5 + 0.5
 
     def forward(self, inp, coord, cell):
         return self.query(self.encode(inp), coord, cell)
@@ -205,7 +212,7 @@ def test_swinir_padding_content(div2k):
     seen = []
     model.encode = seen.append  # keep the padded input itself
     run_test(paired_config(div2k, 2, "div2k-2"), model, verbose=False)
-    lr = np.asarray(Image.open(div2k / "X2" / "a.png")) / 255.0 * 2 - 1  # normalised, 48 x 45
+    lr = np.asarray(Image.open(div2k / "X2" / "a.png")) / 255.0  # pixels in [0, 1], 48 x 45
     expected = _reflect_pad_np(lr, 56, 48)
     np.testing.assert_allclose(seen[0][0].permute(1, 2, 0).numpy(), expected, atol=1e-6)
 
@@ -269,7 +276,7 @@ def test_cli_takes_bf16_as_an_option(div2k, tmp_path, capsys):
     assert "bf16 (asked for" in capsys.readouterr().out
 
 
-def test_bundled_test_configs_follow_the_protocol():
+def test_bundled_test_configs_follow_the_protocol(capsys):
     paths = sorted((Path(__file__).resolve().parents[1] / "configs" / "test").glob("*.yaml"))
     assert len(paths) == 8 + 4 * 3
     for path in paths:
@@ -282,6 +289,8 @@ def test_bundled_test_configs_follow_the_protocol():
         paired = spec["wrapper"]["name"] == "sr-implicit-paired"
         assert paired == (scale <= 4)
         assert kind == ("div2k" if "div2k" in path.stem else "benchmark")
+        read_test_config(config, str(path))  # the schema takes it, without warnings
+    assert capsys.readouterr().err == ""
 
 
 # ----------------------------------------------------------------------------- command-line errors
@@ -369,3 +378,154 @@ def test_a_bad_device_is_one_line(test_files, capsys):
             ),
             r"device='cuda' was asked for but CUDA is not available",
         )
+
+
+# ----------------------------------------------------------------------------- reliability
+
+
+def test_out_never_overwrites_what_the_run_reads(test_files, div2k, tmp_path, capsys):
+    config, ckpt = test_files
+    (tmp_path / "link.yaml").symlink_to(config)
+    os.link(ckpt, tmp_path / "hard.pth")
+    hr_image = div2k / "HR" / "a.png"
+    before = {path: path.read_bytes() for path in (config, ckpt, hr_image)}
+    for out, source in [
+        (config, config),
+        (tmp_path / "link.yaml", config),
+        (ckpt, ckpt),
+        (tmp_path / "hard.pth", ckpt),
+        (hr_image, hr_image),  # an image of the test set
+        (div2k / "HR", div2k / "HR"),  # the test set's folder
+    ]:
+        status, lines = run_test_cli(
+            capsys, "--config", str(config), "--model", str(ckpt), "--out", str(out)
+        )
+        assert_one_line(status, lines, rf"--out: {re.escape(str(out))} is the input \w+ ")
+        assert re.escape(str(source)) in re.escape(lines[0])
+    assert {path: path.read_bytes() for path in before} == before
+
+
+def nan_checkpoint(path: Path) -> Path:
+    model = tiny_lte()
+    with torch.no_grad():
+        model.coef.weight.fill_(math.nan)
+    save_model(model, path)
+    return path
+
+
+def test_a_nan_model_fails_and_writes_no_json(test_files, tmp_path, capsys):
+    config, _ = test_files
+    bad = nan_checkpoint(tmp_path / "nan.pth")
+    out = tmp_path / "result.json"
+    status, lines = run_test_cli(
+        capsys, "--config", str(config), "--model", str(bad), "--out", str(out), "--quiet"
+    )
+    assert_one_line(
+        status,
+        lines,
+        r"nan\.pth: a\.png: PSNR is nan: the model's output is not finite .*; no JSON written",
+    )
+    assert not out.exists()
+
+
+def test_a_shave_larger_than_the_image_fails(div2k, test_files, tmp_path, capsys):
+    _, ckpt = test_files
+    shaved = tmp_path / "shaved.yaml"
+    # x40: a 2x2 LR of each image and an 80x80 HR, of which div2k-40 would shave 46 pixels
+    # from each border.
+    config = {
+        "test_dataset": {
+            "dataset": {"name": "image-folder", "args": {"root_path": str(div2k / "HR")}},
+            "wrapper": {"name": "sr-implicit-downsampled", "args": {"scale_min": 40}},
+        },
+        "eval_type": "div2k-40",
+    }
+    shaved.write_text(yaml.safe_dump(config))
+    status, lines = run_test_cli(capsys, "--config", str(shaved), "--model", str(ckpt), "--quiet")
+    assert_one_line(
+        status, lines, r"div2k-40 shaves 46 pixels from each border, .* of a 80x80 image"
+    )
+
+
+def test_an_infinite_psnr_is_a_failure_too():
+    result = {"images": [{"name": "a.png", "psnr": 30.0}, {"name": "b.png", "psnr": math.inf}]}
+    with pytest.raises(NonFiniteResultError, match=r"b\.png: PSNR is inf: .*equals the ground"):
+        check_finite(result)
+    check_finite({"images": [{"name": "a.png", "psnr": 30.0}]})
+
+
+def test_the_json_is_strict(test_files, tmp_path, capsys):
+    config, ckpt = test_files
+    out = tmp_path / "result.json"
+    assert main(["test", "--config", str(config), "--model", str(ckpt), "--out", str(out)]) == 0
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"not strict JSON: {constant}")
+
+    result = json.loads(out.read_text(), parse_constant=refuse)
+    assert all(math.isfinite(r["psnr"]) for r in result["images"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json", "test.yaml", "tiny.pth"]
+
+
+@pytest.mark.parametrize(
+    "lr_size, eval_type, pattern",
+    [
+        ((40, 40), "benchmark-2", r"LR size 40x40 is not the size of .*HR.a\.png \(90x96\) "),
+        ((45, 48), "benchmark-3", r"LR size 45x48 .* by the scale 3, rounded down: expected 30x32"),
+        ((44, 48), None, r"LR size 44x48 .* divided by the scale 2, rounded down: expected 45x48"),
+    ],
+    ids=["wrong-size", "wrong-scale", "wrong-width"],
+)
+def test_pairs_whose_sizes_do_not_fit_the_scale_are_refused(
+    div2k, tmp_path, capsys, lr_size, eval_type, pattern
+):
+    lr = tmp_path / "LR"
+    lr.mkdir()
+    for name in ("a.png", "b.png"):
+        with Image.open(div2k / "X2" / name) as image:
+            image.resize(lr_size if name == "a.png" else image.size).save(lr / name)
+    config = paired_config(div2k, 2, eval_type)
+    config["test_dataset"]["dataset"]["args"]["root_path_1"] = str(lr)
+    path = tmp_path / "pairs.yaml"
+    path.write_text(yaml.safe_dump(config))
+    ckpt = tmp_path / "tiny.pth"
+    save_model(tiny_lte(), ckpt)
+    status, lines = run_test_cli(capsys, "--config", str(path), "--model", str(ckpt), "--quiet")
+    assert_one_line(status, lines, rf"{re.escape(str(lr / 'a.png'))}: {pattern}")
+
+
+@pytest.mark.parametrize(
+    "edit, pattern",
+    [
+        (
+            lambda c: c.update(eval_bsize=2**31 - 1),
+            r"eval_bsize: a chunk of 2147483647 queries needs .* GiB, more",
+        ),
+        (lambda c: c.update(eval_bsize="big"), r"eval_bsize must be an integer in \[1, "),
+        (lambda c: c["data_norm"]["gt"].update(div=[0.5, 0]), r"data_norm\.gt\.div must be a list"),
+        (
+            lambda c: c["test_dataset"]["wrapper"]["args"].update(inp_sise=48),
+            r"test_dataset\.wrapper\.args\.inp_sise: unknown key \(did you mean 'inp_size'\?\)",
+        ),
+        (lambda c: c.update(scale_max=0), r"scale_max must be a number in \[1, 1000\], got 0"),
+    ],
+    ids=["eval_bsize-memory", "eval_bsize-type", "data_norm", "wrapper-arg", "scale_max"],
+)
+def test_the_test_config_schema(test_files, tmp_path, capsys, edit, pattern):
+    config, ckpt = test_files
+    spec = yaml.safe_load(config.read_text())
+    edit(spec)
+    config.write_text(yaml.safe_dump(spec))
+    status, lines = run_test_cli(capsys, "--config", str(config), "--model", str(ckpt))
+    assert_one_line(status, lines, rf"test\.yaml: {pattern}")
+
+
+def test_unknown_top_level_keys_are_warned_once_each(test_files, capsys):
+    config, ckpt = test_files
+    config.write_text(config.read_text() + "eval_typ: div2k-2\nnotes: x\n")
+    assert main(["test", "--config", str(config), "--model", str(ckpt), "--quiet"]) == 0
+    warnings = capsys.readouterr().err.strip().splitlines()
+    assert warnings == [
+        f"warning: {config}: unknown key 'eval_typ' is ignored (did you mean 'eval_type'?)",
+        f"warning: {config}: unknown key 'notes' is ignored",
+    ]

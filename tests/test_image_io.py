@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -333,18 +334,6 @@ def test_partial_files_are_not_images(tmp_path: Path) -> None:
     assert not files.is_image_path(tmp_path / f".a.png{files.PARTIAL_TAG}0123abcd.png")
 
 
-def test_same_file_through_links_and_spellings(tmp_path: Path) -> None:
-    image = tmp_path / "a.png"
-    image.write_bytes(b"x")
-    (tmp_path / "link.png").symlink_to(image)
-    os.link(image, tmp_path / "hard.png")
-    assert files.same_file(image, tmp_path / "." / "a.png")
-    assert files.same_file(image, tmp_path / "link.png") and files.same_file(
-        image, tmp_path / "hard.png"
-    )
-    assert not files.same_file(image, tmp_path / "b.png")
-
-
 def test_unreadable_files_name_the_path(tmp_path: Path) -> None:
     (tmp_path / "fake.png").write_text("not an image")
     with pytest.raises(ValueError, match="fake.png: not a readable image"):
@@ -390,4 +379,75 @@ def test_large_files_read_quietly_and_bombs_are_refused(
 def test_arrays_that_are_not_images_are_refused_before_writing(tmp_path: Path, pixels) -> None:
     with pytest.raises(TypeError, match="image arrays to write must be non-empty uint8 or uint16"):
         write_image(pixels, tmp_path / "out.png")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_ico_larger_than_the_format_holds_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"big\.ico: ICO holds images up to 256 pixels a side, "):
+        write_image(left_red_right_blue(300, 200), tmp_path / "big.ico")
+    with pytest.raises(ValueError, match=r"the output is 1024x512; write a \.png"):
+        files.check_output(tmp_path / "big.ico", height=512, width=1024)  # before the work
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_ico_is_written_at_the_asked_size(tmp_path: Path) -> None:
+    write_image(left_red_right_blue(200, 100), tmp_path / "icon.ico")
+    with Image.open(tmp_path / "icon.ico") as icon:
+        assert icon.size == (200, 100)  # Pillow's own sizes would have made it 64x32
+
+
+def test_an_exif_block_a_jpeg_cannot_hold_is_dropped_with_one_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    exif = Image.Exif()
+    exif[0x010E] = "x" * 100_000  # ImageDescription
+    image = ImageFile(frames=(left_red_right_blue(),), exif=exif.tobytes())
+    write_image_file(image, tmp_path / "out.jpg")
+    warning = capsys.readouterr().err.splitlines()
+    assert len(warning) == 1 and re.fullmatch(
+        r"warning: .*out\.jpg: EXIF block of 100,034 bytes dropped: JPEG holds at most 65,533 "
+        r"\(one APP1 segment\)",
+        warning[0],
+    )
+    with Image.open(tmp_path / "out.jpg") as written:
+        assert written.size == (20, 10) and "exif" not in written.info
+    write_image_file(image, tmp_path / "out.png")  # PNG holds it: kept, no warning
+    assert capsys.readouterr().err == ""
+    assert read_image_file(tmp_path / "out.png").exif == image.exif
+
+
+def test_an_icc_profile_a_jpeg_cannot_hold_is_dropped_with_one_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # 256 segments' worth: Pillow would write a wrapped segment count, a profile no reader takes.
+    profile = ICC_RGB + bytes(256 * 65519 - len(ICC_RGB))
+    image = ImageFile(frames=(left_red_right_blue(),), icc_profile=profile)
+    write_image_file(image, tmp_path / "out.jpg")
+    (warning,) = capsys.readouterr().err.splitlines()
+    assert warning.endswith(
+        "out.jpg: ICC profile of 16,772,864 bytes dropped: JPEG holds at most 16,707,345 "
+        "(255 APP2 segments)"
+    )
+    with Image.open(tmp_path / "out.jpg") as written:
+        assert written.info.get("icc_profile") is None
+
+
+def test_write_errors_name_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(OSError, match=r"nowhere/out\.png: cannot write PNG: No such file"):
+        write_image(np.zeros((4, 4, 3), np.uint8), tmp_path / "nowhere" / "out.png")
+
+    def disk_full(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(array_formats, "write_png", disk_full)
+    with pytest.raises(OSError, match=r"out\.png: cannot write PNG: No space left") as info:
+        write_image(np.zeros((4, 4, 3), np.uint8), tmp_path / "out.png")
+    assert info.value.errno == 28
+
+    def encoder_trouble(*args: object, **kwargs: object) -> None:
+        raise ValueError("encoder error -2")
+
+    monkeypatch.setattr(Image.Image, "save", encoder_trouble)
+    with pytest.raises(ValueError, match=r"out\.webp: cannot write WEBP: encoder error -2"):
+        write_image(left_red_right_blue(), tmp_path / "out.webp")
     assert list(tmp_path.iterdir()) == []

@@ -19,9 +19,9 @@ from lte_cuda.coords import make_cell, make_coord
 from lte_cuda.evaluate import evaluate
 from lte_cuda.inference import (
     NonFiniteOutputError,
+    TorchExecutor,
     decode_region,
     encode_image,
-    padding_window,
     settings_for,
     upscale_into,
 )
@@ -156,17 +156,17 @@ def test_decode_region_equals_the_crop_of_upscale(preset: str) -> None:
     full = upscale(image, size=out_size[::-1], model=model, device="cpu")
     features = encode_image(model, image[None], device="cpu")
     box = (7, 11, 40, 30)
-    region = decode_region(model, features, (19, 23), out_size, box, chunk_size=100)
+    region = decode_region(model, features, out_size, box, chunk_size=100)
     assert region.shape == (3, 33, 19) and region.dtype == torch.float32
     torch.testing.assert_close(region, full[:, 7:40, 11:30], atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match=r"box must lie inside the output \(45, 61\)"):
-        decode_region(model, features, (19, 23), out_size, (0, 0, 46, 5))
+        decode_region(model, features, out_size, (0, 0, 46, 5))
 
 
 def test_swinir_padding_uses_the_models_own_window() -> None:
     """`lte-sr test`'s evaluation pads a SwinIR input to the encoder's window (4 here)."""
     model = tiny_model("swinir-lte")
-    assert padding_window(model) == 4 and padding_window(tiny_model()) == 0
+    assert model.traits.window == 4 and tiny_model().traits.window == 0
     shapes = encoder_inputs(model)
     hr_h, hr_w = 20, 18
     coord = make_coord((hr_h, hr_w), flatten=True)
@@ -177,7 +177,7 @@ def test_swinir_padding_uses_the_models_own_window() -> None:
         "gt": torch.rand(hr_h * hr_w, 3),
     }
     loader = DataLoader([sample], batch_size=1)
-    evaluate(loader, model, eval_type="benchmark-2", window_size=padding_window(model))
+    evaluate(loader, model, eval_type="benchmark-2", window_size=model.traits.window)
     # (10 // 4 + 1) * 4 = 12 rows, (9 // 4 + 1) * 4 = 12 columns (a window of 8 would give 16).
     assert shapes == [(1, 3, 12, 12)]
 
@@ -233,3 +233,36 @@ def test_peak_memory_follows_the_budget_not_the_image() -> None:
     numbers = json.loads(result.stdout)
     maps = 400 * 400 * 2 * 128 * 4
     assert numbers["peak"] - numbers["output"] < maps / 4, numbers
+
+
+class CountingExecutor:
+    """Another executor, as ONNX Runtime or a reduced-precision runtime would plug in: here
+    the torch one behind a counter of its calls."""
+
+    def __init__(self, model: LTE) -> None:
+        self.inner = TorchExecutor(model.eval(), torch.device("cpu"))
+        self.device, self.traits = self.inner.device, self.inner.traits
+        self.channels, self.trained_max_scale = self.inner.channels, self.inner.trained_max_scale
+        self.calls = {"encode_tile": 0, "query": 0}
+
+    def encode_tile(self, pixels: torch.Tensor):
+        self.calls["encode_tile"] += 1
+        return self.inner.encode_tile(pixels)
+
+    def query(self, features, coord: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        self.calls["query"] += 1
+        return self.inner.query(features, coord, cell)
+
+
+def test_the_pipeline_runs_any_executor() -> None:
+    model = tiny_model("rdn-lte")
+    torch.manual_seed(7)
+    image = torch.rand(3, 20, 13)
+    executor = CountingExecutor(model)
+    settings = settings_for("cpu", tile_size=6, budget=TINY_BUDGET, chunk_size=50)
+    out = torch.empty(3, 45, 29)
+    upscale_into(executor, image, out, settings)
+    expected = upscale(image, size=(29, 45), model=model, device="cpu")
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    # 4 x 3 tiles, each encoded once; every region decoded in chunks of 50 queries.
+    assert executor.calls["encode_tile"] == 12 and executor.calls["query"] >= 45 * 29 / 50

@@ -157,11 +157,13 @@ def test_backend_is_validated() -> None:
 def test_features_are_a_value_and_forward_is_query_of_encode() -> None:
     model = tiny_model("edsr-baseline-lte")
     torch.manual_seed(5)
-    inp = torch.rand(1, 3, 6, 7) * 2 - 1
+    inp = torch.rand(1, 3, 6, 7)
     coord, cell = query_grid(1, 11, 13)
     with torch.no_grad():
         features = model.encode(inp)
-        assert isinstance(features, LTEFeatures) and features.inp is inp
+        # The published norm: the model normalises its input itself.
+        assert isinstance(features, LTEFeatures) and torch.equal(features.inp, (inp - 0.5) / 0.5)
+        assert features.frame == (0, 0, 6, 7) and features.image_size == (6, 7)
         assert features.coef.shape == features.freq.shape == (1, 16, 6, 7)
         assert features.coef.is_contiguous(memory_format=torch.channels_last)
         other = model.encode(inp.flip(-1))  # a second encoding does not disturb the first

@@ -19,11 +19,12 @@ import yaml
 
 from lte_cuda.checkpoint import CheckpointError, load_model, save_model
 from lte_cuda.cli import main
+from lte_cuda.config import read_train_config
 from lte_cuda.data import DATASETS
+from lte_cuda.distributed import DistEnv
 from lte_cuda.models import make_model
 from lte_cuda.run_lock import RunLock, RunLockedError
 from lte_cuda.train import (
-    DistEnv,
     GlobalBatchSampler,
     Progress,
     Trainer,
@@ -70,7 +71,7 @@ def test_validation_patches_do_not_depend_on_the_run_seed(config: dict):
     first_batches = []
     for seed in (0, 5):
         _, _, loader, _ = make_loader(
-            config["val_dataset"], seed, DistEnv("cpu"), train=False, num_workers=0
+            read_train_config(config).val_dataset, seed, DistEnv("cpu"), train=False, num_workers=0
         )
         first_batches.append(next(iter(loader)))
     assert first_batches[0].keys() == first_batches[1].keys()
@@ -179,16 +180,16 @@ def test_resume_from_a_published_checkpoint_replays_the_lr_schedule(config, tmp_
 def test_init_weights_starts_a_new_run_from_a_checkpoint(config, tmp_path):
     first = train({**config, "max_steps": 2}, str(tmp_path / "first"))["model"]
     start = tmp_path / "first" / "epoch-last.pth"
-    # With a zero learning rate the second run keeps exactly the weights it started from.
+    # With a negligible learning rate the second run keeps the weights it started from.
     frozen = {
         **config,
         "init_weights": str(start),
         "max_steps": 1,
-        "optimizer": {"name": "adam", "args": {"lr": 0.0}},
+        "optimizer": {"name": "adam", "args": {"lr": 1e-30}},
     }
     second = train(frozen, str(tmp_path / "second"))
     assert second["global_step"] == 1  # a new run: its own step count, not the first run's
-    _assert_same_weights(second["model"].state_dict(), first.state_dict())
+    _assert_same_weights(second["model"].state_dict(), first.state_dict(), atol=1e-20)
     wider = {
         **frozen,
         "model": {**config["model"], "args": {**config["model"]["args"], "hidden_dim": 32}},
@@ -263,7 +264,7 @@ TRAIN_CONFIGS = sorted((REPO / "configs").glob("*.yaml")) + sorted(
 
 
 @pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: p.name)
-def test_bundled_training_configs_are_well_formed(path):
+def test_bundled_training_configs_are_well_formed(path, capsys):
     config = yaml.safe_load(path.read_text())
     for key in ("train_dataset", "val_dataset"):
         assert config[key]["dataset"]["name"] in DATASETS
@@ -271,6 +272,8 @@ def test_bundled_training_configs_are_well_formed(path):
     assert config["model"]["name"] == "lte" and config["optimizer"]["name"] == "adam"
     assert isinstance(config["epoch_max"], int)
     assert bool(config.get("multi_step_lr")) != bool(config.get("warmup_cosine_lr"))
+    read_train_config(config, str(path))  # the schema takes it as it is, without warnings
+    assert capsys.readouterr().err == ""
 
 
 # ----------------------------------------------------------------------------- the loop's pieces
@@ -280,12 +283,13 @@ def make_trainer(config: dict, save_path: Path) -> Trainer:
     save_path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     model = make_model(config["model"])
-    return Trainer(config, DistEnv("cpu"), model, config["optimizer"], 2, str(save_path))
+    checked = read_train_config(config)
+    return Trainer(checked, DistEnv("cpu"), model, checked.optimizer, 2, str(save_path))
 
 
 def test_one_epoch_runs_alone(config, tmp_path):
     trainer = make_trainer(config, tmp_path)
-    data = make_train_data(config, 0, trainer.env)
+    data = make_train_data(trainer.config, 0, trainer.env)
     loss, stopped = trainer.run_epoch(data, 1, time.monotonic())
     assert math.isfinite(loss) and not stopped
     assert trainer.progress == Progress(epoch=0, epoch_step=2, global_step=2)
@@ -349,8 +353,8 @@ def test_clip_grad_norm_bounds_each_update(config, tmp_path):
         "max_steps": 1,
         "epoch_val": None,
     }
-    start = train(
-        {**sgd, "optimizer": {"name": "sgd", "args": {"lr": 0.0}}}, str(tmp_path / "start")
+    start = train(  # a negligible step: the weights the other runs start from
+        {**sgd, "optimizer": {"name": "sgd", "args": {"lr": 1e-30}}}, str(tmp_path / "start")
     )["model"]
 
     def update_norm(run_config: dict, name: str) -> float:
@@ -464,14 +468,17 @@ def test_resume_from_the_bundled_weights_says_to_use_init_weights(config_file, t
             lambda c: c["train_dataset"].pop("batch_size"),
             r"tiny\.yaml: train_dataset: missing key 'batch_size'",
         ),
-        (lambda c: c.update(epoch_max="two"), r"epoch_max must be a positive integer, got 'two'"),
+        (
+            lambda c: c.update(epoch_max="two"),
+            r"epoch_max must be an integer in \[1, 1e\+09\], got 'two'",
+        ),
         (
             lambda c: c.update(clip_grad_norm=-1),
-            r"clip_grad_norm must be a positive number, got -1",
+            r"clip_grad_norm must be a finite number > 0, got -1",
         ),
         (
             lambda c: c["optimizer"].update(name="lion"),
-            r"optimizer\.name: unknown optimizer 'lion'",
+            r"optimizer\.name must be one of \['adam', 'adamw', 'sgd'\], got 'lion'",
         ),
         (lambda c: c["train_dataset"]["dataset"].update(name="nope"), r"unknown dataset 'nope'"),
         (
@@ -499,6 +506,144 @@ def test_a_config_without_what_training_needs_is_one_line(config, tmp_path, caps
         capsys, "train", "--config", str(path), "--save-dir", str(tmp_path / "s")
     )
     assert_one_line(status, lines, pattern)
+
+
+def _wrapper(c: dict) -> dict:
+    return c["train_dataset"]["wrapper"]["args"]
+
+
+@pytest.mark.parametrize(
+    "edit, pattern",
+    [
+        (
+            lambda c: c["optimizer"]["args"].update(lr=float("1e400")),
+            r"optimizer\.args\.lr must be a finite number > 0, got inf",
+        ),
+        (
+            lambda c: c["optimizer"]["args"].update(lr="1e-4"),
+            r"optimizer\.args\.lr must be a finite number > 0, got '1e-4' \(YAML reads a number like 1e-4 as text",
+        ),
+        (
+            lambda c: _wrapper(c).update(inp_size=0),
+            r"train_dataset\.wrapper\.args\.inp_size must be an integer in \[1, 4096\], got 0",
+        ),
+        (
+            lambda c: c["data_norm"]["inp"].update(sub=[0.5, 0.5]),
+            r"data_norm\.inp\.sub must be a list of 1 or 3 finite numbers .*, got \[0\.5, 0\.5\]",
+        ),
+        (
+            lambda c: _wrapper(c).update(sample_q=10**9),
+            r"train_dataset\.wrapper\.args\.sample_q must be at most 64 \(the pixels of the smallest HR crop, inp_size 8 x "
+            r"scale_min 1\), got 1000000000",
+        ),
+        (
+            lambda c: _wrapper(c).update(inp_size=4096, sample_q=None),
+            r"train_dataset: a step of batch_size 4 x sample_q None \(inp_size 4096\) needs "
+            r"[\d.]+ GiB, more than the [\d.]+ GiB free on cpu; make it smaller",
+        ),
+        (
+            lambda c: _wrapper(c).update(scale_min=4, scale_max=2),
+            r"train_dataset\.wrapper\.args\.scale_max must be >= scale_min \(4\), got 2",
+        ),
+        (
+            lambda c: c["train_dataset"]["dataset"]["args"].update(repeat=10**12),
+            r"train_dataset\.dataset\.args\.repeat must be an integer in \[1, 10000\], got 1000000000000",
+        ),
+        (
+            lambda c: c["multi_step_lr"].update(milestones="x"),
+            r"multi_step_lr\.milestones must be a list of 0 to 64 integers, got 'x'",
+        ),
+        (
+            lambda c: c["multi_step_lr"].update(milestones=[1, -2]),
+            r"multi_step_lr\.milestones\[1\] must be an integer in \[1, 1e\+09\], got -2",
+        ),
+        (
+            lambda c: c.update(warmup_cosine_lr={"warmup_steps": 1}),
+            r"multi_step_lr and warmup_cosine_lr: give one learning-rate schedule",
+        ),
+        (
+            lambda c: c["train_dataset"]["dataset"]["args"].update(root_path="x"),
+            r"train_dataset\.dataset\.args\.root_path: unknown key; allowed: \['names', 'repeat'\]",
+        ),
+        (lambda c: c.update(seed=-1), r"seed must be an integer in \[0, "),
+    ],
+    ids=[
+        "lr-overflow",
+        "lr-text",
+        "inp_size",
+        "data_norm",
+        "sample_q",
+        "memory",
+        "scale-range",
+        "repeat",
+        "milestones-type",
+        "milestones-value",
+        "two-schedules",
+        "dataset-arg",
+        "seed",
+    ],
+)
+def test_the_config_schema_names_key_value_and_what_is_allowed(
+    config, tmp_path, capsys, edit, pattern
+):
+    edit(config)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    status, lines = run_cli(
+        capsys, "train", "--config", str(path), "--save-dir", str(tmp_path / "s")
+    )
+    assert_one_line(status, lines, rf"{re.escape(str(path))}: {pattern}")
+    assert not (tmp_path / "s").exists()  # refused before any work
+
+
+def test_a_photo_whose_package_is_missing_is_one_line(config, tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "sklearn" else find_spec(name)
+    )
+    config["train_dataset"]["dataset"]["args"]["names"] = ["astronaut", "sklearn:china"]
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    status, lines = run_cli(
+        capsys, "train", "--config", str(path), "--save-dir", str(tmp_path / "s")
+    )
+    assert_one_line(
+        status,
+        lines,
+        r"train_dataset\.dataset\.args\.names: 'sklearn:china' needs the package scikit-learn, "
+        r"which is not installed \(pip install scikit-learn\)",
+    )
+
+
+def test_a_photo_that_scikit_image_would_download_is_one_line(config, tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("pooch") is not None:
+        pytest.skip("pooch is installed: scikit-image would download the photo")
+    config["train_dataset"]["dataset"]["args"]["names"] = ["eagle"]
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    status, lines = run_cli(
+        capsys, "train", "--config", str(path), "--save-dir", str(tmp_path / "s")
+    )
+    assert_one_line(
+        status, lines, r"names: skimage\.data\.eagle is not bundled .* needs the package pooch"
+    )
+
+
+def test_unknown_keys_are_warned_and_the_run_goes_on(config, tmp_path, capsys):
+    config["epochs_max"] = 5
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    status = main(["train", "--config", str(path), "--save-dir", str(tmp_path / "s"),
+                   "--max-steps", "1"])  # fmt: skip
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert status == 0
+    assert warnings == [
+        f"warning: {path}: unknown key 'epochs_max' is ignored (did you mean 'epoch_max'?)"
+    ]
 
 
 def test_a_yaml_syntax_error_is_one_line(tmp_path, capsys):
@@ -577,13 +722,13 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_checkpoint(
     last = tmp_path / "save" / "_tiny" / "epoch-last.pth"
     good = last.read_bytes()
     capsys.readouterr()
-    poisoned = tmp_path / "poisoned.yaml"  # inputs divided by zero: the loss is NaN
+    poisoned = tmp_path / "poisoned.yaml"  # inputs divided by 1e-45 overflow: the loss is NaN
     poisoned.write_text(
         yaml.safe_dump(
             {
                 **config,
                 "data_norm": {
-                    "inp": {"sub": [0.5], "div": [0]},
+                    "inp": {"sub": [0.5], "div": [1e-45]},
                     "gt": {"sub": [0.5], "div": [0.5]},
                 },
             }
@@ -605,12 +750,141 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_checkpoint(
     lines = capsys.readouterr().err.strip().splitlines()
     assert status == 1 and "Traceback" not in "".join(lines)
     assert re.match(
-        r"lte-sr: error: training stopped: the loss is nan at epoch 2, step 3; .*"
+        r"lte-sr: error: training stopped: the loss is nan at epoch 2, step 3 .*; .*"
         r"epoch-last\.pth keeps the last saved state",
         lines[-1],
     ), lines[-1]
     assert last.read_bytes() == good
     assert not (last.parent / "train.lock").exists()  # released on the way out
+
+
+def test_a_non_finite_validation_psnr_stops_before_saving(config, tmp_path):
+    trainer = make_trainer(config, tmp_path)
+    trainer.save(["epoch-last.pth"], 1, 0)
+    good = (tmp_path / "epoch-last.pth").read_bytes()
+    trainer.optimizer.step()  # no gradients: orders the epoch schedule's step after one
+    data = make_train_data(trainer.config, 0, trainer.env)
+    with torch.no_grad():  # finite weights whose products overflow: the output is NaN
+        for parameter in trainer.model.parameters():
+            parameter.fill_(1e30)
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"the validation PSNR is nan after epoch 2 .*epoch-last\.pth keeps the last saved",
+    ):
+        trainer.end_epoch(data, 2, 0.1, time.monotonic())
+    assert (tmp_path / "epoch-last.pth").read_bytes() == good
+    assert not (tmp_path / "epoch-best.pth").exists()
+
+
+def test_an_absurd_learning_rate_exits_non_zero_with_nothing_saved(config, tmp_path, capsys):
+    config["train_dataset"]["dataset"]["args"]["repeat"] = 2  # one step per epoch
+    config["optimizer"] = {"name": "sgd", "args": {"lr": 1e30}}
+    path = tmp_path / "absurd.yaml"
+    path.write_text(yaml.safe_dump(config))
+    status, lines = run_cli(
+        capsys, "train", "--config", str(path), "--save-dir", str(tmp_path / "s")
+    )
+    assert status == 1 and "Traceback" not in "".join(lines)
+    assert re.match(
+        r"lte-sr: error: training stopped: the validation PSNR is nan after epoch 1 .*; "
+        r"nothing was saved",
+        lines[-1],
+    ), lines[-1]
+    assert not list((tmp_path / "s" / "_absurd").glob("*.pth"))
+
+
+# ----------------------------------------------------------------------------- inputs and outputs
+
+
+def test_a_run_never_writes_over_what_it_reads(config, config_file, tmp_path, capsys):
+    save = tmp_path / "save"
+    run = ["train", "--save-dir", str(save), "--max-steps", "1"]
+    assert main([*run, "--config", str(config_file)]) == 0
+    capsys.readouterr()
+    own = save / "_tiny"
+    saved_config = (own / "config.yaml").read_bytes()
+    # The run's own config.yaml as --config of a run in that folder.
+    status, lines = run_cli(
+        capsys,
+        *run,
+        "--config",
+        str(own / "config.yaml"),
+        "--name",
+        "_tiny",
+        "--resume",
+        str(own / "epoch-last.pth"),
+    )
+    assert_one_line(status, lines, rf"--save-dir/--name: {re.escape(str(own / 'config.yaml'))} is")
+    assert (own / "config.yaml").read_bytes() == saved_config
+    # init_weights that a new run would replace with its own epoch-best.pth.
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "epoch-best.pth").write_bytes((own / "epoch-last.pth").read_bytes())
+    config_file.write_text(
+        yaml.safe_dump({**config, "init_weights": str(fresh / "epoch-best.pth")})
+    )
+    status, lines = run_cli(capsys, *run, "--config", str(config_file), "--name", "fresh",
+                            "--save-dir", str(tmp_path))  # fmt: skip
+    assert_one_line(status, lines, r"fresh.epoch-best\.pth is the input file .*fresh.epoch-best")
+    # A run folder that is the training images' folder.
+    images = tmp_path / "images"
+    images.mkdir()
+    Image = pytest.importorskip("PIL.Image")
+    Image.new("RGB", (32, 32)).save(images / "a.png")
+    folder = {"name": "image-folder", "args": {"root_path": str(images)}}
+    config_file.write_text(
+        yaml.safe_dump({**config, "train_dataset": {**config["train_dataset"], "dataset": folder}})
+    )
+    status, lines = run_cli(capsys, *run, "--config", str(config_file), "--name", "images",
+                            "--save-dir", str(tmp_path))  # fmt: skip
+    assert_one_line(status, lines, r"--save-dir/--name: .*images is the input folder .*images; ")
+
+
+SIGTERM_WHILE_SAVING = """
+import os, signal, sys
+import torch
+from lte_cuda.cli import main
+
+real_save = torch.save
+
+
+def save_then_stop(obj, stream, *args, **kwargs):
+    stream.write(b"half a checkpoint")
+    stream.flush()
+    os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler stopping the job would
+    real_save(obj, stream, *args, **kwargs)
+
+
+torch.save = save_then_stop
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_while_saving_leaves_no_partial_file(config_file, tmp_path):
+    save = tmp_path / "save"
+    done = subprocess.run(
+        [sys.executable, "-c", SIGTERM_WHILE_SAVING, "train", "--config", str(config_file),
+         "--save-dir", str(save), "--max-steps", "1"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 128 + 15, done.stderr
+    assert sorted(p.name for p in (save / "_tiny").iterdir()) == ["config.yaml", "log.txt"]
+
+
+def test_partial_files_of_a_killed_run_are_ignored_and_dropped_on_resume(config_file, tmp_path):
+    save = tmp_path / "save"
+    assert main(["train", "--config", str(config_file), "--save-dir", str(save),
+                 "--max-steps", "1"]) == 0  # fmt: skip
+    own = save / "_tiny"
+    strays = [own / ".epoch-last.pth.lte-partial-0123abcd", own / ".log.txt.lte-partial-00ff00ff"]
+    for stray in strays:
+        stray.write_bytes(b"left by kill -9")
+    someone_elses = own / ".notes.txt.lte-partial-0123abcd"
+    someone_elses.write_bytes(b"not the run's")
+    assert main(["train", "--config", str(config_file), "--save-dir", str(save),
+                 "--resume", str(own / "epoch-last.pth"), "--max-steps", "2"]) == 0  # fmt: skip
+    assert not any(stray.exists() for stray in strays) and someone_elses.exists()
+    assert _state(own / "epoch-last.pth")["train_state"]["global_step"] == 2
 
 
 # ----------------------------------------------------------------------------- the run-folder lock

@@ -17,11 +17,11 @@ from torch import nn
 
 from lte_cuda import CheckpointError, save_model, upscale
 from lte_cuda.coords import make_coord
-from lte_cuda.inference import receptive_radius
 from lte_cuda.models import LTE, build_preset
 from lte_cuda.models.edsr import make_edsr_baseline
 from lte_cuda.models.rdn import make_rdn
-from lte_cuda.upscale import output_size, super_resolve
+from lte_cuda.models.traits import conv_radius
+from lte_cuda.upscale import output_size
 
 from tiny_models import tiny_model
 
@@ -48,8 +48,8 @@ def model_prediction(model: LTE, image: torch.Tensor, out_h: int, out_w: int) ->
     cell[..., 0] = 2 / out_h * max(out_h / h / 4, 1)
     cell[..., 1] = 2 / out_w * max(out_w / w / 4, 1)
     with torch.no_grad():
-        pred = model((image.unsqueeze(0) - 0.5) / 0.5, coord, cell)
-    return (pred * 0.5 + 0.5).clamp(0, 1)[0].t().reshape(3, out_h, out_w)
+        pred = model(image.unsqueeze(0), coord, cell)  # pixels in, RGB out: the model's own norm
+    return pred.clamp(0, 1)[0].t().reshape(3, out_h, out_w)
 
 
 # ----------------------------------------------------------------------------- sizes and values
@@ -106,8 +106,9 @@ def test_self_ensemble_averages_over_flips_and_transposes(
 
 def test_receptive_radius_of_published_encoders() -> None:
     # head 1 + 16 blocks x 2 convs + body tail 1; SFENet 1 + 1, 16 blocks x 8 convs, GFF 1.
-    assert receptive_radius(make_edsr_baseline()) == 34
-    assert receptive_radius(make_rdn()) == 131
+    assert conv_radius(make_edsr_baseline()) == 34
+    assert conv_radius(make_rdn()) == 131
+    assert make_edsr_baseline().traits.radius == 34 and make_rdn().traits.local
 
 
 @pytest.mark.parametrize("preset", ["edsr-baseline-lte", "rdn-lte"])
@@ -343,6 +344,16 @@ def test_bad_arguments(
             r"tensors must be \(C, H, W\) or \(B, C, H, W\) with C in 1..4, got shape \(4, 4\)",
         ),
         (torch.full((3, 4, 4), -0.5), ValueError, r"got range \[-0.5, -0.5\]"),
+        (
+            torch.zeros(3, 4, 4, device="meta"),
+            ValueError,
+            r"image: tensors must hold dense pixel values, got a meta tensor \(no values\)",
+        ),
+        (
+            torch.zeros(3, 4, 4).to_sparse(),
+            ValueError,
+            r"image: tensors must hold dense pixel values, got a torch.sparse_coo tensor",
+        ),
         (Image.new("I;16", (4, 4)), TypeError, r"PIL mode 'I;16' is not supported"),
     ],
 )
@@ -387,8 +398,8 @@ def test_bad_models(image: torch.Tensor, tmp_path) -> None:
         match=r"model must be an LTE module, a checkpoint path or a preset name, got Conv2d",
     ):
         upscale(image, 2, model=nn.Conv2d(3, 3, 1), device="cpu")
-    with pytest.raises(TypeError, match=r"model must be an LTE module, got int"):
-        super_resolve(42, image[None], (4, 4))
+    with pytest.raises(TypeError, match=r"model must be an LTE module, .* got int"):
+        upscale(image, 2, model=42, device="cpu")
 
 
 def test_an_output_beyond_free_memory_is_refused_before_allocating(
@@ -396,7 +407,7 @@ def test_an_output_beyond_free_memory_is_refused_before_allocating(
 ) -> None:
     from lte_cuda import inference
 
-    monkeypatch.setattr(inference, "available_ram", lambda: 1 << 30)
+    monkeypatch.setattr(inference.device, "available_ram", lambda: 1 << 30)
     tiny = build_preset("edsr-baseline-lte", {"n_resblocks": 1, "n_feats": 8}, hidden_dim=16)
     # 20000 x 20000 float32 RGB: 4.47 GiB; as uint8: 1.12 GiB; both above the 1 GiB "free".
     with pytest.raises(ValueError, match=r"the 20000x20000 output needs 4\.47 GiB, more than"):

@@ -4,6 +4,7 @@ installed (Debian: ``apt-get install chromium chromium-driver``; ``pip install s
 
 from __future__ import annotations
 
+import concurrent.futures
 import http.client
 import io
 import json
@@ -11,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +28,7 @@ from lte_cuda.cli import main
 from lte_cuda.image_io.files import to_8bit_rgb
 from lte_cuda.models import build_preset
 from lte_cuda.upscale import resolve_model
+from lte_cuda.viewer import server as server_module
 from lte_cuda.viewer import start_viewer
 from lte_cuda.viewer.features import BLOCK
 from lte_cuda.viewer.renderer import TileRenderer
@@ -555,3 +558,69 @@ def test_page_renders_at_the_screen_pixel_density(serve, photo, tmp_path) -> Non
     # Two LTE pixels per CSS pixel: the level is twice the CSS zoom.
     assert state["size"][0] / small.width == pytest.approx(2 * state["zoom"], rel=1e-6)
     assert_shows_upscale(shown, small, state, filled=False)
+
+
+# ----------------------------------------------------------------------------- slow clients
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now (Linux /proc)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def connect(server, count: int, send: bytes = b"") -> list[socket.socket]:
+    clients = [socket.create_connection(server.server_address[:2], timeout=5) for _ in range(count)]
+    for client in clients:
+        client.sendall(send)
+    return clients
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads /proc for memory")
+def test_many_silent_clients_hold_no_threads_and_the_page_still_loads(server) -> None:
+    get(server, "/info")  # the server's own threads are running
+    threads, memory = threading.active_count(), rss_bytes()
+    clients = connect(server, 200)  # connected, sending nothing (a slow-loris attack)
+    try:
+        threading.Event().wait(0.5)
+        assert threading.active_count() <= threads + 1  # no thread per silent connection
+        assert get(server, "/info")[0] == 200
+        assert get(server, "/tile?kind=bicubic&level=0&x=0&y=0")[0] == 200
+        assert rss_bytes() - memory < 20 * 2**20
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_stalled_requests_are_capped_and_time_out(server, monkeypatch) -> None:
+    monkeypatch.setattr(server_module, "IDLE_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(server_module.ViewerHandler, "timeout", 1.0)
+    threads = threading.active_count()
+    # Requests that start and stall: each holds a handler thread, up to the cap.
+    stalled = connect(server, server_module.MAX_HANDLER_THREADS + 20, b"GET /info HTTP/1.0\r\n")
+    try:
+        threading.Event().wait(0.5)
+        assert threading.active_count() <= threads + server_module.MAX_HANDLER_THREADS
+        # A page's six connections at once: they wait for slots as the stalled ones time out.
+        paths = [f"/tile?kind=bicubic&level={level}&x=0&y=0" for level in range(5)] + ["/info"]
+        with concurrent.futures.ThreadPoolExecutor(len(paths)) as pool:
+            assert [status for status, _ in pool.map(lambda p: get(server, p), paths)] == [200] * 6
+        for client in stalled:
+            assert client.recv(100) == b""  # closed by the server, no answer
+    finally:
+        for client in stalled:
+            client.close()
+
+
+def test_a_flood_of_silent_clients_cannot_lock_a_page_out(server, monkeypatch) -> None:
+    monkeypatch.setattr(server_module, "MAX_WAITING_CONNECTIONS", 10)
+    silent = connect(server, 10)
+    try:
+        threading.Event().wait(0.3)
+        silent += connect(server, 1)
+        # The longest silent connection made room for the new one.
+        assert silent[0].recv(200).startswith(b"HTTP/1.0 503 Service Unavailable\r\n")
+        assert get(server, "/info")[0] == 200  # a page's request gets in, the room full
+    finally:
+        for client in silent:
+            client.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,13 @@ class PairedImageFolders(Dataset):
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.dataset_1[idx], self.dataset_2[idx]
 
+    def pair_paths(self, idx: int) -> tuple[str, str]:
+        """The files of pair ``idx`` (folder 1's, folder 2's), for messages."""
+        return (
+            self.dataset_1.paths[idx % len(self.dataset_1.paths)],
+            self.dataset_2.paths[idx % len(self.dataset_2.paths)],
+        )
+
 
 @register("skimage-photos")
 class SkimagePhotos(Dataset):
@@ -179,7 +187,16 @@ def _bundled_uint8_images(name: str) -> list[np.ndarray]:
     loader = getattr(skimage.data, name, None)
     if loader is None:
         raise ValueError(f"skimage.data has no image {name!r}")
-    loaded = loader()
+    try:
+        loaded = loader()
+    except ModuleNotFoundError as error:  # not shipped: scikit-image would download it
+        # scikit-image names the package (pooch) only in its message.
+        found = re.search(r"dependency, (\w+)", str(error))
+        package = error.name or (found.group(1) if found else "pooch")
+        raise ValueError(
+            f"names: skimage.data.{name} is not bundled with scikit-image: loading it needs "
+            f"the package {package}, which is not installed, and a download"
+        ) from None
     arrays = [np.asarray(a) for a in (loaded if isinstance(loaded, tuple) else (loaded,))]
     images = [a for a in arrays if a.dtype == np.uint8]
     if not images:

@@ -147,13 +147,17 @@ class SRImplicitDownsampled(SeededSampling):
 
 @register("sr-implicit-paired")
 class SRImplicitPaired(SeededSampling):
-    """Given (LR, HR) pairs with an integer scale ``s = H_hr // h_lr``.
+    """Given (LR, HR) pairs with an integer scale ``s``: the LR is the HR divided by ``s``,
+    rounded down (``h = H // s``, ``w = W // s``), as the datasets' bicubic LR files are.
 
     Args:
-        dataset: yields (LR (3, h, w), HR (3, H, W)).
+        dataset: yields (LR (3, h, w), HR (3, H, W)); its ``pair_paths(idx)``, if it has one,
+            names the files in messages.
         inp_size: LR crop size with the matching HR crop at s times the position.
             None: the whole LR image and the HR cropped to (h * s, w * s).
         augment, sample_q: as :class:`SRImplicitDownsampled`.
+        scale: the pairs' scale (the test protocol's N); None: ``H // h`` of each pair.
+            A pair whose sizes do not fit it is refused with ``ValueError`` naming the file.
     """
 
     def __init__(
@@ -162,11 +166,26 @@ class SRImplicitPaired(SeededSampling):
         inp_size: int | None = None,
         augment: bool = False,
         sample_q: int | None = None,
+        scale: int | None = None,
     ) -> None:
         self.dataset = dataset
         self.inp_size = inp_size
         self.augment = augment
         self.sample_q = sample_q
+        self.scale = scale
+
+    def _pair_scale(self, idx: int, lr_size: tuple[int, int], hr_size: tuple[int, int]) -> int:
+        """The scale of a pair, checked: ``lr_size == hr_size // s`` in both dimensions."""
+        (h, w), (big_h, big_w) = lr_size, hr_size
+        s = self.scale or max(big_h // h, 1)
+        if (h, w) != (big_h // s, big_w // s):
+            paths = getattr(self.dataset, "pair_paths", None)
+            lr_name, hr_name = paths(idx) if paths else (f"pair {idx} LR", f"pair {idx} HR")
+            raise ValueError(
+                f"{lr_name}: LR size {w}x{h} is not the size of {hr_name} ({big_w}x{big_h}) "
+                f"divided by the scale {s}, rounded down: expected {big_w // s}x{big_h // s}"
+            )
+        return s
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -174,7 +193,7 @@ class SRImplicitPaired(SeededSampling):
     def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
         rng, gen = self._rngs(idx)
         img_lr, img_hr = self.dataset[idx]
-        s = img_hr.shape[-2] // img_lr.shape[-2]
+        s = self._pair_scale(idx, img_lr.shape[-2:], img_hr.shape[-2:])
         if self.inp_size is None:
             h_lr, w_lr = img_lr.shape[-2:]
             crop_lr, crop_hr = img_lr, img_hr[:, : h_lr * s, : w_lr * s]

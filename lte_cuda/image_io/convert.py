@@ -111,6 +111,9 @@ def _from_numpy(array: np.ndarray) -> TensorRoundTrip:
 
 
 def _from_tensor(tensor: torch.Tensor) -> TensorRoundTrip:
+    if tensor.is_meta or tensor.layout != torch.strided:
+        kind = "a meta tensor (no values)" if tensor.is_meta else f"a {tensor.layout} tensor"
+        raise ValueError(f"image: tensors must hold dense pixel values, got {kind}")
     if tensor.dim() not in (3, 4) or not 1 <= tensor.shape[-3] <= 4:
         raise ValueError(
             f"image: tensors must be (C, H, W) or (B, C, H, W) with C in 1..4, got shape {tuple(tensor.shape)}"

@@ -52,6 +52,18 @@ ICC_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF")
 DPI_FORMATS = ("JPEG", "PNG", "TIFF", "BMP")
 # Formats that hold several frames (TIFF as pages, without durations).
 MULTI_FRAME_FORMATS = ("GIF", "WEBP", "PNG", "TIFF")
+# The longest side each format holds (Pillow would shrink a larger ICO silently, fail on the
+# others after the work); formats not listed hold more than any output here.
+MAX_SIDES = {"ICO": 256, "WEBP": 16383, "JPEG": 65500, "GIF": 65535, "TGA": 65535}
+# Formats Pillow writes at sizes of their own (ICNS: square icons up to 1024 px).
+FIXED_SIZE_FORMATS = ("ICNS",)
+# The largest metadata blocks a JPEG holds (a segment is 65,535 bytes less its length field;
+# the ICC profile is split over at most 255 segments, 14 bytes of each a header), by field of
+# ImageFile: (what to call it, bytes, why).
+JPEG_METADATA_LIMITS = {
+    "exif": ("EXIF block", 65533, "one APP1 segment"),
+    "icc_profile": ("ICC profile", 255 * (65533 - 14), "255 APP2 segments"),
+}
 
 ORIENTATION_TAG = 0x0112
 EXIF_IFD_TAG, GPS_IFD_TAG = 0x8769, 0x8825
@@ -124,14 +136,6 @@ def pixel_size(pixels: Pixels) -> tuple[int, int]:
 def is_image_path(path: Path) -> bool:
     """Whether a folder run takes ``path`` as an input (partial files never match)."""
     return path.suffix.lower() in IMAGE_SUFFIXES and PARTIAL_TAG not in path.name
-
-
-def same_file(first: str | os.PathLike, second: str | os.PathLike) -> bool:
-    """Whether two paths name one file (also through links or another spelling)."""
-    first, second = Path(first), Path(second)
-    if first.resolve() == second.resolve():
-        return True
-    return first.exists() and second.exists() and os.path.samefile(first, second)
 
 
 def read_image(path: str | os.PathLike) -> Pixels:
@@ -280,9 +284,15 @@ def _exif_with_size(raw: bytes, width: int, height: int) -> bytes:
     return exif.tobytes()
 
 
-def check_output(path: str | os.PathLike, frame_count: int = 1) -> str:
+def check_output(
+    path: str | os.PathLike,
+    frame_count: int = 1,
+    height: int | None = None,
+    width: int | None = None,
+) -> str:
     """The Pillow format that writes ``path``'s extension, checked to hold ``frame_count``
-    frames; ``ValueError`` naming ``path`` otherwise."""
+    frames and, when given, a ``height x width`` image; ``ValueError`` naming ``path`` otherwise.
+    Call it before the work: a format that cannot hold the output is refused, never shrunk."""
     suffix = Path(path).suffix
     fmt = Image.registered_extensions().get(suffix.lower())
     if fmt is None or fmt not in Image.SAVE:
@@ -293,6 +303,13 @@ def check_output(path: str | os.PathLike, frame_count: int = 1) -> str:
         raise ValueError(
             f"{path}: {fmt} cannot hold the {frame_count} frames of an animation; "
             f"write {', '.join('.' + f.lower() for f in MULTI_FRAME_FORMATS)}"
+        )
+    if fmt in FIXED_SIZE_FORMATS:
+        raise ValueError(f"{path}: {fmt} stores icons at sizes of its own; write a .png")
+    if height is not None and width is not None and max(height, width) > MAX_SIDES.get(fmt, 2**31):
+        raise ValueError(
+            f"{path}: {fmt} holds images up to {MAX_SIDES[fmt]} pixels a side, the output is "
+            f"{width}x{height}; write a .png or .tiff"
         )
     return fmt
 
@@ -322,22 +339,58 @@ def write_image_file(
         ValueError: an unknown extension, a bad ``quality``, or an animation for a format
             that cannot hold one. OSError: the file system's errors.
     """
-    fmt = check_output(path, len(image.frames))
-    check_quality(quality)
     first = image.frames[0]
-    if len(image.frames) == 1 and _array_format(first, fmt):
-        pixels = _checked_array(first)
-        icc = image.icc_profile if _icc_fits(image.icc_profile, pixels) else None
+    fmt = check_output(path, len(image.frames), *reversed(pixel_size(first)))
+    check_quality(quality)
+    image = _fitting_metadata(image, fmt, path)
+    with _errors_name(path, fmt):
+        if len(image.frames) == 1 and _array_format(first, fmt):
+            pixels = _checked_array(first)
+            icc = image.icc_profile if _icc_fits(image.icc_profile, pixels) else None
+            with atomic_output(path) as stream:
+                if fmt == "PNG":
+                    array_formats.write_png(stream, pixels, icc, image.dpi, image.exif)
+                else:
+                    array_formats.write_tiff(stream, pixels, icc, image.dpi)
+            return
+        frames = [_for_format(frame, fmt) for frame in image.frames]
+        options = _save_options(image, fmt, frames, quality)
         with atomic_output(path) as stream:
-            if fmt == "PNG":
-                array_formats.write_png(stream, pixels, icc, image.dpi, image.exif)
-            else:
-                array_formats.write_tiff(stream, pixels, icc, image.dpi)
-        return
-    frames = [_for_format(frame, fmt) for frame in image.frames]
-    options = _save_options(image, fmt, frames, quality)
-    with atomic_output(path) as stream:
-        frames[0].save(stream, format=fmt, **options)
+            frames[0].save(stream, format=fmt, **options)
+
+
+def _fitting_metadata(image: ImageFile, fmt: str, path: str | os.PathLike) -> ImageFile:
+    """``image`` without the metadata ``fmt`` cannot hold, each drop told in one line."""
+    dropped = {}
+    for field, (label, limit, why) in (JPEG_METADATA_LIMITS if fmt == "JPEG" else {}).items():
+        block = getattr(image, field)
+        if block and len(block) > limit:
+            print(
+                f"warning: {path}: {label} of {len(block):,} bytes dropped: {fmt} holds at most "
+                f"{limit:,} ({why})",
+                file=sys.stderr,
+            )
+            dropped[field] = None
+    return dataclasses.replace(image, **dropped) if dropped else image
+
+
+@contextlib.contextmanager
+def _errors_name(path: str | os.PathLike, fmt: str) -> Iterator[None]:
+    """Errors raised while writing ``path`` name it (a partial file's name or an encoder's
+    message alone does not say which output failed), keeping their type and errno."""
+    try:
+        yield
+    except (OSError, ValueError, TypeError) as exc:
+        if str(path) in str(exc):
+            raise
+        if isinstance(exc, OSError):
+            named = OSError(f"{path}: cannot write {fmt}: {exc.strerror or exc}")
+            named.errno = exc.errno
+        else:  # ValueError and TypeError subclasses may need other arguments
+            named = (ValueError if isinstance(exc, ValueError) else TypeError)(
+                f"{path}: cannot write {fmt}: {exc}"
+            )
+        raise named from exc
 
 
 def _save_options(image: ImageFile, fmt: str, frames: list[Image.Image], quality: int) -> dict:
@@ -354,6 +407,8 @@ def _save_options(image: ImageFile, fmt: str, frames: list[Image.Image], quality
         )
     if fmt in DPI_FORMATS and image.dpi:
         options["dpi"] = image.dpi
+    if fmt == "ICO":
+        options["sizes"] = [frames[0].size]  # Pillow's default list would shrink the icon
     if len(frames) > 1:
         options.update(save_all=True, append_images=frames[1:])
         if image.durations:

@@ -28,7 +28,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "imnet_spec": _IMNET_SPEC,
         "hidden_dim": 256,
     }
-    for encoder in ("edsr-baseline", "rdn", "swinir")
+    for encoder in ENCODERS
 }
 
 

@@ -3,7 +3,7 @@
 Inference on CPU (no gradient, float32 or bf16) runs each layer as one oneDNN matrix product
 on weights packed once into oneDNN's blocked layout, with the bias and ReLU fused into it. On
 AVX-512 CPUs that reaches the vector units' peak, where ``F.linear`` stays at torch's general
-GEMM rate (its float32 GEMM here runs at about half the peak); README "Precision" has the
+GEMM rate (its float32 GEMM here runs at about half the peak); README "Performance" has the
 figures.
 """
 
@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
+
+from .bounds import Bound, int_bound
 
 # Packed weights per module: (the parameters' identity and versions, per-dtype packed layers).
 # Kept beside the module (not on it) so that copying or saving a module never meets them.
@@ -22,6 +25,12 @@ _PACKED: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, dict]] = weakref.Weak
 
 class MLP(nn.Module):
     """``(..., in_dim) -> (..., out_dim)``; keys ``layers.{0,2,...}`` as published."""
+
+    arg_bounds: ClassVar[dict[str, Bound]] = {
+        "in_dim": int_bound(1, 8192),
+        "out_dim": int_bound(1, 8192),
+        "hidden_list": Bound("int-list", 1, 8192, min_items=0),
+    }
 
     def __init__(self, in_dim: int, out_dim: int, hidden_list: Sequence[int]) -> None:
         super().__init__()
@@ -33,6 +42,15 @@ class MLP(nn.Module):
             last = hidden
         layers.append(nn.Linear(last, out_dim))
         self.layers = nn.Sequential(*layers)
+
+    @staticmethod
+    def count_numbers(args: dict, where: str) -> int:
+        """Parameters of the MLP built from ``args`` (bounds checked)."""
+        missing = [key for key in ("in_dim", "out_dim", "hidden_list") if key not in args]
+        if missing:
+            raise ValueError(f"{where} lacks {missing}")
+        dims = [args["in_dim"], *args["hidden_list"], args["out_dim"]]
+        return sum(d_in * d_out + d_out for d_in, d_out in zip(dims[:-1], dims[1:], strict=True))
 
     @property
     def first_layer(self) -> nn.Linear:

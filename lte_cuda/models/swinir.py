@@ -9,10 +9,17 @@ is recomputed, once per forward and shared by every shifted block.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .bounds import BOOL, Bound, conv_numbers, int_bound, real_bound
+from .traits import EncoderTraits, conv_radius
+
+# Windows of overlap added around SwinIR tiles (asked for explicitly; never exact).
+SEAM_WINDOWS = 4
 
 
 def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
@@ -255,10 +262,29 @@ class SwinIR(nn.Module):
     The input is reflect-padded at the bottom and right to a multiple of ``window_size``
     and the output is NOT cropped back (h' = ceil(h / ws) * ws), as published; LTE builds
     its feature grid from the feature map's own size, so the padding stays consistent.
+
+    The published ``swinir`` constructor takes only ``no_upsampling`` and builds the default
+    SwinIR; the size arguments are extensions with the published defaults. ``img_size`` only
+    fixes the shape of the stored ``attn_mask`` buffers (36 windows at 48).
     """
+
+    arg_bounds: ClassVar[dict[str, Bound]] = {
+        "no_upsampling": BOOL,
+        "img_size": int_bound(2, 1024),
+        "embed_dim": int_bound(1, 4096),
+        "depths": Bound("int-list", 1, 256),
+        "num_heads": Bound("int-list", 1, 256),
+        "window_size": int_bound(1, 64),
+        "mlp_ratio": real_bound(1e-3, 64),
+        "qkv_bias": BOOL,
+        "qk_scale": real_bound(0, 1e6, True),
+        "drop_path_rate": real_bound(0, 1),
+    }
+    OUT_DIM = 64  # the last convolution's fixed width
 
     def __init__(
         self,
+        no_upsampling: bool = True,
         img_size: int = 48,
         embed_dim: int = 180,
         depths: Sequence[int] = (6, 6, 6, 6, 6, 6),
@@ -269,6 +295,8 @@ class SwinIR(nn.Module):
         qk_scale: float | None = None,
         drop_path_rate: float = 0.1,
     ) -> None:
+        if not no_upsampling:
+            raise ValueError("swinir is only an LTE encoder here: no_upsampling must be True")
         super().__init__()
         if img_size <= window_size:
             # The published code then shrinks the window to img_size, which breaks on larger inputs.
@@ -279,11 +307,11 @@ class SwinIR(nn.Module):
             )
         self.window_size = window_size
         self.patches_resolution = (img_size, img_size)
-        self.out_dim = 64
+        self.out_dim = self.OUT_DIM
         self.conv_first = nn.Conv2d(3, embed_dim, 3, padding=1)
         self.patch_embed = PatchEmbed(embed_dim)
         # Stochastic depth grows linearly over all blocks of all layers.
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         self.layers = nn.ModuleList()
         start = 0
         for depth, heads in zip(depths, num_heads):
@@ -307,6 +335,41 @@ class SwinIR(nn.Module):
             nn.Conv2d(embed_dim, self.out_dim, 3, padding=1), nn.LeakyReLU(inplace=True)
         )
         self.apply(_init_weights)
+
+    @classmethod
+    def out_dim_of(cls, args: dict) -> int:
+        """``out_dim`` of the encoder built from ``args``: always :attr:`OUT_DIM`."""
+        return cls.OUT_DIM
+
+    @classmethod
+    def count_numbers(cls, args: dict, where: str) -> int:
+        """Parameters and buffers of the encoder built from ``args`` (bounds checked)."""
+        dim, window, size = args["embed_dim"], args["window_size"], args["img_size"]
+        depths, heads = list(args["depths"]), list(args["num_heads"])
+        if len(depths) != len(heads):
+            raise ValueError(
+                f"{where}.depths {depths} and {where}.num_heads {heads} differ in length"
+            )
+        if size <= window or size % window:
+            raise ValueError(
+                f"{where}.img_size must be a multiple of window_size ({window}) above it, got {size}"
+            )
+        for i, h in enumerate(heads):
+            if dim % h:
+                raise ValueError(f"{where}.num_heads[{i}] = {h} does not divide embed_dim {dim}")
+        total = conv_numbers(3, dim) + 2 * dim  # conv_first, patch_embed norm
+        for depth, h in zip(depths, heads, strict=True):
+            total += sum(_block_numbers(args, h, shifted=i % 2 == 1) for i in range(depth))
+            total += conv_numbers(dim, dim)
+        return total + 2 * dim + conv_numbers(dim, dim) + conv_numbers(dim, cls.OUT_DIM)
+
+    @property
+    def traits(self) -> EncoderTraits:
+        """Attention reaches across the image: tiles are approximate, and a few windows of
+        overlap beyond the convolutions' reach shrink the seams (they do not remove them).
+        The input is padded to the window as the published test pads it."""
+        radius = conv_radius(self) + SEAM_WINDOWS * self.window_size
+        return EncoderTraits(local=False, radius=radius, window=self.window_size)
 
     def pad_to_window(self, x: torch.Tensor) -> torch.Tensor:
         """Reflect-pad bottom/right so that height and width are multiples of the window."""
@@ -344,33 +407,15 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def make_swinir(
-    no_upsampling: bool = True,
-    img_size: int = 48,
-    embed_dim: int = 180,
-    depths: Sequence[int] = (6, 6, 6, 6, 6, 6),
-    num_heads: Sequence[int] = (6, 6, 6, 6, 6, 6),
-    window_size: int = 8,
-    mlp_ratio: float = 2.0,
-    qkv_bias: bool = True,
-    qk_scale: float | None = None,
-    drop_path_rate: float = 0.1,
-) -> SwinIR:
-    """The published ``swinir`` constructor (which takes only ``no_upsampling`` and builds the
-    default SwinIR); the size arguments are extensions with the published defaults.
+def _block_numbers(args: dict, heads: int, shifted: bool) -> int:
+    """Parameters and buffers of one Swin block with ``heads`` heads."""
+    dim, window, size = args["embed_dim"], args["window_size"], args["img_size"]
+    hidden = int(dim * args["mlp_ratio"])
+    attention = (2 * window - 1) ** 2 * heads + window**4 + 3 * dim * dim + dim * dim + dim
+    attention += 3 * dim if args["qkv_bias"] else 0
+    mlp = dim * hidden + hidden + hidden * dim + dim
+    mask = size * size * window * window if shifted and window // 2 > 0 else 0
+    return 4 * dim + attention + mlp + mask  # 4 * dim: the two LayerNorms
 
-    ``img_size`` only fixes the shape of the stored ``attn_mask`` buffers (36 windows at 48).
-    """
-    if not no_upsampling:
-        raise ValueError("swinir is only an LTE encoder here: no_upsampling must be True")
-    return SwinIR(
-        img_size,
-        embed_dim,
-        depths,
-        num_heads,
-        window_size,
-        mlp_ratio,
-        qkv_bias,
-        qk_scale,
-        drop_path_rate,
-    )
+
+make_swinir = SwinIR  # the published constructor's name

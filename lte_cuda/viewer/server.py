@@ -9,6 +9,11 @@ Routes (GET and HEAD only; nothing a request sends is written anywhere):
     /tile?kind=lte|bicubic&level=K&x=X&y=Y[&session=S&gen=G]
                  one 256x256 tile (PNG); 400 with a message for a malformed or out-of-range
                  request, 409 when the page moved to a newer view before it was started
+
+Connections cost no thread until their request starts arriving (:class:`_ConnectionGate`):
+at most :data:`MAX_HANDLER_THREADS` requests are served at once, the others wait their turn;
+a connection silent for :data:`IDLE_TIMEOUT_S` is closed, and beyond
+:data:`MAX_WAITING_CONNECTIONS` waiting ones the longest silent gets 503 and is closed.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ from __future__ import annotations
 import io
 import ipaddress
 import json
+import selectors
 import socket
+import threading
 import time
 from concurrent.futures import Future
 from http import HTTPStatus
@@ -35,6 +42,15 @@ STATIC_FILES = {
     "/viewer.css": ("viewer.css", "text/css; charset=utf-8"),
 }
 DEFAULT_CACHE_BYTES = 64 << 20
+# A browser opens about six connections per host; a few pages at once stay under these.
+MAX_HANDLER_THREADS = 32  # requests served at once, a thread each
+MAX_WAITING_CONNECTIONS = 256  # connections whose request has not arrived (a socket each)
+IDLE_TIMEOUT_S = 10.0  # a connection silent this long, before or within a request, is closed
+BUSY_BODY = b"too many connections; retry\n"
+BUSY_RESPONSE = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 1\r\n"
+    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(BUSY_BODY), BUSY_BODY)
+)
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; object-src 'none'",
@@ -56,6 +72,7 @@ class ViewerServer(ThreadingHTTPServer):
     """Serves one :class:`TileRenderer`'s image, tiles and page at ``(host, port)``."""
 
     daemon_threads = True
+    request_queue_size = 128  # listen backlog: a burst of connections is accepted, not retried
 
     def __init__(
         self,
@@ -71,7 +88,14 @@ class ViewerServer(ThreadingHTTPServer):
         self.cache = TileCache(cache_bytes)
         self.scheduler = DecodeScheduler(workers)
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        super().__init__(address, ViewerHandler)  # closes itself (server_close) if binding fails
+        self.handler_slots = threading.BoundedSemaphore(MAX_HANDLER_THREADS)
+        self.gate = _ConnectionGate(self)
+        try:
+            # Closes its socket (server_close) if binding fails.
+            super().__init__(address, ViewerHandler)
+        except BaseException:
+            self.gate.close()
+            raise
         self.last_render_ms: float | None = None
         self.static = {
             route: ((resources.files(__package__) / "static" / name).read_bytes(), kind)
@@ -132,10 +156,131 @@ class ViewerServer(ThreadingHTTPServer):
         self.cache.put(request.key, data)
         return data
 
+    def process_request(self, request: socket.socket, client_address: tuple) -> None:
+        """Called for each accepted connection: it waits, without a thread, for its request."""
+        self.gate.admit(request, client_address)
+
+    def start_handler(self, request: socket.socket, client_address: tuple) -> None:
+        """Serve one connection on a thread of its own (holding one of the handler slots)."""
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: socket.socket, client_address: tuple) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.handler_slots.release()
+
     def server_close(self) -> None:
-        """Close the socket and stop the decode workers."""
+        """Close the socket and the waiting connections, and stop the decode workers."""
+        self.gate.close()
         self.scheduler.close()
         super().server_close()
+
+
+class _ConnectionGate:
+    """Accepted connections wait here, watched by one thread, until their request starts
+    arriving; then they get a handler thread once one of the server's handler slots is free.
+    Silent ones are closed after :data:`IDLE_TIMEOUT_S`; beyond
+    :data:`MAX_WAITING_CONNECTIONS` the longest silent one gets 503 and is closed."""
+
+    def __init__(self, server: ViewerServer) -> None:
+        self.server = server
+        self.selector = selectors.DefaultSelector()
+        self.wake_reader, self.wake_writer = socket.socketpair()
+        self.wake_reader.setblocking(False)
+        self.selector.register(self.wake_reader, selectors.EVENT_READ)
+        self.lock = threading.Lock()
+        self.arrived: list[tuple[socket.socket, tuple]] = []  # admitted, not yet watched
+        self.deadlines: dict[socket.socket, tuple[tuple, float]] = {}  # watched: address, end
+        self.closed = False
+        self.thread = threading.Thread(target=self._run, name="viewer-gate", daemon=True)
+        self.thread.start()
+
+    def admit(self, sock: socket.socket, address: tuple) -> None:
+        """Take a new connection (from the accepting thread)."""
+        with self.lock:
+            full = self.closed or len(self.arrived) >= MAX_WAITING_CONNECTIONS
+            if not full:
+                self.arrived.append((sock, address))
+        if full:
+            _refuse(sock)
+        else:
+            self.wake_writer.send(b"\0")
+
+    def close(self) -> None:
+        """Stop watching and close every waiting connection."""
+        with self.lock:
+            self.closed = True
+        self.wake_writer.send(b"\0")
+        if self.thread is not threading.current_thread():
+            self.thread.join()
+        for sock in [s for s, _ in self.arrived] + list(self.deadlines):
+            sock.close()
+        self.selector.close()
+        self.wake_reader.close()
+        self.wake_writer.close()
+
+    def _run(self) -> None:
+        while not self.closed:
+            soonest = min((end for _, end in self.deadlines.values()), default=None)
+            wait = None if soonest is None else max(0.0, soonest - time.monotonic())
+            for key, _ in self.selector.select(wait):
+                if key.fileobj is self.wake_reader:
+                    self._watch_arrivals()
+                elif not self.closed:
+                    self._hand_over(key.fileobj)
+            now = time.monotonic()
+            for sock in [s for s, (_, end) in self.deadlines.items() if end <= now]:
+                self.selector.unregister(sock)
+                del self.deadlines[sock]
+                sock.close()
+
+    def _watch_arrivals(self) -> None:
+        while True:
+            try:
+                if not self.wake_reader.recv(4096):
+                    break
+            except BlockingIOError:
+                break
+        with self.lock:
+            arrived, self.arrived = self.arrived, []
+        for sock, address in arrived:
+            if len(self.deadlines) >= MAX_WAITING_CONNECTIONS:
+                # The longest silent one makes room (a flood of silent clients cannot lock a
+                # page out): deadlines are in arrival order.
+                oldest = next(iter(self.deadlines))
+                self.selector.unregister(oldest)
+                del self.deadlines[oldest]
+                _refuse(oldest)
+            self.deadlines[sock] = (address, time.monotonic() + IDLE_TIMEOUT_S)
+            self.selector.register(sock, selectors.EVENT_READ)
+
+    def _hand_over(self, sock: socket.socket) -> None:
+        """A waiting connection sent something: serve it once a handler slot is free (the
+        other waiting connections wait meanwhile)."""
+        self.selector.unregister(sock)
+        address, _ = self.deadlines.pop(sock)
+        while not self.server.handler_slots.acquire(timeout=0.2):
+            if self.closed:
+                sock.close()
+                return
+        try:
+            self.server.start_handler(sock, address)
+        except BaseException:
+            self.server.handler_slots.release()
+            sock.close()
+            raise
+
+
+def _refuse(sock: socket.socket) -> None:
+    """Answer 503 to a connection there is no room for, and close it."""
+    try:
+        sock.settimeout(0.5)
+        sock.sendall(BUSY_RESPONSE)
+    except OSError:
+        pass  # it went away; nothing to answer
+    finally:
+        sock.close()
 
 
 class ViewerHandler(BaseHTTPRequestHandler):
@@ -143,6 +288,7 @@ class ViewerHandler(BaseHTTPRequestHandler):
 
     server: ViewerServer
     server_version = "lte-sr-view"
+    timeout = IDLE_TIMEOUT_S  # a client that stalls within its request is dropped
 
     def do_HEAD(self) -> None:  # noqa: N802 (the name http.server calls)
         self.do_GET()
