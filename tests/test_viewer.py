@@ -131,7 +131,8 @@ def test_bf16_features_take_half_the_memory_and_give_the_fp32_tiles_within_2() -
         renderer.prepare()
         renders[precision] = (renderer.render(key).astype(int), renderer.features.bytes)
     (fp32, fp32_bytes), (bf16, bf16_bytes) = renders["fp32"], renders["bf16"]
-    assert bf16_bytes * 2 == fp32_bytes
+    # coef and freq in bf16; the blocks' normalised input (3 channels beside 2 x 128) stays fp32.
+    assert bf16_bytes < 0.51 * fp32_bytes
     assert np.abs(bf16 - fp32).max() <= 2
 
 

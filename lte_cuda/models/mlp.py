@@ -66,7 +66,10 @@ class MLP(nn.Module):
         if dtype is None:
             return self.layers(x)
         layers = self._packed_layers(dtype)
-        if layers is None:
+        # oneDNN's fused ReLU maps NaN to 0: non-finite inputs (a corrupt encoder) take the
+        # plain layers, which carry them to the caller's check. The test costs one compare
+        # per input value beside a few hundred multiply-adds.
+        if layers is None or not bool(x.isfinite().all()):
             return self.layers(x)
         hidden = x.reshape(-1, x.shape[-1]).to(dtype)
         for n, (weight, bias) in enumerate(layers):
