@@ -106,8 +106,9 @@ class FileProgress:
                 leave=False,
                 file=self.run.stream,
             )
-            # tqdm's delay counts from its creation: start it from the file's start.
-            self._bar.start_t = self.start
+            # tqdm's delay and rate count from its creation (on its own clock, time.time):
+            # start them from the file's start.
+            self._bar.start_t = time.time() - (time.perf_counter() - self.start)
         self._bar.update(done // self._width - self._bar.n)
 
     def _maybe_plain_line(self, done: int, total: int) -> None:

@@ -37,6 +37,7 @@ def test_a_terminal_gets_a_bar_with_rows_and_precision(monkeypatch: pytest.Monke
     text = stream.getvalue()
     assert "in.png bf16 (auto: this CPU computes bf16 natively (AVX512-BF16))" in text
     assert "200/200" in text and "row/s" in text
+    assert "[00:00<00:00" in text  # elapsed from the file's start, on tqdm's clock
     assert text.rstrip().endswith("in.png -> out.png: 100x50 -> 400x200 in 0.0 s, " + str(BF16))
 
 
