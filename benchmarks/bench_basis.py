@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.utils.benchmark as benchmark
 
+from benchmarks.machine import cpu_line, require_fused
 from benchmarks.memory import CHILD_ENV, peak_rss_above_current
 from lte_cuda import ops, reference
 
@@ -194,8 +195,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.peak_rss_child:
         peak_rss_child(args.peak_rss_child)
         return []
-    if not ops.library_available():
-        sys.exit(f"bench_basis: the fused op is not available: {ops.LIBRARY_ERROR}")
+    require_fused("bench_basis")
+    print(cpu_line())
 
     shapes = QUICK_SHAPES if args.quick else SHAPES
     if args.shape:

@@ -40,6 +40,11 @@ from pathlib import Path
 
 import numpy as np
 
+if not __package__:
+    # Run as a file: the repository root holds the benchmarks package.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.machine import cpu_line, require_fused  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 
 CASES = {"photo": ((3000, 4000), 2.0), "scan": ((10000, 10000), 1.5)}
@@ -274,6 +279,8 @@ def main() -> None:
         "--baseline", help="a checkout of an older commit to time the small case against"
     )
     args = parser.parse_args()
+    require_fused("bench_large")
+    print(cpu_line())
     for name in ("photo", "scan"):
         if args.case in (name, "all"):
             if args.cli:

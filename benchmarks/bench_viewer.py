@@ -28,15 +28,22 @@ import http.client
 import json
 import math
 import statistics
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from PIL import Image
 
 from lte_cuda.demo import DEMO_PHOTO
 from lte_cuda.viewer import start_viewer
 from lte_cuda.viewer.tiles import LEVELS_PER_OCTAVE, TILE_SIZE
+
+if not __package__:
+    # Run as a file: the repository root holds the benchmarks package.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.machine import cpu_line, require_fused  # noqa: E402
 
 TARGET_FIRST_VIEW_S = 1.5
 TARGET_TILE_S = 0.25
@@ -171,6 +178,8 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=4, help="memory rounds (default 4)")
     args = parser.parse_args()
+    require_fused("bench_viewer")
+    print(cpu_line())
     viewport = tuple(int(v) for v in args.viewport.lower().split("x"))
 
     photo = make_photo(args.megapixels)

@@ -1,11 +1,15 @@
 """End-to-end time and peak memory: the fused path against the published path (and LTE+).
 
     python -m benchmarks.end_to_end upscale --input 128 --scale 4 --runs 5 [--device cpu]
+    python -m benchmarks.end_to_end upscale --precision auto --paths fused fused-fp32 published
     python -m benchmarks.end_to_end train --batch 16 --lr 48 --queries 2304 --runs 3
 
 Paths: ``fused`` is the project as a user runs it (``lte_cuda.upscale.upscale`` with its
 default chunking; the LTE module's training forward); ``published`` is the published code's
 decode (benchmarks/published_path.py: one neighbour at a time, chunks of 30,000 at test time);
+``fused-fp32`` is the fused path in fp32 whatever ``--precision`` asks (with ``--precision auto``
+the table then has the published code, auto and fp32; the published path runs in fp32 then,
+as the published code does);
 ``lte-plus`` is LTE+ (benchmarks/lte_plus.py, the whole output grid at once). All share one
 EDSR-baseline-LTE at its published size (seeded random weights: time does not depend on them)
 and one seeded input.
@@ -39,12 +43,13 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import lte_plus, published_path
-from benchmarks.machine import machine_info
+from benchmarks.machine import cpu_line, machine_info, require_fused
 from benchmarks.memory import peak_since, reset_peak
+from lte_cuda.precision import CHOICES, resolve_precision
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
-PATHS = ("fused", "published", "lte-plus")
+PATHS = ("fused", "fused-fp32", "published", "lte-plus")
 # Agreement with the fused path: images within 1e-4 on [0, 1] in fp32 (fp16/bf16: 2e-2);
 # training predictions and encoder gradients as the suite checks them.
 TOLERANCES = {
@@ -100,7 +105,7 @@ def setup_upscale(spec: dict, device: str) -> Callable[..., list[torch.Tensor]]:
     out_size = (side * spec["scale"], side * spec["scale"])
     rgb = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0)).to(device)
     precision = spec["precision"]
-    if spec["path"] == "fused":
+    if spec["path"] in ("fused", "fused-fp32"):
         return lambda check=False: [
             upscale(rgb, size=out_size[::-1], model=model, device=device, precision=precision)
         ]
@@ -171,7 +176,7 @@ def measure_child(spec: dict, save: str | None) -> dict:
     if save:
         torch.save([t.cpu() for t in result], save)
     del result
-    times, peaks = [], []
+    times, cpu_times, peaks = [], [], []
     for _ in range(spec["calls"]):
         if cuda:
             torch.cuda.synchronize()
@@ -179,13 +184,14 @@ def measure_child(spec: dict, save: str | None) -> dict:
             base = torch.cuda.memory_allocated()
         else:
             base = reset_peak()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         run()
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
         peaks.append(torch.cuda.max_memory_allocated() - base if cuda else peak_since(base))
-    return {"times_s": times, "peaks_bytes": peaks}
+    return {"times_s": times, "cpu_s": cpu_times, "peaks_bytes": peaks}
 
 
 def run_child(spec: dict, save: str | None = None) -> dict:
@@ -209,7 +215,8 @@ def run_child(spec: dict, save: str | None = None) -> dict:
 def compare_outputs(got_file: str, want_file: str, spec: dict) -> float:
     """Largest absolute difference of a path's saved outputs from the fused path's; raises
     AssertionError outside the bench's tolerance."""
-    atol, rtol = TOLERANCES[(spec["bench"], spec["precision"])]
+    # "tolerance": the looser precision of the two compared (measure sets it); else its own.
+    atol, rtol = TOLERANCES[(spec["bench"], spec.get("tolerance", spec["precision"]))]
     got, want = torch.load(got_file), torch.load(want_file)
     worst = 0.0
     for g, w in zip(got, want, strict=True):
@@ -218,6 +225,14 @@ def compare_outputs(got_file: str, want_file: str, spec: dict) -> float:
         )
         worst = max(worst, (g - w).abs().max().item())
     return worst
+
+
+def path_precision(path: str, base: dict) -> str:
+    """The precision ``path`` runs in: fused-fp32 in fp32; the published path and LTE+ in fp32
+    when auto was asked for (the published code has no auto), else as asked."""
+    if path == "fused-fp32" or (path != "fused" and base["requested"] == "auto"):
+        return "fp32"
+    return base["precision"]
 
 
 def label(spec: dict) -> str:
@@ -230,13 +245,16 @@ def label(spec: dict) -> str:
 def shape_of(spec: dict) -> dict:
     """The size part of a spec (input and scale, or batch, LR side and queries)."""
     return {
-        k: v for k, v in spec.items() if k not in ("path", "device", "calls", "bench", "precision")
+        k: v
+        for k, v in spec.items()
+        if k not in ("path", "device", "calls", "bench", "precision", "requested", "tolerance")
     }
 
 
 def summarize(spec: dict, samples: list[dict], diff: float | None) -> dict:
     """A run.py-format record of one path from its fresh processes' samples."""
     times = [t for s in samples for t in s["times_s"]]
+    cpu_times = [t for s in samples for t in s["cpu_s"]]
     peaks = [p for s in samples for p in s["peaks_bytes"]]
     quartiles = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
     queries = (
@@ -256,6 +274,9 @@ def summarize(spec: dict, samples: list[dict], diff: float | None) -> dict:
         "work": queries,
         "max_abs_diff": diff,
         "median_s": statistics.median(times),
+        # CPU seconds of the process (all threads): less moved by other processes' load.
+        "median_cpu_s": statistics.median(cpu_times),
+        "cpu_s": cpu_times,
         "iqr_s": quartiles[2] - quartiles[0],
         "samples": len(times),
         "processes": len(samples),
@@ -269,7 +290,11 @@ def measure(
     base: dict, paths: list[str], runs: int, log: Callable[[str], None] = print
 ) -> list[dict]:
     """Records of each path of ``base`` (fused first): round one checked, then ``runs - 1`` more."""
-    specs = {p: {**base, "path": p} for p in paths}
+    specs = {p: {**base, "path": p, "precision": path_precision(p, base)} for p in paths}
+    for spec in specs.values():
+        # Checked with the looser tolerance of the two precisions compared.
+        reduced = [q for q in (spec["precision"], base["precision"]) if q != "fp32"]
+        spec["tolerance"] = reduced[0] if reduced else "fp32"
     samples: dict[str, list[dict]] = {p: [] for p in paths}
     diffs: dict[str, float | None] = {}
     skipped: dict[str, str] = {}
@@ -318,13 +343,15 @@ def format_records(records: list[dict]) -> list[str]:
             lines.append(f"{head} skipped, {r['skipped']}")
             continue
         line = (
-            f"{head} {r['median_s']:.3f} s [{min(r['times_s']):.3f}-{max(r['times_s']):.3f}], "
+            f"{head} {r['median_s']:.3f} s [{min(r['times_s']):.3f}-{max(r['times_s']):.3f}] "
+            f"(CPU {r['median_cpu_s']:.2f} s [{min(r['cpu_s']):.2f}-{max(r['cpu_s']):.2f}]), "
             f"peak {r['peak_bytes'] / MIB:.0f} MiB [{min(r['peaks_bytes']) / MIB:.0f}-"
             f"{max(r['peaks_bytes']) / MIB:.0f}], n={r['samples']}"
         )
         if fused is not None and r is not fused:
             line += (
-                f"; {r['median_s'] / fused['median_s']:.2f}x fused's time, "
+                f"; {r['median_s'] / fused['median_s']:.2f}x fused's time "
+                f"({r['median_cpu_s'] / fused['median_cpu_s']:.2f}x its CPU time), "
                 f"{r['peak_bytes'] / max(fused['peak_bytes'], 1):.2f}x its peak"
             )
         lines.append(line)
@@ -335,7 +362,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("bench", nargs="?", choices=sorted(SETUPS))
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS))
+    parser.add_argument("--precision", default="fp32", choices=CHOICES)
     parser.add_argument("--paths", nargs="+", default=["fused", "published"], choices=PATHS)
     parser.add_argument("--runs", type=int, default=5, help="fresh processes per path (default 5)")
     parser.add_argument(
@@ -356,6 +383,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("choose a bench: upscale or train")
     if args.runs < 1 or args.calls < 1:
         parser.error(f"--runs and --calls must be >= 1, got {args.runs} and {args.calls}")
+    if args.bench == "train" and "fused-fp32" in args.paths:
+        parser.error("--paths fused-fp32 is for upscale only")
     if "fused" not in args.paths:
         parser.error(
             f"--paths must include fused (the others are checked against it), got {args.paths}"
@@ -367,7 +396,8 @@ def base_spec(args: argparse.Namespace) -> dict:
     spec = {
         "bench": args.bench,
         "device": args.device,
-        "precision": args.precision,
+        "requested": args.precision,
+        "precision": resolve_precision(args.precision, args.device).name,
         "calls": args.calls,
     }
     if args.bench == "upscale":
@@ -380,7 +410,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.child:
         print(json.dumps(measure_child(json.loads(args.child), args.save)))
         return []
+    require_fused("end_to_end")
     paths = ["fused"] + [p for p in args.paths if p != "fused"]
+    print(cpu_line())
+    print(f"precision {resolve_precision(args.precision, args.device)}")
     records = measure(base_spec(args), paths, args.runs)
     print("\n".join(format_records(records)))
     if args.json:

@@ -21,6 +21,7 @@ with lte_cuda installed (or PYTHONPATH set to the project root) and scikit-image
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +31,11 @@ from PIL import Image
 
 from lte_cuda.metrics import psnr
 from lte_cuda.upscale import DEFAULT_WEIGHTS, resolve_runner, upscale
+
+if not __package__:
+    # Run as a file: the repository root holds the benchmarks package.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.machine import cpu_line, require_fused  # noqa: E402
 
 PHOTOS = ("chelsea", "coffee", "camera")
 SCALES = (2, 3, 4, 6, 8)
@@ -150,6 +156,8 @@ def main() -> None:
     parser.add_argument("--runtime", choices=("onnxruntime", "openvino"), help="default: torch")
     parser.add_argument("--precision", default="fp32", help="fp32 (default), or int8 on a runtime")
     args = parser.parse_args()
+    require_fused("eval_default_model")
+    print(cpu_line())
 
     start = time.perf_counter()
     results = evaluate(

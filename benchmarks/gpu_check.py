@@ -15,7 +15,9 @@ reported as not run; on --device cpu each step may take 5 times its budget):
    compiler built a library that crashed formatting an error message);
 3. bad input raises on CPU and CUDA tensors instead of crashing;
 4. tests: the CUDA cases of the suite (``-m cuda``; --all-tests: the whole suite);
-5. parity: CPU and CUDA kernels on values and gradients (float64 and float32);
+5. parity: CPU and CUDA kernels on values and gradients (float64 and float32); then bf16 and
+   fp16 upscales against fp32 by the quality rule of lte_cuda.precision (whether "auto" may
+   pick one on CUDA; unverified until a GPU runs it);
 6. compute-sanitizer memcheck and racecheck on a small forward + backward;
 7. op: every kernel variant lte_cuda.ops offers (op_variants.py), forward and fwd+bwd at the
    inference and training shapes, each against the CPU kernel and a device copy's time; the
@@ -246,6 +248,15 @@ def plan(args: argparse.Namespace) -> list[Step]:
     steps.append(
         Step("CPU vs CUDA parity", 40, [py, me, "--case", "parity"], "parity ok", needs_cuda=True)
     )
+    steps.append(
+        Step(
+            "bf16/fp16 against the quality rule",
+            60,
+            [py, me, "--case", "precision-quality"],
+            "precision quality measured",
+            needs_cuda=True,
+        )
+    )
     sanitizer = shutil.which("compute-sanitizer") or "/usr/local/cuda/bin/compute-sanitizer"
     for tool in ("memcheck", "racecheck"):
         steps.append(
@@ -417,8 +428,33 @@ def parity_case() -> None:
     print("parity ok")
 
 
+def precision_quality_case() -> None:
+    """bf16 and fp16 against fp32 on CUDA, by the rule "auto" needs before it may pick one
+    (lte_cuda.precision: PSNR within 0.02 dB, no 8-bit value more than 2 apart), with the
+    bundled model on the held-out crops at x2, x3, x4 and x2.5."""
+    from benchmarks.precision_table import quality_rows
+    from lte_cuda.precision import MAX_PIXEL_DELTA, MAX_PSNR_DELTA_DB
+    from lte_cuda.upscale import resolve_model
+
+    rows = quality_rows({"bundled": resolve_model(None)}, ("bf16", "fp16"), device="cuda")
+    for (_, precision), row in rows.items():
+        meets = row["worst_psnr_delta"] <= MAX_PSNR_DELTA_DB and row["max_pixel_delta"] <= round(
+            MAX_PIXEL_DELTA * 255
+        )
+        print(
+            f"cuda {precision}: worst PSNR delta {row['worst_psnr_delta']:.4f} dB, max 8-bit "
+            f"delta {row['max_pixel_delta']:.0f}: {'meets' if meets else 'misses'} the rule"
+        )
+    print("precision quality measured")
+
+
 # The steps that run in a process of their own (``--case NAME``).
-CASES = {"sanitizer": sanitizer_case, "parity": parity_case, "bad-input": bad_input_case}
+CASES = {
+    "sanitizer": sanitizer_case,
+    "parity": parity_case,
+    "bad-input": bad_input_case,
+    "precision-quality": precision_quality_case,
+}
 
 
 def collect_records(steps: list[Step]) -> list[dict]:

@@ -26,6 +26,7 @@ import torch
 import torch.utils.benchmark as benchmark
 
 from benchmarks.bench_basis import Shape, make_inputs, upstream_gradient
+from benchmarks.machine import cpu_line, require_fused
 from lte_cuda import ops
 
 SHAPES = {
@@ -159,6 +160,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--tiny", action="store_true", help="one tiny shape: a test of the harness")
     parser.add_argument("--json", help="write the records here")
     args = parser.parse_args(argv)
+    require_fused("op_variants")
+    print(cpu_line())
     names, env = available_variants()
     args.variant = args.variant or names[0]
     if args.variant not in names:

@@ -59,9 +59,8 @@ import torch.utils.benchmark as benchmark
 
 from benchmarks import bench_basis, lte_plus, plots, published_path
 from benchmarks.end_to_end import make_batch, make_model
-from benchmarks.machine import machine_info
+from benchmarks.machine import machine_info, require_fused
 from benchmarks.memory import CHILD_ENV, peak_rss_above_current
-from lte_cuda import ops
 from lte_cuda.inference import available_ram
 from lte_cuda.upscale import upscale
 
@@ -772,8 +771,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.peak_child:
         print(peak_child(args.peak_child))
         return []
-    if not ops.library_available():
-        sys.exit(f"run.py: the fused op is not available: {ops.LIBRARY_ERROR}")
+    require_fused("run.py")
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("run.py: --device cuda but CUDA is not available")
 

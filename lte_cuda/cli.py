@@ -32,8 +32,11 @@ from .image_io.files import (
     read_image_file,
     write_image_file,
 )
-from .inference import PRECISIONS, NonFiniteOutputError, resolve_device
+from .inference import NonFiniteOutputError, resolve_device
 from .output_guard import refuse_overwriting_inputs
+from .precision import CHOICES as PRECISION_CHOICES
+from .precision import Precision, resolve_precision
+from .progress import RunProgress
 from .texture_map import add_inspect_parser
 from .train import add_train_parser
 from .upscale import output_size, resolve_runner, upscale
@@ -83,9 +86,10 @@ def add_upscale_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     add_model_arguments(parser)
     parser.add_argument(
         "--precision",
-        choices=[*sorted(PRECISIONS), "int8"],
-        default="fp32",
-        help="default: fp32; int8 with --runtime",
+        choices=[*PRECISION_CHOICES, "int8"],
+        default="auto",
+        help="auto: bf16 on a CPU that computes bf16 natively, else fp32 (default: auto); "
+        "with --runtime: fp32 (also for auto) or int8",
     )
     parser.add_argument(
         "--runtime",
@@ -109,6 +113,9 @@ def add_upscale_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         type=_quality,
         default=DEFAULT_QUALITY,
         help=f"JPEG/WebP output quality, 1..100 (default: {DEFAULT_QUALITY})",
+    )
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bars or per-file lines, only errors"
     )
     parser.add_argument(
         "--skip-existing",
@@ -185,11 +192,20 @@ def run_upscale_command(args: argparse.Namespace) -> int:
     # A device or model error concerns every file: stop before the first.
     device = resolve_device("cpu" if args.runtime and args.device == "auto" else args.device)
     model = resolve_runner(args.model, args.runtime, args.precision, device)
+    if args.runtime:
+        graphs = "fp32" if args.precision == "auto" else args.precision
+        precision = Precision(graphs, None, f"the {args.runtime} graphs")
+    else:
+        precision = resolve_precision(args.precision, device)
+    progress = RunProgress(len(todo), quiet=args.quiet)
 
     def upscale_one(src: Path, dst: Path) -> None:
         # Arrays in and out: the file is then written without a PIL copy of the output.
         image = read_image_file(src).as_arrays()
-        check_output(dst, len(image.frames), *output_size(*image.size[::-1], scale, size))
+        width, height = image.size
+        out_h, out_w = output_size(height, width, scale, size)
+        check_output(dst, len(image.frames), out_h, out_w)
+        shown = progress.file(src, dst, (width, height), (out_w, out_h), precision)
         try:
             frames = [
                 upscale(
@@ -198,13 +214,14 @@ def run_upscale_command(args: argparse.Namespace) -> int:
                     size=size,
                     model=model,
                     device=args.device,
-                    precision=args.precision,
+                    precision=args.precision if args.runtime else precision.name,
                     runtime=args.runtime,
                     chunk_size=args.chunk,
                     tile_size=args.tile,
                     self_ensemble=args.self_ensemble,
+                    progress=_frame_progress(shown.update, index, len(image.frames)),
                 )
-                for frame in image.frames
+                for index, frame in enumerate(image.frames)
             ]
         except NonFiniteOutputError as err:  # name the file the model came from
             raise NonFiniteOutputError(
@@ -212,22 +229,31 @@ def run_upscale_command(args: argparse.Namespace) -> int:
             ) from None
         image = image.with_frames(frames)  # the input frames are let go before writing
         write_image_file(image, dst, quality=args.quality)
+        shown.done()
 
-    if not source.is_dir():
-        upscale_one(*todo[0])  # one file: its error is the command's error
-        return 0
-    failed = _run_folder(todo, upscale_one)
-    print(
-        f"{PROG}: {len(todo) - failed} written, {skipped} skipped, {failed} failed", file=sys.stderr
-    )
+    try:
+        if not source.is_dir():
+            upscale_one(*todo[0])  # one file: its error is the command's error
+            return 0
+        failed = _run_folder(todo, upscale_one)
+    finally:
+        progress.close()
+    progress.say(f"{len(todo) - failed} written, {skipped} skipped, {failed} failed")
     return 1 if failed else 0
+
+
+def _frame_progress(
+    update: Callable[[int, int], None], index: int, frames: int
+) -> Callable[[int, int], None]:
+    """Frame ``index``'s ``progress(done, total)`` as progress over all ``frames`` frames."""
+    return lambda done, total: update(index * total + done, frames * total)
 
 
 def _run_folder(pairs: list[tuple[Path, Path]], upscale_one: Callable[[Path, Path], None]) -> int:
     """Run ``upscale_one`` on every pair; a file that fails is reported in one line and the
     run goes on. Returns the number of failures."""
     failed = 0
-    for src, dst in tqdm(pairs, desc="upscale", unit="image"):
+    for src, dst in pairs:
         try:
             upscale_one(src, dst)
         except NonFiniteOutputError:

@@ -15,3 +15,15 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)"
     )
+
+
+def add_precision_argument(parser: argparse.ArgumentParser, default: str = "auto") -> None:
+    """``--precision``: ``auto`` (the rule of :mod:`lte_cuda.precision`) or a named one."""
+    from .precision import CHOICES
+
+    parser.add_argument(
+        "--precision",
+        choices=CHOICES,
+        default=default,
+        help=f"auto: bf16 on a CPU that computes bf16 natively, else fp32 (default: {default})",
+    )

@@ -14,9 +14,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .cli_args import add_precision_argument
 from .image_io.files import read_image, to_8bit_rgb, write_image
+from .inference import resolve_device
 from .models import LTE
 from .output_guard import refuse_overwriting_inputs
+from .precision import resolve_precision
 from .upscale import DEFAULT_WEIGHTS, resolve_model, upscale
 
 DEMO_PHOTO = Path(__file__).resolve().parent / "assets" / "chelsea.png"
@@ -42,7 +45,10 @@ def load_demo_model(model: str | None = None) -> LTE:
 
 
 def run_demo(
-    out_dir: str | Path, scale: float = DEFAULT_SCALE, model: str | None = None
+    out_dir: str | Path,
+    scale: float = DEFAULT_SCALE,
+    model: str | None = None,
+    precision: str = "auto",
 ) -> tuple[Path, Path]:
     """Upscale the bundled photo by ``scale`` and write the result and the comparison.
 
@@ -50,6 +56,7 @@ def run_demo(
         out_dir: folder for the two PNGs (created); each is written whole or not at all.
         scale: the upscaling factor; any positive number, e.g. 3.3.
         model: a checkpoint path; ``None`` uses the bundled default model.
+        precision: as :func:`lte_cuda.upscale` takes it (default ``"auto"``).
 
     Returns:
         The paths of ``demo_lte_x<scale>.png`` and ``demo_compare.png``, written atomically;
@@ -62,7 +69,7 @@ def run_demo(
         refuse_overwriting_inputs(path, [DEMO_PHOTO, model], "--out")
     lte = load_demo_model(model)
     photo = to_8bit_rgb(read_image(DEMO_PHOTO))
-    result = upscale(photo, scale=scale, model=lte)
+    result = upscale(photo, scale=scale, model=lte, precision=precision)
     bicubic = photo.resize(result.size, Image.Resampling.BICUBIC)
     title = (
         f"{DEMO_PHOTO.name} {photo.width}x{photo.height} -> {result.width}x{result.height} "
@@ -156,6 +163,7 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     parser.add_argument(
         "--model", help="checkpoint (.pth) to use instead of the bundled default model"
     )
+    add_precision_argument(parser)
     parser.set_defaults(func=run_demo_command)
     return parser
 
@@ -163,10 +171,12 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 def run_demo_command(args: argparse.Namespace) -> int:
     """Run ``lte-sr demo``; returns the exit status."""
     start = time.perf_counter()
-    paths = run_demo(args.out, scale=args.scale, model=args.model)
+    paths = run_demo(args.out, scale=args.scale, model=args.model, precision=args.precision)
+    precision = resolve_precision(args.precision, resolve_device(None))
     print(
         f"upscaled {DEMO_PHOTO.name} x{args.scale:g} with "
-        f"{args.model or 'the bundled default model'} in {time.perf_counter() - start:.1f} s:"
+        f"{args.model or 'the bundled default model'} in {time.perf_counter() - start:.1f} s, "
+        f"{precision}:"
     )
     for path in paths:
         print(path)

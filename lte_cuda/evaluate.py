@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import distributed
+from .cli_args import add_precision_argument
 from .config import TestConfig, dataset_paths, load_config, read_test_config
 from .coords import make_cell, make_coord
 from .data import make_dataset
@@ -30,6 +31,7 @@ from .inference import cell_enlargement, reflect_pad_to_window, resolve_device
 from .metrics import parse_eval_type, psnr
 from .models import BACKENDS, DEFAULT_BACKEND
 from .output_guard import refuse_overwriting_inputs
+from .precision import autocast, resolve_precision
 
 
 @torch.no_grad()
@@ -235,6 +237,8 @@ def add_test_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     )
     parser.add_argument("--num-workers", type=int, default=0, help="data loader workers")
     parser.add_argument("--quiet", action="store_true", help="print only the mean PSNR")
+    # Evaluation protocols are float32: auto (bf16 on CPUs with native bf16) is opt-in here.
+    add_precision_argument(parser, default="fp32")
     parser.set_defaults(func=run_test_command)
     return parser
 
@@ -248,14 +252,17 @@ def run_test_command(args: argparse.Namespace) -> int:
     if args.out:
         _refuse_overwriting_inputs(Path(args.out), config, args)
     device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
     model = load_model(args.model, map_location=device, backend=args.backend).to(device)
-    result = run_test(
-        config,
-        model,
-        eval_bsize=args.eval_bsize,
-        num_workers=args.num_workers,
-        verbose=not args.quiet,
-    )
+    with autocast(precision.name, device):
+        result = run_test(
+            config,
+            model,
+            eval_bsize=args.eval_bsize,
+            num_workers=args.num_workers,
+            verbose=not args.quiet,
+        )
+    result["precision"] = precision.name
     try:
         check_finite(result)
     except NonFiniteResultError as err:
@@ -264,7 +271,7 @@ def run_test_command(args: argparse.Namespace) -> int:
         ) from None
     print(
         f"result: {result['mean_psnr']:.4f} dB ({result['eval_type'] or 'rgb'}, "
-        f"{len(result['images'])} images, {result['seconds']:.1f} s)"
+        f"{len(result['images'])} images, {result['seconds']:.1f} s, {precision})"
     )
     if args.out and distributed.is_main():  # under torchrun every process has the result
         result.update(config=os.path.abspath(args.config), model=os.path.abspath(args.model))

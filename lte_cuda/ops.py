@@ -403,12 +403,14 @@ def _autocast_cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _autocast_lte_basis(device_type: str, coef, freq, phase_weight, coord, cell, out_dtype):
     """lte_basis under autocast: features in the autocast dtype, geometry in float32 (the
     nearest-pixel choice needs the bits), float64 left alone; the kernels compute in float32
-    either way. With the ``autocast_x`` variant, float32 features are read as they are and only
-    x and weights are written in the autocast dtype."""
+    either way. On CPU, and on CUDA with the ``autocast_x`` variant, float32 features are read
+    as they are and only x and weights are written in the autocast dtype."""
     dtype = torch.get_autocast_dtype(device_type)
     geometry = (_autocast_cast(coord, torch.float32), _autocast_cast(cell, torch.float32))
     features = (coef, freq, phase_weight)
-    read_as_given = "autocast_x" in active_kernel_variants() and all(
+    # The CPU kernels always read float32 features as given (x in the autocast dtype: half
+    # the bytes written); on CUDA that waits for the autocast_x variant's GPU verification.
+    read_as_given = (device_type == "cpu" or "autocast_x" in active_kernel_variants()) and all(
         t.dtype == torch.float32 for t in features
     )
     if read_as_given:

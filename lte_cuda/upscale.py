@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from numbers import Integral, Real
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from .inference import (
     settings_for,
     upscale_into,
 )
+from .inference.ensemble import DIHEDRAL_TRANSFORMS
 from .models import LTE, PRESETS
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -43,13 +44,14 @@ def upscale(
     *,
     model: LTE | Executor | str | os.PathLike | None = None,
     device: str | torch.device | None = None,
-    precision: str = "fp32",
+    precision: str = "auto",
     chunk_size: int | None = None,
     tile_size: int | None = None,
     tile_overlap: int | None = None,
     self_ensemble: bool = False,
     memory_budget: int | None = None,
     runtime: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ImageLike:
     """Super-resolve ``image`` by ``scale`` or to ``size`` with an LTE model.
 
@@ -71,9 +73,11 @@ def upscale(
             the executor :func:`resolve_runner` returns (reused across calls).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"``/``None`` (CUDA if present)
             or a ``torch.device``.
-        precision: ``"fp32"``, ``"fp16"`` or ``"bf16"``; the last two run under
-            ``torch.autocast`` on ``device``. With ``runtime``: ``"fp32"`` or ``"int8"`` (the
-            MLP's matrix products quantised, :func:`lte_cuda.export.runtimes.quantize_int8`).
+        precision: ``"auto"`` (bf16 on a CPU that computes it natively, else fp32: the rule
+            of :mod:`lte_cuda.precision`), ``"fp32"``, ``"fp16"`` or ``"bf16"``; the
+            reduced ones run under ``torch.autocast`` on ``device``. With ``runtime``:
+            ``"fp32"`` (also for ``"auto"``) or ``"int8"`` (the MLP's matrix products
+            quantised, :func:`lte_cuda.export.runtimes.quantize_int8`).
         chunk_size: output pixels decoded per model call; default from free device memory.
         tile_size: side, in input pixels, of the encoder tiles (without their overlap);
             default: none while the whole input fits the budget. Exact for EDSR-baseline and
@@ -90,6 +94,8 @@ def upscale(
             encode and query graphs run there, on the CPU, through the same tiles, chunks and
             budget (:mod:`lte_cuda.export`; needs the ``runtime`` extra). A module is exported
             once per runtime and precision and the result kept with it.
+        progress: called as ``progress(done, total)`` in output pixels (every image of a
+            batch and every pass of a self-ensemble counted) after each decoded chunk.
     Returns:
         The upscaled image as the same kind: PIL image of the same mode, numpy array of the
         same dtype (uint8/uint16 rounded) and layout, or tensor of the same dtype, device and layout.
@@ -108,6 +114,8 @@ def upscale(
     out_h, out_w = output_size(height, width, scale, size)
     on_runtime = runtime is not None or _is_executor(model)
     _check_int8(precision, on_runtime)
+    passes = len(DIHEDRAL_TRANSFORMS) if self_ensemble is True else 1
+    total = len(pixels) * passes * out_h * out_w
     settings = settings_for(
         "cpu" if on_runtime and device in (None, "auto") else device,
         precision="fp32" if on_runtime else precision,  # the torch side's autocast: none
@@ -116,6 +124,7 @@ def upscale(
         tile_overlap=tile_overlap,
         self_ensemble=self_ensemble,
         budget=memory_budget,
+        pixel_progress=None if progress is None else _pixel_counter(progress, total),
     )
     runner = resolve_runner(model, runtime, precision, settings.device)
 
@@ -134,6 +143,18 @@ def upscale(
         if channels in (2, 4):
             bicubic_into(img[-1], out[-1])
     return restore(result)
+
+
+def _pixel_counter(progress: Callable[[int, int], None], total: int) -> Callable[[int], None]:
+    """A per-chunk callback that sums the pixels decoded and tells ``progress``."""
+    done = 0
+
+    def count(pixels: int) -> None:
+        nonlocal done
+        done += pixels
+        progress(done, total)
+
+    return count
 
 
 def _preset_weights(name: str) -> Path:
@@ -226,7 +247,8 @@ def resolve_runner(
     from .export.executor import runtime_executor  # the runtime extra, imported when asked for
 
     exported = isinstance(model, (str, os.PathLike)) and str(model).endswith(".onnx")
-    return runtime_executor(model if exported else resolve_model(model), runtime, precision)
+    graphs = "fp32" if precision == "auto" else precision  # a runtime's default: its fp32 graphs
+    return runtime_executor(model if exported else resolve_model(model), runtime, graphs)
 
 
 def _check_int8(precision: str, on_runtime: bool) -> None:

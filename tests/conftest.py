@@ -1,6 +1,8 @@
 """Shared test setup: CUDA tests are marked `cuda` and skipped without a GPU; the fused op must
-really be compiled (no silent fallback to the reference it is compared with); a tiny model
-checkpoint for the command-line tests."""
+really be compiled (no silent fallback to the reference it is compared with); precision
+"auto" is pinned to fp32, since the suite checks the pipeline's values against float32
+references (tests/test_precision.py checks auto itself); a tiny model checkpoint for the
+command-line tests."""
 
 import os
 from pathlib import Path
@@ -9,6 +11,7 @@ import pytest
 import torch
 
 os.environ.setdefault("LTE_CUDA_REQUIRE_LIBRARY", "1")
+os.environ.setdefault("LTE_CUDA_NO_NATIVE_BF16", "1")
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 

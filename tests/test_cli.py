@@ -138,7 +138,18 @@ def test_folder_run(tmp_path: Path, checkpoint: Path, capsys) -> None:
         with Image.open(path) as out:
             outputs[path.name] = out.size
     assert outputs == {"a.png": (34, 26), "b.JPG": (18, 14), "c.webp": (10, 12)}
-    assert "3/3" in err  # the progress bar
+    # Not a terminal: no bars, one line per file (its place in the folder, sizes, precision).
+    assert "[3/3] " in err and "17x13 -> 34x26 in " in err and "fp32 (auto: " in err
+    assert "\r" not in err
+
+
+def test_quiet_prints_nothing_but_errors(tmp_path: Path, checkpoint: Path, capsys) -> None:
+    source = write_image(tmp_path / "in.png")
+    argv = ["upscale", source, tmp_path / "out.png", "--scale", "2", "--model", checkpoint]
+    status, err = run(capsys, *argv, "--quiet")
+    assert (status, err) == (0, "")
+    status, err = run(capsys, *argv, "--precision", "fp32")
+    assert status == 0 and err.startswith("lte-sr: ") and "fp32 (asked for)" in err
 
 
 def test_output_never_overwrites_input(tmp_path: Path, checkpoint: Path, capsys) -> None:
@@ -462,12 +473,14 @@ def test_folder_run_skips_a_corrupt_file_and_fails_at_the_end(
     assert status == 1
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == names
     lines = [line for line in err.splitlines() if line.startswith("lte-sr:")]
+    errors = [line for line in lines if line.startswith("lte-sr: error:")]
     assert (
-        len(lines) == 2
-        and "broken.png: not a readable image" in lines[0]
-        and "(skipped)" in lines[0]
+        len(errors) == 1
+        and "broken.png: not a readable image" in errors[0]
+        and "(skipped)" in errors[0]
     )
-    assert lines[1] == "lte-sr: 2 written, 0 skipped, 1 failed"
+    assert sum(" -> " in line for line in lines) == 2  # one line per file written
+    assert lines[-1] == "lte-sr: 2 written, 0 skipped, 1 failed"
     assert "Traceback" not in err
 
 

@@ -256,6 +256,24 @@ def test_cli_writes_json(div2k, tmp_path, capsys):
     assert len(result["images"]) == 2 and result["eval_type"] == "benchmark-2"
     assert result["mean_psnr"] == pytest.approx(np.mean([r["psnr"] for r in result["images"]]))
     assert f"{result['mean_psnr']:.4f}" in printed
+    # Evaluation is fp32 unless asked: the protocols are float32.
+    assert result["precision"] == "fp32" and "fp32 (asked for)" in printed
+
+
+def test_cli_takes_bf16_as_an_option(div2k, tmp_path, capsys):
+    ckpt = tmp_path / "tiny.pth"
+    save_model(tiny_lte(), ckpt)
+    config = tmp_path / "test.yaml"
+    config.write_text(yaml.safe_dump(paired_config(div2k, 2, "benchmark-2")))
+    out = tmp_path / "results.json"
+    argv = ["test", "--config", str(config), "--model", str(ckpt), "--out", str(out)]
+    assert main([*argv, "--precision", "bf16"]) == 0
+    bf16 = json.loads(out.read_text())
+    assert main(argv) == 0
+    fp32 = json.loads(out.read_text())
+    assert (bf16["precision"], fp32["precision"]) == ("bf16", "fp32")
+    assert bf16["mean_psnr"] == pytest.approx(fp32["mean_psnr"], abs=0.1)
+    assert "bf16 (asked for" in capsys.readouterr().out
 
 
 def test_bundled_test_configs_follow_the_protocol(capsys):

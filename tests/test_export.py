@@ -55,7 +55,7 @@ def sessions(request: pytest.FixtureRequest, graphs):
 
 def torch_upscale(model, image: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     """The torch fused path: lte_cuda's own pipeline, float32 in [0, 1]."""
-    return upscale(image, size=size[::-1], model=model, device="cpu").numpy()
+    return upscale(image, size=size[::-1], model=model, device="cpu", precision="fp32").numpy()
 
 
 def tie_coords(size: int) -> torch.Tensor:
@@ -155,7 +155,7 @@ def test_bundled_model_graph_upscales_the_demo_photo_as_lte_cuda_does(tmp_path):
     session = GraphSession(load_graph(path), "onnxruntime")
     image = (photo.astype(np.float32) / 255).transpose(2, 0, 1)[None]
     (out,) = session(image=image, size=np.array([130, 99]))
-    expected = upscale(photo, size=(99, 130), device="cpu")
+    expected = upscale(photo, size=(99, 130), device="cpu", precision="fp32")
     got = np.round(out[0].transpose(1, 2, 0) * 255)
     assert np.abs(got - expected).max() <= 1
 
@@ -204,7 +204,7 @@ def test_a_missing_runtime_package_names_the_extra(monkeypatch, capsys, tmp_path
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_upscale_on_a_runtime_streams_tiles_as_torch_does(model, runtime):
     image = torch.rand(1, 3, 37, 29)
-    expected = upscale(image, size=(70, 90), model=model, device="cpu")
+    expected = upscale(image, size=(70, 90), model=model, device="cpu", precision="fp32")
     whole = upscale(image, size=(70, 90), model=model, runtime=runtime)
     # A budget far too small for the maps: the input streams in 8-pixel tiles, 100 queries a call.
     streamed = upscale(
@@ -224,7 +224,7 @@ def test_upscale_runs_an_exported_parts_file_and_int8(tmp_path):
     model = tiny_model()
     to_onnx(model, tmp_path / "tiny.onnx", parts=True)
     image = np.random.default_rng(0).integers(0, 256, (21, 18, 3), dtype=np.uint8)
-    expected = upscale(image, 2.5, model=model, device="cpu").astype(int)
+    expected = upscale(image, 2.5, model=model, device="cpu", precision="fp32").astype(int)
     from_file = upscale(image, 2.5, model=str(tmp_path / "tiny.onnx"), runtime="onnxruntime")
     assert np.abs(from_file - expected).max() <= 1
     int8 = upscale(image, 2.5, model=model, runtime="onnxruntime", precision="int8")
@@ -249,7 +249,9 @@ def test_upscale_command_on_a_runtime_writes_what_torch_writes(tmp_path, capsys,
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (13, 17, 3), dtype=np.uint8)).save(source)
     common = ["upscale", str(source), "--scale", "2.5", "--model", str(checkpoint)]
-    assert main([*common, str(tmp_path / "torch.png"), "--device", "cpu"]) == 0
+    assert (
+        main([*common, str(tmp_path / "torch.png"), "--device", "cpu", "--precision", "fp32"]) == 0
+    )
     assert main([*common, str(tmp_path / "ov.png"), "--runtime", "openvino"]) == 0
     assert main([*common, str(tmp_path / "bad.png"), "--precision", "int8"]) == 1
     assert "precision='int8' runs on a runtime" in capsys.readouterr().err
@@ -267,6 +269,9 @@ def test_a_module_changed_in_place_is_exported_again():
         model.imnet.layers[-1].bias.add_(0.25)  # as a training step would
     after = upscale(image, 2, model=model, runtime="onnxruntime")
     torch.testing.assert_close(
-        after, upscale(image, 2, model=model, device="cpu"), atol=TOLERANCE, rtol=0
+        after,
+        upscale(image, 2, model=model, device="cpu", precision="fp32"),
+        atol=TOLERANCE,
+        rtol=0,
     )
     assert (after - before).abs().max() > 0.1

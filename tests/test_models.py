@@ -336,3 +336,26 @@ def test_inference_runs_the_mlp_in_row_blocks_with_the_same_result(monkeypatch) 
         monkeypatch.setattr(lte_module, "MLP_ROWS_PER_BLOCK", 100)  # 2*19*23*4 rows: 35 blocks
         blocked = model.query(features, coord, cell)
     torch.testing.assert_close(blocked, whole, atol=1e-6, rtol=0)
+
+
+def test_mlp_inference_on_packed_weights_equals_the_layers() -> None:
+    """At inference on CPU the MLP runs on oneDNN-packed weights: same values as its layers
+    (fp32; bf16 under autocast as autocast's own layers give), re-packed when a weight changes,
+    and NaN (input or weights) still reaches the output instead of vanishing in a fused ReLU."""
+    from lte_cuda.models.mlp import MLP
+
+    torch.manual_seed(0)
+    mlp = MLP(64, 3, [64, 64]).eval()
+    x = torch.randn(1000, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(mlp(x), mlp.layers(x), atol=1e-5, rtol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            packed, plain = mlp(x.bfloat16()), mlp.layers(x.bfloat16())
+        assert packed.dtype == torch.bfloat16
+        torch.testing.assert_close(packed.float(), plain.float(), atol=2e-2, rtol=2e-2)
+        mlp.layers[0].bias.add_(1.0)  # in place: the packed copy must follow
+        torch.testing.assert_close(mlp(x), mlp.layers(x), atol=1e-5, rtol=1e-5)
+        x[7, 0] = float("nan")
+        assert mlp(x)[7].isnan().all() and mlp(x)[:7].isfinite().all()
+        mlp.layers[2].weight[0, 0] = float("nan")
+        assert mlp(x[:7]).isnan().any()

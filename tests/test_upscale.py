@@ -271,7 +271,7 @@ def test_pil_modes(model: LTE, mode: str, out_mode: str) -> None:
         (
             {"scale": 2, "precision": "fp64"},
             ValueError,
-            r"precision must be one of \['bf16', 'fp16', 'fp32'\], got 'fp64'",
+            r"precision must be one of auto, fp32, fp16, bf16, got 'fp64'",
         ),
         (
             {"scale": 2, "chunk_size": 0},

@@ -119,6 +119,23 @@ def test_blockwise_features_give_the_whole_images_tiles() -> None:
         assert renderer.features.bytes <= bound
 
 
+def test_bf16_features_take_half_the_memory_and_give_the_fp32_tiles_within_2() -> None:
+    """The viewer runs in the resolved precision: bf16 blocks (half the bytes), tiles within
+    2/255 of fp32's (the rule "auto" is held to)."""
+    image = Image.open(PHOTO).convert("RGB").resize((96, 64), Image.Resampling.BICUBIC)
+    model = resolve_model(None)
+    key = TileKey("lte", 32, 0, 0)
+    renders = {}
+    for precision in ("fp32", "bf16"):
+        renderer = TileRenderer(image, model, torch.device("cpu"), precision=precision)
+        renderer.prepare()
+        renders[precision] = (renderer.render(key).astype(int), renderer.features.bytes)
+    (fp32, fp32_bytes), (bf16, bf16_bytes) = renders["fp32"], renders["bf16"]
+    # coef and freq in bf16; the blocks' normalised input (3 channels beside 2 x 128) stays fp32.
+    assert bf16_bytes < 0.51 * fp32_bytes
+    assert np.abs(bf16 - fp32).max() <= 2
+
+
 def test_swinir_tiles_come_from_whole_image_features(photo) -> None:
     """SwinIR attends across the image: its features are not cut into blocks."""
     torch.manual_seed(0)

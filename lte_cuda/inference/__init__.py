@@ -22,8 +22,8 @@ encoders (EDSR-baseline, RDN) both give the untiled result to float rounding; Sw
 streamed and only tiled when asked.
 """
 
+from ..precision import PRECISIONS
 from .device import (
-    PRECISIONS,
     available_ram,
     check_fits,
     default_chunk,

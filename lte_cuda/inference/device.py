@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import torch
 
-PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-
 # Rough working-set estimates (float32, reference query path) used to size tiles and chunks:
 # a query holds 4 neighbours x C=256 MLP inputs plus activations and gathered features;
 # an encoder pixel holds RDN's dense concatenations (up to ~2k channels) plus coef/freq maps.

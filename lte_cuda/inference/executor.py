@@ -13,7 +13,7 @@ import torch
 
 from ..models.lte import LTE, LTEFeatures
 from ..models.traits import EncoderTraits
-from .device import PRECISIONS
+from ..precision import autocast, resolve_precision
 
 
 class Executor(Protocol):
@@ -38,14 +38,13 @@ class Executor(Protocol):
 
 class TorchExecutor:
     """An :class:`LTE` module run by torch on ``device`` (where it must already be, in eval
-    mode: see :func:`torch_executor`), under ``torch.autocast`` for ``"fp16"``/``"bf16"``."""
+    mode: see :func:`torch_executor`), under ``torch.autocast`` for ``"fp16"``/``"bf16"``
+    (``"auto"`` resolved by :func:`lte_cuda.precision.resolve_precision`)."""
 
     def __init__(self, model: LTE, device: torch.device, precision: str = "fp32") -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         self.model = model
         self.device = device
-        self.precision = precision
+        self.precision = resolve_precision(precision, device).name
         self.traits = model.traits
         self.channels = model.coef.out_channels
         self.trained_max_scale = model.trained_max_scale
@@ -53,9 +52,7 @@ class TorchExecutor:
     def _running(self) -> contextlib.ExitStack:
         stack = contextlib.ExitStack()
         stack.enter_context(torch.inference_mode())
-        dtype = PRECISIONS[self.precision]
-        if dtype is not None:
-            stack.enter_context(torch.autocast(self.device.type, dtype=dtype))
+        stack.enter_context(autocast(self.precision, self.device))
         return stack
 
     def encode_tile(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

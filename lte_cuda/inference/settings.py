@@ -9,8 +9,9 @@ from numbers import Integral
 
 import torch
 
+from ..precision import resolve_precision
 from . import device as machine
-from .device import PRECISIONS, default_chunk, resolve_device
+from .device import default_chunk, resolve_device
 
 
 @dataclass(frozen=True)
@@ -21,13 +22,16 @@ class InferenceSettings:
     device: torch.device
     budget: int  # bytes the working set may use (tiles, chunks)
     chunk: int  # output pixels decoded per model call
-    precision: str = "fp32"
+    precision: str = "fp32"  # resolved (fp32, bf16, fp16): lte_cuda.precision
     tile_size: int | None = None  # encoder tile side in input pixels; None: from the budget
     tile_overlap: int | None = None  # None: the encoder's radius
     self_ensemble: bool = False
     # Called as progress(done, total) after each region of the input is decoded (every
     # pass counted: 8 with self-ensemble); may raise to stop the run.
     progress: Callable[[int, int], None] | None = None
+    # Called with the number of output pixels just decoded, after each decode chunk (finer
+    # than ``progress``: a whole image is often one region).
+    pixel_progress: Callable[[int], None] | None = None
 
 
 def settings_for(
@@ -40,13 +44,13 @@ def settings_for(
     self_ensemble: bool = False,
     budget: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    pixel_progress: Callable[[int], None] | None = None,
 ) -> InferenceSettings:
     """Settings from the options of :func:`lte_cuda.upscale` (see there; ``budget`` is its
     ``memory_budget``), checked, with ``device`` resolved and the budget and chunk size
-    defaulted from the device's free memory. ``ValueError``/``TypeError`` name the bad
+    defaulted from the device's free memory, and ``precision`` (``"auto"`` too) resolved by
+    :func:`lte_cuda.precision.resolve_precision`. ``ValueError``/``TypeError`` name the bad
     option and what was received."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     if not isinstance(self_ensemble, bool):
         raise TypeError(f"self_ensemble must be True or False, got {self_ensemble!r}")
     chunk = _optional_int(chunk_size, "chunk_size", 1)
@@ -54,9 +58,12 @@ def settings_for(
     overlap = _optional_int(tile_overlap, "tile_overlap", 0)
     budget = _optional_int(budget, "memory_budget", 1)
     dev = resolve_device(device)
+    precision = resolve_precision(precision, dev).name
     budget = machine.memory_budget(dev) if budget is None else budget
     chunk = chunk or default_chunk(budget)
-    return InferenceSettings(dev, budget, chunk, precision, tile, overlap, self_ensemble, progress)
+    return InferenceSettings(
+        dev, budget, chunk, precision, tile, overlap, self_ensemble, progress, pixel_progress
+    )
 
 
 def _optional_int(value: object, name: str, low: int) -> int | None:

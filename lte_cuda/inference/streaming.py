@@ -32,10 +32,12 @@ def decode_box(
     box: Box,
     chunk: int,
     write: Writer,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> None:
     """Decode output pixels ``box`` of an ``out_size`` output from ``features`` (which must
     cover the input pixels under ``box`` and one more around them), ``chunk`` queries at a
-    time in row-major order, handing each run of pixels to ``write``."""
+    time in row-major order, handing each run of pixels to ``write`` (and its length to
+    ``on_chunk``)."""
     top, left, bottom, right = box
     dev = features.coef.device
     (out_h, out_w), (in_h, in_w) = out_size, features.image_size
@@ -61,6 +63,8 @@ def decode_box(
                 "the model produced NaN or infinite values (corrupt weights?)"
             )
         write_run(write, top, left, width, start, pred[0].float().clamp_(0, 1).t())
+        if on_chunk is not None:
+            on_chunk(pred.shape[1])
 
 
 def encode_image(
@@ -159,7 +163,10 @@ def _stream(
     tile, overlap = _tiling(executor, source.size, settings)
     if not _needs_streaming(executor, source.size, tile, settings):
         features = source.encode((0, 0, h, w), tile, overlap)
-        decode_box(executor, features, out_size, (0, 0, *out_size), settings.chunk, write)
+        box = (0, 0, *out_size)
+        decode_box(
+            executor, features, out_size, box, settings.chunk, write, settings.pixel_progress
+        )
         report()
         return
     for y0 in range(0, h, tile):
@@ -172,7 +179,9 @@ def _stream(
             frame = with_margin((y0, x0, y0 + tile, x0 + tile), (h, w))
             features = source.encode(frame, tile + 2, overlap)
             box = (rows[0], cols[0], rows[1], cols[1])
-            decode_box(executor, features, out_size, box, settings.chunk, write)
+            decode_box(
+                executor, features, out_size, box, settings.chunk, write, settings.pixel_progress
+            )
             report()
 
 

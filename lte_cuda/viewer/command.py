@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..cli_args import add_model_arguments
+from ..cli_args import add_model_arguments, add_precision_argument
 from ..image_io.files import read_image, to_8bit_rgb
 from ..inference import resolve_device
 from ..upscale import resolve_model
@@ -34,6 +34,7 @@ def add_view_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     )
     parser.add_argument("image", metavar="IMAGE", help="the image to view")
     add_model_arguments(parser)
+    add_precision_argument(parser)
     parser.add_argument(
         "--port", type=int, default=0, help="port to listen on (default: a free one)"
     )
@@ -55,6 +56,7 @@ def start_viewer(
     port: int,
     *,
     feature_bytes: int = DEFAULT_FEATURE_BYTES,
+    precision: str = "auto",
     **server_options,
 ) -> ViewerServer:
     """A :class:`ViewerServer` for ``image`` listening at ``host:port``, its features being
@@ -63,7 +65,7 @@ def start_viewer(
     if not 0 <= port <= 65535:
         raise ValueError(f"argument --port: expected 0-65535, got {port}")
     model = resolve_model(model_source)
-    renderer = TileRenderer(image, model, resolve_device(device), feature_bytes)
+    renderer = TileRenderer(image, model, resolve_device(device), feature_bytes, precision)
     model_name = Path(model_source).name if model_source else "bundled default.pth"
     try:
         server = ViewerServer(renderer, (host, port), model_name=model_name, **server_options)
@@ -76,14 +78,20 @@ def start_viewer(
 def run_view_command(args: argparse.Namespace) -> int:
     """Run ``lte-sr view``; returns the exit status (0 after Ctrl-C)."""
     image = to_8bit_rgb(read_image(args.image))
-    server = start_viewer(image, args.model, args.device, args.host, args.port)
+    server = start_viewer(
+        image, args.model, args.device, args.host, args.port, precision=args.precision
+    )
     if not is_loopback(args.host):
         print(
             f"lte-sr view: warning: listening on {args.host}, so other machines can reach this "
             "viewer and the image; use --host 127.0.0.1 to keep it on this machine",
             file=sys.stderr,
         )
-    print(f"lte-sr view: serving {args.image} at {server.url} (Ctrl-C stops)", flush=True)
+    precision = server.renderer.features.precision
+    print(
+        f"lte-sr view: serving {args.image} at {server.url} in {precision} (Ctrl-C stops)",
+        flush=True,
+    )
     if args.open:
         webbrowser.open(server.url)
     try:

@@ -29,12 +29,13 @@ class TileRenderer:
         model: LTE,
         device: torch.device,
         feature_bytes: int = DEFAULT_FEATURE_BYTES,
+        precision: str = "auto",
     ) -> None:
         self.image = image.convert("RGB")
         self.device = device
         self.grid = TileGrid(self.image.height, self.image.width)
         rgb = torch.from_numpy(np.array(self.image)).permute(2, 0, 1)  # uint8, (3, h, w)
-        self.features = ImageFeatures(model, rgb, device, feature_bytes)
+        self.features = ImageFeatures(model, rgb, device, feature_bytes, precision)
         self.prepare_error: str | None = None
         self._done = threading.Event()
 
