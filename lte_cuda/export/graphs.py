@@ -75,7 +75,9 @@ class QueryGraph(nn.Module):
         # The batch of one dropped by a reshape: [0] exports as a Gather that copies the maps on
         # every call, squeeze(0) as an If on the dynamic shape.
         coef, freq, inp, coord, cell = (t.flatten(0, 1) for t in (coef, freq, inp, coord, cell))
-        rgb = query_rgb(coef, freq, model.phase.weight, model.imnet, inp, coord, cell)
+        # The plain Linear/ReLU layers: the MLP's inference path calls oneDNN's packed ops,
+        # which do not export.
+        rgb = query_rgb(coef, freq, model.phase.weight, model.imnet.layers, inp, coord, cell)
         return model.denormalise(rgb.unsqueeze(0))
 
 
