@@ -7,19 +7,14 @@ textured region, so the difference can be seen pixel by pixel.
 
 from __future__ import annotations
 
-import argparse
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .cli_args import add_precision_argument
 from .image_io.files import read_image, to_8bit_rgb, write_image
-from .inference import resolve_device
 from .models import LTE
 from .output_guard import refuse_overwriting_inputs
-from .precision import resolve_precision
 from .upscale import DEFAULT_WEIGHTS, resolve_model, upscale
 
 DEMO_PHOTO = Path(__file__).resolve().parent / "assets" / "chelsea.png"
@@ -141,43 +136,3 @@ def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default(size=FONT_SIZE)
     except TypeError:  # Pillow < 10.1 has only the small fixed-size bitmap font
         return ImageFont.load_default()
-
-
-def add_demo_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the ``demo`` subcommand to the ``lte-sr`` parser."""
-    parser = subparsers.add_parser(
-        "demo",
-        help="upscale a bundled photo and compare LTE with bicubic",
-        description=(
-            "Upscale the bundled photo (a crop of scikit-image's chelsea, CC0) with the bundled "
-            "default model and write the result and a side-by-side comparison with PIL bicubic."
-        ),
-    )
-    parser.add_argument("--out", default="demo-output", help="output folder (default: demo-output)")
-    parser.add_argument(
-        "--scale",
-        type=float,
-        default=DEFAULT_SCALE,
-        help=f"upscaling factor (default: {DEFAULT_SCALE})",
-    )
-    parser.add_argument(
-        "--model", help="checkpoint (.pth) to use instead of the bundled default model"
-    )
-    add_precision_argument(parser)
-    parser.set_defaults(func=run_demo_command)
-    return parser
-
-
-def run_demo_command(args: argparse.Namespace) -> int:
-    """Run ``lte-sr demo``; returns the exit status."""
-    start = time.perf_counter()
-    paths = run_demo(args.out, scale=args.scale, model=args.model, precision=args.precision)
-    precision = resolve_precision(args.precision, resolve_device(None))
-    print(
-        f"upscaled {DEMO_PHOTO.name} x{args.scale:g} with "
-        f"{args.model or 'the bundled default model'} in {time.perf_counter() - start:.1f} s, "
-        f"{precision}:"
-    )
-    for path in paths:
-        print(path)
-    return 0

@@ -1,4 +1,4 @@
-"""Evaluation with the published test protocol, and the ``lte-sr test`` subcommand.
+"""Evaluation with the published test protocol (``lte-sr test`` is :mod:`lte_cuda.cli.test`).
 
 Per image: (SwinIR only) reflect-pad the LR input, decode every HR pixel in chunks of
 ``eval_bsize`` queries with the cell enlarged above the training scale (the model normalises
@@ -8,13 +8,9 @@ and take the PSNR of :func:`lte_cuda.metrics.psnr` for the config's ``eval_type`
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import os
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,16 +18,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import distributed
-from .cli_args import add_precision_argument
-from .config import TestConfig, dataset_paths, load_config, read_test_config
+from .config import TestConfig, read_test_config
 from .coords import make_cell, make_coord
 from .data import make_dataset
-from .image_io.files import atomic_output, is_image_path
-from .inference import cell_enlargement, reflect_pad_to_window, resolve_device
+from .inference import cell_enlargement, reflect_pad_to_window
 from .metrics import parse_eval_type, psnr
-from .models import BACKENDS, DEFAULT_BACKEND
-from .output_guard import refuse_overwriting_inputs
-from .precision import autocast, resolve_precision
 
 
 @torch.no_grad()
@@ -140,23 +131,8 @@ def run_test(
     """
     if not isinstance(config, TestConfig):
         config = read_test_config(config)
-    spec = config.test_dataset
     eval_type = config.eval_type
-    wrapper_args = {"dataset": make_dataset(spec.dataset)}
-    _, scale = parse_eval_type(eval_type)
-    if spec.wrapper["name"] == "sr-implicit-paired" and scale:
-        wrapper_args["scale"] = scale  # pairs must be at the protocol's scale
-    dataset = make_dataset(spec.wrapper, args=wrapper_args)
-    device = next(model.parameters()).device
-    # Under torchrun each process scores its share; the PSNRs are put back in order below.
-    indices = distributed.shard(range(len(dataset)))
-    loader = DataLoader(
-        Subset(dataset, indices),
-        batch_size=spec.batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-    )
+    dataset, indices, loader = _test_loader(config, next(model.parameters()).device, num_workers)
     names = _image_names(dataset)
     count = len(dataset)
     records: list[dict[str, Any]] = []
@@ -196,6 +172,29 @@ def run_test(
     }
 
 
+def _test_loader(
+    config: TestConfig, device: torch.device, num_workers: int
+) -> tuple[Dataset, list[int], DataLoader]:
+    """The test set of ``config`` (wrapped as its ``wrapper`` says), the indices of the
+    images this process scores, and a loader over those in order."""
+    spec = config.test_dataset
+    wrapper_args = {"dataset": make_dataset(spec.dataset)}
+    _, scale = parse_eval_type(config.eval_type)
+    if spec.wrapper["name"] == "sr-implicit-paired" and scale:
+        wrapper_args["scale"] = scale  # pairs must be at the protocol's scale
+    dataset = make_dataset(spec.wrapper, args=wrapper_args)
+    # Under torchrun each process scores its share; run_test puts the PSNRs back in order.
+    indices = distributed.shard(range(len(dataset)))
+    loader = DataLoader(
+        Subset(dataset, indices),
+        batch_size=spec.batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    return dataset, indices, loader
+
+
 def check_finite(result: Mapping[str, Any]) -> None:
     """``NonFiniteResultError`` naming the first image whose PSNR in a :func:`run_test`
     record is not finite, and why: NaN comes from a model output that is not finite,
@@ -214,80 +213,3 @@ def check_finite(result: Mapping[str, Any]) -> None:
 
 class NonFiniteResultError(ValueError):
     """A PSNR of a test run is NaN or infinite: the result is not a measurement."""
-
-
-def add_test_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the ``test`` subcommand to the ``lte-sr`` parser."""
-    parser = subparsers.add_parser(
-        "test",
-        help="evaluate a checkpoint on a published test config (PSNR)",
-        description="Evaluate a checkpoint with the published protocol and print the mean PSNR.",
-    )
-    parser.add_argument(
-        "--config", required=True, help="test config (YAML), e.g. configs/test/test-div2k-4.yaml"
-    )
-    parser.add_argument("--model", required=True, help="checkpoint (.pth) in the published format")
-    parser.add_argument("--out", help="write the results (mean and per-image PSNR) as JSON here")
-    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument(
-        "--backend", choices=BACKENDS, default=DEFAULT_BACKEND, help="query implementation"
-    )
-    parser.add_argument(
-        "--eval-bsize", type=int, help="queries decoded per chunk (overrides the config)"
-    )
-    parser.add_argument("--num-workers", type=int, default=0, help="data loader workers")
-    parser.add_argument("--quiet", action="store_true", help="print only the mean PSNR")
-    # Evaluation protocols are float32: auto (bf16 on CPUs with native bf16) is opt-in here.
-    add_precision_argument(parser, default="fp32")
-    parser.set_defaults(func=run_test_command)
-    return parser
-
-
-def run_test_command(args: argparse.Namespace) -> int:
-    """Run ``lte-sr test``; returns the exit status (1, with no JSON written, when any PSNR
-    is not finite)."""
-    from .checkpoint import load_model
-
-    config = read_test_config(load_config(args.config), args.config)
-    if args.out:
-        _refuse_overwriting_inputs(Path(args.out), config, args)
-    device = resolve_device(args.device)
-    precision = resolve_precision(args.precision, device)
-    model = load_model(args.model, map_location=device, backend=args.backend).to(device)
-    with autocast(precision.name, device):
-        result = run_test(
-            config,
-            model,
-            eval_bsize=args.eval_bsize,
-            num_workers=args.num_workers,
-            verbose=not args.quiet,
-        )
-    result["precision"] = precision.name
-    try:
-        check_finite(result)
-    except NonFiniteResultError as err:
-        raise NonFiniteResultError(
-            f"{args.model}: {err}" + ("; no JSON written" if args.out else "")
-        ) from None
-    print(
-        f"result: {result['mean_psnr']:.4f} dB ({result['eval_type'] or 'rgb'}, "
-        f"{len(result['images'])} images, {result['seconds']:.1f} s, {precision})"
-    )
-    if args.out and distributed.is_main():  # under torchrun every process has the result
-        result.update(config=os.path.abspath(args.config), model=os.path.abspath(args.model))
-        text = json.dumps(result, indent=2, allow_nan=False)  # strict JSON: no NaN/Infinity
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with atomic_output(args.out) as stream:
-            stream.write(text.encode())
-    return 0
-
-
-def _refuse_overwriting_inputs(out: Path, config: TestConfig, args: argparse.Namespace) -> None:
-    """``--out`` is none of the files the run reads: the config, the checkpoint, and (for an
-    image-named output) an image of the test set's folders."""
-    inputs = [Path(args.config), Path(args.model)]
-    for path in map(Path, dataset_paths(config.test_dataset)):
-        inputs.append(path)
-        if is_image_path(out):
-            inputs.append(path / out.name)
-    refuse_overwriting_inputs(out, inputs, "--out")

@@ -12,14 +12,12 @@ figure), and the input's own Fourier spectrum for comparison.
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .cli_args import add_model_arguments
 from .image_io.files import atomic_output, read_image, to_8bit_rgb
 from .inference import encode_image
 from .models import LTE
@@ -217,29 +215,3 @@ def inspect_image(
     rgb = torch.from_numpy(image.copy()).permute(2, 0, 1).float() / 255
     amplitude, frequency = estimate_textures(lte, rgb, device)
     render_texture_figure(image, amplitude, frequency, out_path)
-
-
-def add_inspect_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the ``inspect`` subcommand to the ``lte-sr`` parser."""
-    parser = subparsers.add_parser(
-        "inspect",
-        help="draw what the texture estimator sees in an image",
-        description=(
-            "Draw LTE's texture estimates for IMAGE into OUT: amplitude map, dominant frequency "
-            "and direction, the estimated frequencies in Fourier space, and the image's spectrum."
-        ),
-    )
-    parser.add_argument(
-        "image", metavar="IMAGE", help="input image (at most 512x512 pixels' worth)"
-    )
-    parser.add_argument("output", metavar="OUT", help="output figure, e.g. textures.png")
-    add_model_arguments(parser)
-    parser.set_defaults(func=run_inspect_command)
-    return parser
-
-
-def run_inspect_command(args: argparse.Namespace) -> int:
-    """Run ``lte-sr inspect``; returns the exit status."""
-    inspect_image(args.image, args.output, model=args.model, device=args.device)
-    print(args.output)
-    return 0

@@ -1,4 +1,4 @@
-"""Training with the published recipe and config layout, and the ``lte-sr train`` subcommand.
+"""Training with the published recipe and config layout (the command: :mod:`lte_cuda.cli.train`).
 
 Config keys (published): ``train_dataset`` / ``val_dataset`` (``dataset``, ``wrapper``,
 ``batch_size``), ``data_norm``, ``model``, ``optimizer``, ``epoch_max``, ``multi_step_lr``,
@@ -29,13 +29,11 @@ when the folder is next locked.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import math
 import os
 import random
 import re
-import sys
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -55,7 +53,6 @@ from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from . import distributed
 from .checkpoint import CheckpointError, load_model, read_checkpoint, save_model
 from .config import (
     AMP_DTYPES,
@@ -63,14 +60,13 @@ from .config import (
     DatasetSpec,
     TrainConfig,
     dataset_paths,
-    load_config,
     read_train_config,
 )
 from .data import make_dataset, seed_worker
 from .distributed import DistEnv
 from .evaluate import evaluate
 from .image_io.files import PARTIAL_TAG, atomic_output
-from .models import BACKENDS, make_model
+from .models import make_model
 from .models.norm import IDENTITY_NORM
 from .output_guard import refuse_overwriting_inputs
 from .run_lock import RunLock, RunLockedError
@@ -771,59 +767,3 @@ def _fit(trainer: Trainer, data: TrainData, start_time: float) -> dict[str, Any]
         "best_val_psnr": progress.best_val if progress.best_val > -math.inf else None,
         "stopped_early": stopped,
     }
-
-
-def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the ``train`` subcommand to the ``lte-sr`` parser."""
-    parser = subparsers.add_parser(
-        "train",
-        help="train a model from a published-layout config",
-        description="Train LTE from a YAML config (published layout). Run under "
-        "`torchrun --nproc_per_node N --no-python lte-sr train ...` for several processes.",
-    )
-    parser.add_argument("--config", required=True, help="training config (YAML)")
-    parser.add_argument("--name", help="run name (default: _<config file name>)")
-    parser.add_argument("--save-dir", default="save", help="parent folder of runs (default: save)")
-    parser.add_argument(
-        "--resume", help="checkpoint to continue from (e.g. save/NAME/epoch-last.pth)"
-    )
-    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--backend", choices=BACKENDS, help="query implementation")
-    parser.add_argument("--amp", choices=sorted(AMP_DTYPES), help="mixed precision (default: fp32)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
-    parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
-    parser.add_argument("--time-budget", type=float, help="stop after this many seconds")
-    parser.add_argument("--num-workers", type=int, help="data loader workers per process")
-    parser.add_argument("--seed", type=int, help="random seed (default: config's, else 0)")
-    parser.set_defaults(func=run_train_command)
-    return parser
-
-
-def run_train_command(args: argparse.Namespace) -> int:
-    """Run ``lte-sr train``; returns the exit status."""
-    config = load_config(args.config)
-    overrides = {
-        "device": args.device,
-        "backend": args.backend,
-        "amp": args.amp,
-        "max_steps": args.max_steps,
-        "time_budget": args.time_budget,
-        "num_workers": args.num_workers,
-        "seed": args.seed,
-    }
-    config.update({k: v for k, v in overrides.items() if v is not None})
-    if args.compile:
-        config["compile"] = True
-    name = args.name or "_" + os.path.splitext(os.path.basename(args.config))[0]
-    save_path = os.path.join(args.save_dir, name)
-    result = train(config, save_path, resume=args.resume, config_file=args.config)
-    if distributed.is_main():
-        best = result["best_val_psnr"]
-        print(
-            f"{'stopped' if result['stopped_early'] else 'done'}: {result['epoch']} epochs "
-            f"and step {result['global_step']}"
-            + (f", best val PSNR {best:.4f} dB" if best is not None else "")
-            + f"; checkpoints in {save_path}",
-            file=sys.stderr,
-        )
-    return 0

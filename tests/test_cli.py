@@ -22,7 +22,7 @@ from lte_cuda.models import build_preset
 
 # `lte_cuda.upscale` is the function; the module is needed to patch its weight paths.
 upscale_module = importlib.import_module("lte_cuda.upscale")
-cli_module = importlib.import_module("lte_cuda.cli")
+upscale_command = importlib.import_module("lte_cuda.cli.upscale")
 ICC_RGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
@@ -333,7 +333,7 @@ def nearest_x2(image: np.ndarray, **_: object) -> np.ndarray:
 def test_16bit_in_16bit_out(
     tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch, name: str, shape: tuple
 ) -> None:
-    monkeypatch.setattr(cli_module, "upscale", nearest_x2)
+    monkeypatch.setattr(upscale_command, "upscale", nearest_x2)
     pixels = np.random.default_rng(0).integers(0, 65536, shape, dtype=np.uint16)
     files.write_image(pixels, tmp_path / name)
     status, err = run(capsys, "upscale", tmp_path / name, tmp_path / f"out-{name}", "--scale", "2")
@@ -632,7 +632,7 @@ def test_an_ico_output_too_large_for_the_format_is_refused_before_the_work(
     def no_work(*args: object, **kwargs: object) -> None:
         raise AssertionError("upscaled although the output cannot be written")
 
-    monkeypatch.setattr(cli_module, "upscale", no_work)
+    monkeypatch.setattr(upscale_command, "upscale", no_work)
     source = write_image(tmp_path / "in.png", width=100, height=60)
     status, err = run(
         capsys, "upscale", source, tmp_path / "out.ico", "--scale", "3", "--model", checkpoint

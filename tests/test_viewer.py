@@ -206,7 +206,7 @@ def test_bad_tile_requests_get_400_with_a_message(server, query, message) -> Non
         "/../../etc/passwd",
         "/%2e%2e/%2e%2e/etc/passwd",
         "/static/../../setup.py",
-        "/lte_cuda/cli.py",
+        "/lte_cuda/cli/__init__.py",
         "//etc/passwd",
         "/viewer.js/../../../etc/passwd",
     ],

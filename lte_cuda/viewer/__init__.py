@@ -5,6 +5,6 @@ of any level from them (:mod:`.renderer`, :mod:`.tiles`), newest view first
 (:mod:`.scheduler`); the page (``static/``) is hand-written HTML, CSS and JavaScript.
 """
 
-from .command import add_view_parser, start_viewer
+from .launch import start_viewer
 
-__all__ = ["add_view_parser", "start_viewer"]
+__all__ = ["start_viewer"]

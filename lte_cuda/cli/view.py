@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 import webbrowser
-from pathlib import Path
 
-from PIL import Image
-
-from ..cli_args import add_model_arguments, add_precision_argument
 from ..image_io.files import read_image, to_8bit_rgb
-from ..inference import resolve_device
-from ..upscale import resolve_model
-from .features import DEFAULT_FEATURE_BYTES
-from .renderer import TileRenderer
-from .server import ViewerServer, is_loopback
+from ..viewer import start_viewer
+from ..viewer.server import is_loopback
+from .args import add_model_arguments, add_precision_argument
 
 DEFAULT_HOST = "127.0.0.1"
 
 
-def add_view_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``view`` subcommand to the ``lte-sr`` parser."""
     parser = subparsers.add_parser(
         "view",
@@ -44,38 +37,11 @@ def add_view_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         help=f"address to listen on (default: {DEFAULT_HOST}, this machine only)",
     )
     parser.add_argument("--open", action="store_true", help="open the page in the default browser")
-    parser.set_defaults(func=run_view_command)
+    parser.set_defaults(func=run)
     return parser
 
 
-def start_viewer(
-    image: Image.Image,
-    model_source: str | None,
-    device: str,
-    host: str,
-    port: int,
-    *,
-    feature_bytes: int = DEFAULT_FEATURE_BYTES,
-    precision: str = "auto",
-    **server_options,
-) -> ViewerServer:
-    """A :class:`ViewerServer` for ``image`` listening at ``host:port``, its features being
-    prepared in the background; ``server_options`` go to ViewerServer (workers, cache_bytes).
-    ``ValueError``/``OSError`` for bad arguments."""
-    if not 0 <= port <= 65535:
-        raise ValueError(f"argument --port: expected 0-65535, got {port}")
-    model = resolve_model(model_source)
-    renderer = TileRenderer(image, model, resolve_device(device), feature_bytes, precision)
-    model_name = Path(model_source).name if model_source else "bundled default.pth"
-    try:
-        server = ViewerServer(renderer, (host, port), model_name=model_name, **server_options)
-    except OSError as error:
-        raise OSError(f"cannot listen on {host}:{port} ({error.strerror or error})") from None
-    threading.Thread(target=renderer.prepare, name="prepare-features", daemon=True).start()
-    return server
-
-
-def run_view_command(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run ``lte-sr view``; returns the exit status (0 after Ctrl-C)."""
     image = to_8bit_rgb(read_image(args.image))
     server = start_viewer(

@@ -19,7 +19,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_precision_argument(parser: argparse.ArgumentParser, default: str = "auto") -> None:
     """``--precision``: ``auto`` (the rule of :mod:`lte_cuda.precision`) or a named one."""
-    from .precision import CHOICES
+    from ..precision import CHOICES
 
     parser.add_argument(
         "--precision",

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..export.graphs import DEFAULT_OPSET, OPSETS, output_paths, to_onnx
 from ..output_guard import refuse_overwriting_inputs
 from ..upscale import model_file, resolve_model
-from .graphs import DEFAULT_OPSET, OPSETS, output_paths, to_onnx
 
 
-def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``export`` subcommand to the ``lte-sr`` parser."""
     parser = subparsers.add_parser(
         "export",
@@ -43,11 +43,11 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
         action="store_true",
         help="the MLP's matrix products in int8 (ONNX Runtime's dynamic quantisation)",
     )
-    parser.set_defaults(func=run_export_command)
+    parser.set_defaults(func=run)
     return parser
 
 
-def run_export_command(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run ``lte-sr export``; returns the exit status."""
     targets = output_paths(args.output, args.parts)
     for target in targets.values():

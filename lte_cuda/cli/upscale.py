@@ -1,29 +1,18 @@
-"""The ``lte-sr`` command line (also ``python -m lte_cuda``).
-
-Each subcommand is one function ``add_parser(subparsers) -> ArgumentParser`` that adds its
-parser and sets ``func`` (``args -> exit status``); :data:`SUBCOMMANDS` lists them, so a new
-subcommand is one more entry there. User errors (bad arguments, missing or unreadable
-files, bad checkpoints, CUDA absent) are printed as one line ``lte-sr: error: ...`` with
-exit status 2 for usage errors and 1 for the rest; no traceback.
-"""
+"""``lte-sr upscale``: an image, or every image of a folder, to any size."""
 
 from __future__ import annotations
 
 import argparse
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 from tqdm import tqdm
 
-from . import distributed
-from .cli_args import add_model_arguments
-from .demo import add_demo_parser
-from .evaluate import add_test_parser
-from .export.command import add_export_parser
-from .export.runtimes import RUNTIMES
-from .image_io.files import (
+from .. import distributed
+from ..export.runtimes import RUNTIMES
+from ..image_io.files import (
     DEFAULT_QUALITY,
     IMAGE_SUFFIXES,
     check_output,
@@ -32,36 +21,17 @@ from .image_io.files import (
     read_image_file,
     write_image_file,
 )
-from .inference import NonFiniteOutputError, resolve_device
-from .output_guard import refuse_overwriting_inputs
-from .precision import CHOICES as PRECISION_CHOICES
-from .precision import Precision, resolve_precision
-from .progress import RunProgress
-from .texture_map import add_inspect_parser
-from .train import add_train_parser
-from .upscale import output_size, resolve_runner, upscale
-from .viewer import add_view_parser
-
-PROG = "lte-sr"
+from ..inference import NonFiniteOutputError, resolve_device
+from ..output_guard import refuse_overwriting_inputs
+from ..precision import CHOICES as PRECISION_CHOICES
+from ..precision import Precision, resolve_precision
+from ..progress import RunProgress
+from ..upscale import output_size, resolve_runner, upscale
+from .args import add_model_arguments
+from .errors import PROG, CLIError, UsageError
 
 
-class CLIError(Exception):
-    """A user-facing error: printed as one line, exit status 1."""
-
-
-class UsageError(CLIError):
-    """A malformed command line: printed as one line, exit status 2."""
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    """An ArgumentParser that raises instead of printing usage and exiting, so that every
-    error reaches the user as the same single line."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(message)
-
-
-def add_upscale_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``upscale`` subcommand to the ``lte-sr`` parser."""
     parser = subparsers.add_parser(
         "upscale",
@@ -122,7 +92,7 @@ def add_upscale_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         action="store_true",
         help="leave outputs that already exist as they are (continues a stopped folder run)",
     )
-    parser.set_defaults(func=run_upscale_command)
+    parser.set_defaults(func=run)
     return parser
 
 
@@ -133,51 +103,7 @@ def _quality(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer in 1..100, got {text!r}") from None
 
 
-SUBCOMMANDS = (
-    add_upscale_parser,
-    add_train_parser,
-    add_test_parser,
-    add_demo_parser,
-    add_inspect_parser,
-    add_view_parser,
-    add_export_parser,
-)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``lte-sr`` parser with every subcommand of :data:`SUBCOMMANDS`."""
-    parser = _ArgumentParser(prog=PROG, description="Arbitrary-scale super-resolution with LTE.")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add_parser in SUBCOMMANDS:
-        add_parser(subparsers)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``lte-sr`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
-    try:
-        args = build_parser().parse_args(argv)
-        distributed.use_local_gpu()  # under torchrun: one GPU per process
-        return args.func(args)
-    except SystemExit as done:  # --help and --version exit through argparse
-        return done.code if isinstance(done.code, int) else 0
-    except UsageError as err:
-        return _fail(str(err), 2)
-    # CheckpointError is a ValueError; file-system errors are OSErrors; a runtime package
-    # missing from the environment is an ImportError naming the extra that installs it.
-    except (CLIError, ValueError, TypeError, OSError, ImportError) as err:
-        return _fail(str(err), 1)
-    except KeyboardInterrupt:
-        return _fail("interrupted", 130)
-
-
-def _fail(message: str, status: int) -> int:
-    one_line = " ".join(message.split())
-    print(f"{PROG}: error: {one_line}", file=sys.stderr)
-    return status
-
-
-def run_upscale_command(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run ``lte-sr upscale``; returns the exit status."""
     scale, size = _parse_scale(args.scale), _parse_size(args.size)
     source = Path(args.input)
