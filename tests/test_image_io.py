@@ -316,16 +316,32 @@ def test_failed_write_leaves_nothing_and_keeps_the_old_file(tmp_path: Path) -> N
 
 
 def test_sigterm_while_writing_removes_the_partial_file(tmp_path: Path) -> None:
-    target = tmp_path / "out.png"
-    with pytest.raises(SystemExit) as stopped, files.atomic_output(target) as stream:
-        stream.write(b"half")
-        partials = [p.name for p in tmp_path.iterdir()]
-        os.kill(os.getpid(), signal.SIGTERM)
-        stream.write(b"never")  # the handler raises before this line
-    assert stopped.value.code == 128 + signal.SIGTERM
+    # In a fresh process: the signal goes to a process that has loaded nothing else (OpenVINO,
+    # once loaded, leaves the main thread an alternate signal stack that later handlers crash on).
+    script = textwrap.dedent(
+        """
+        import os, signal, sys
+        from pathlib import Path
+        from lte_cuda.image_io import files
+        target = Path(sys.argv[1]) / "out.png"
+        try:
+            with files.atomic_output(target) as stream:
+                stream.write(b"half")
+                print(*[p.name for p in target.parent.iterdir()])
+                os.kill(os.getpid(), signal.SIGTERM)
+                stream.write(b"never")  # the handler raises before this line
+        except SystemExit as stopped:
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+            sys.exit(stopped.code)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr
+    partials = result.stdout.split()
     assert len(partials) == 1 and partials[0].startswith(".out.png" + files.PARTIAL_TAG)
     assert list(tmp_path.iterdir()) == []
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 def test_partial_files_are_not_images(tmp_path: Path) -> None:
