@@ -25,9 +25,14 @@ install: $(PY)
 	@$(PY) -c "import lte_cuda.ops as o, torch; print('lte_cuda built for torch', torch.__version__, '| CUDA kernels:', o.HAS_CUDA_KERNELS, '| fused op:', 'yes' if o.library_available() else o.LIBRARY_ERROR)"
 
 # pytest exits 5 when it collects no tests: that is a broken suite, not a pass.
+# The runtime parity tests run in a process of their own: after OpenVINO had run in the suite's
+# process, a later test's subprocess.run crashed that process (SIGSEGV, seen twice here).
 test: install
-	@$(PY) -m pytest -q -ra tests; rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; exit 1; fi; exit $$rc
+	@$(PY) -m pytest -q -ra tests --ignore=tests/test_export.py; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests"; exit 1; fi; \
+	[ $$rc -eq 0 ] || exit $$rc; \
+	$(PY) -m pytest -q -ra tests/test_export.py; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no runtime tests"; exit 1; fi; exit $$rc
 
 lint: install
 	$(VENV)/bin/ruff format --check .
