@@ -13,6 +13,7 @@ can never cost more memory than its declared model needs.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import pickle
@@ -107,8 +108,12 @@ def _archive_size(path: Path, name: str) -> int:
 
 def _torch_load(path: Path, name: str, location: str) -> Any:
     """``torch.load(path, weights_only=True)`` onto ``location``, errors as CheckpointError."""
+    meta = location == "meta"
     try:
-        with warnings.catch_warnings():
+        with (
+            warnings.catch_warnings(),
+            _no_sparse_validation() if meta else contextlib.nullcontext(),
+        ):
             # A foreign pickle's protocol warning would add lines to a one-line error.
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             # CPU first: the model is built there, and files saved on a GPU load without one.
@@ -124,6 +129,24 @@ def _torch_load(path: Path, name: str, location: str) -> Any:
             f"{name}: cannot be read as a weights-only PyTorch checkpoint "
             f"({type(exc).__name__}: {first_line})"
         ) from exc
+
+
+@contextlib.contextmanager
+def _no_sparse_validation():
+    """Skip torch's end-of-load check of sparse tensors' indices (torch 2.14 runs it on every
+    weights-only load): a meta load holds no indices to check, and ``_check_dense_and_real``
+    then refuses every sparse tensor by name before anything is read for real."""
+    utils = torch._utils
+    validate = getattr(utils, "_validate_loaded_sparse_tensors", None)
+    pending = getattr(utils, "_sparse_tensors_to_validate", None)
+    if validate is None or pending is None:
+        yield
+        return
+    utils._validate_loaded_sparse_tensors = lambda weights_only=False: pending.clear()
+    try:
+        yield
+    finally:
+        utils._validate_loaded_sparse_tensors = validate
 
 
 def _unpickling_reason(exc: pickle.UnpicklingError) -> str:
