@@ -31,7 +31,8 @@ from .distributed import is_main, local_rank, rank_device
 from .inference import check_fits
 from .metrics import parse_eval_type
 from .models import BACKENDS, DEFAULT_BACKEND
-from .models.limits import Bound, check_model_spec
+from .models.bounds import Bound, int_bound, real_bound, short_repr
+from .models.limits import check_model_spec
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -139,7 +140,7 @@ class _Checker:
         self.source = source
 
     def fail(self, key: str, value: Any, allowed: str) -> ConfigError:
-        message = f"{key} must be {allowed}, got {_short(value)}"
+        message = f"{key} must be {allowed}, got {short_repr(value)}"
         return ConfigError(f"{self.source}: {message}{_hint(value)}")
 
     def bound(self, mapping: Mapping, key: str, bound: Bound, where: str, default: Any = None):
@@ -216,17 +217,14 @@ def _hint(value: Any) -> str:
     return " (YAML reads a number like 1e-4 as text: write 1.0e-4)"
 
 
-def _short(value: Any, width: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= width else text[: width - 3] + "..."
+def _int(low: int, high: int) -> Bound:
+    """An optional integer key in [low, high] (the config's keys are optional by default)."""
+    return int_bound(low, high, optional=True)
 
 
-def _int(low: int, high: int, optional: bool = True) -> Bound:
-    return Bound("int", low, high, optional=optional)
-
-
-def _real(low: float, high: float, optional: bool = True) -> Bound:
-    return Bound("real", low, high, optional=optional)
+def _real(low: float, high: float) -> Bound:
+    """An optional real key in [low, high]."""
+    return real_bound(low, high, optional=True)
 
 
 _REPEAT = _int(1, MAX_REPEAT)
@@ -454,7 +452,7 @@ def read_train_config(config: Mapping, source: str = "config") -> TrainConfig:
     """``config`` checked as a training config (``source`` names it in messages), before any
     work: :class:`ConfigError` for a missing or bad key, one warning line per unknown key."""
     if not isinstance(config, Mapping):
-        raise ConfigError(f"{source}: a config must be a mapping of keys, got {_short(config)}")
+        raise ConfigError(f"{source}: a config must be a mapping of keys, got {short_repr(config)}")
     c = _Checker(source)
     c.known_keys(config, TRAIN_KEYS)
     train_set = _check_dataset_spec(c, config, "train_dataset", None)
@@ -506,7 +504,7 @@ def read_train_config(config: Mapping, source: str = "config") -> TrainConfig:
 def read_test_config(config: Mapping, source: str = "config") -> TestConfig:
     """``config`` checked as a test config, like :func:`read_train_config`."""
     if not isinstance(config, Mapping):
-        raise ConfigError(f"{source}: a config must be a mapping of keys, got {_short(config)}")
+        raise ConfigError(f"{source}: a config must be a mapping of keys, got {short_repr(config)}")
     c = _Checker(source)
     c.known_keys(config, TEST_KEYS)
     test_set = _check_dataset_spec(c, config, "test_dataset", 1)
