@@ -7,6 +7,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 // Forced inline: the CPU channel loops only vectorise with the whole chain inlined.
 #if defined(__CUDACC__)
@@ -71,9 +73,12 @@ Grid<T> make_grid(int64_t height, int64_t width) {
   return Grid<T>{make_axis<T>(height), make_axis<T>(width)};
 }
 
-// Round half to even without library calls, so loops over it vectorise on every target.
-// Adding and removing 2^(mantissa bits) leaves the nearest integer in round-to-nearest-even
-// mode; values at or beyond that magnitude are integers already.
+// Round half to even, as one vector instruction on the host and without library calls on the
+// GPU, where this is the form verified on a GPU. On the device, adding and removing
+// 2^(mantissa bits) leaves the nearest integer in round-to-nearest-even mode; values at or
+// beyond that magnitude are integers already. On the host, rint in the default rounding mode is
+// the same function; x + 0 makes -0 round to +0 as the device form does, so both devices give
+// the same bits (tests/test_host_forms.py compiles the two forms side by side).
 template <typename T>
 struct RoundMagic;
 template <>
@@ -87,12 +92,16 @@ struct RoundMagic<double> {
 
 template <typename T>
 LTE_HD T round_half_even(T x) {
+#if defined(__CUDA_ARCH__) || defined(LTE_DEVICE_FORMS)
   const T magic = RoundMagic<T>::value;
   // Both arms are computed and then selected, so the compiler needs no branch.
   const T ax = x < T(0) ? -x : x;
   const T rounded = (ax + magic) - magic;
   const T r = ax < magic ? rounded : ax;
   return x < T(0) ? -r : r;
+#else
+  return std::rint(x + T(0));
+#endif
 }
 
 // Index of the pixel whose centre is nearest to the shifted coordinate c, exactly as
@@ -131,10 +140,29 @@ struct Neighbour {
 };
 
 template <typename T>
-LTE_HD Neighbour<T> locate_neighbour(T coord_row, T coord_col, int n, const Grid<T>& g) {
-  const AxisNeighbour<T> r = locate_on_axis(coord_row, row_offset_is_positive(n), g.row);
-  const AxisNeighbour<T> c = locate_on_axis(coord_col, col_offset_is_positive(n), g.col);
+LTE_HD Neighbour<T> combine_axes(const AxisNeighbour<T>& r, const AxisNeighbour<T>& c,
+                                 const Grid<T>& g) {
   return {r.index * g.col.size + c.index, r.rel, c.rel};
+}
+
+template <typename T>
+LTE_HD Neighbour<T> locate_neighbour(T coord_row, T coord_col, int n, const Grid<T>& g) {
+  return combine_axes(locate_on_axis(coord_row, row_offset_is_positive(n), g.row),
+                      locate_on_axis(coord_col, col_offset_is_positive(n), g.col), g);
+}
+
+// All four neighbours of a query from two locations per axis (the same values as
+// locate_neighbour for n = 0..3).
+template <typename T>
+LTE_HD void locate_neighbours(T coord_row, T coord_col, const Grid<T>& g,
+                              Neighbour<T> (&nb)[kNeighbours]) {
+  const AxisNeighbour<T> rows[2] = {locate_on_axis(coord_row, 0, g.row),
+                                    locate_on_axis(coord_row, 1, g.row)};
+  const AxisNeighbour<T> cols[2] = {locate_on_axis(coord_col, 0, g.col),
+                                    locate_on_axis(coord_col, 1, g.col)};
+  for (int n = 0; n < kNeighbours; ++n) {
+    nb[n] = combine_axes(rows[row_offset_is_positive(n)], cols[col_offset_is_positive(n)], g);
+  }
 }
 
 // Bilinear-style ensemble weights: each neighbour is weighted by the area |rel_row * rel_col|
@@ -202,15 +230,12 @@ LTE_HD void sincospi_reduced(double r, double& s, double& c) {
   c = mul_add(r2, cp, 1.0);
 }
 
-// sin(pi x) and cos(pi x). The argument is reduced exactly, x = q/2 + r with q an integer and
-// |r| <= 1/4, so the result does not suffer from rounding pi * x first; quadrant q mod 4 then
-// picks and signs the pair. Branch-free so the channel loops vectorise.
+// sin(pi x), cos(pi x) from the reduced pair sr, cr = sin(pi r), cos(pi r) of x = q/2 + r:
+// quadrant q mod 4 picks and signs the pair. Branch-free, so the channel loops vectorise.
 template <typename T>
-LTE_HD void sincospi(T x, T& s, T& c) {
-  const T q = round_half_even(x * T(2));
-  const T r = x - q * T(0.5);
-  T sr, cr;
-  sincospi_reduced(r, sr, cr);
+LTE_HD void apply_quadrant(T q, T sr, T cr, T& s, T& c) {
+#if defined(__CUDA_ARCH__) || defined(LTE_DEVICE_FORMS)
+  // The GPU-verified form: q mod 4 in floating point, the selection by comparisons.
   const T m = q - T(4) * round_half_even(q * T(0.25));  // q mod 4, in {-2, -1, 0, 1, 2}
   // Non-short-circuit | keeps the selection free of branches.
   const bool odd = (m == T(1)) | (m == T(-1));
@@ -220,6 +245,42 @@ LTE_HD void sincospi(T x, T& s, T& c) {
   const bool negate_cos = (m == T(2)) | (m == T(-2)) | (m == T(1));
   s = negate_sin ? -a : a;
   c = negate_cos ? -b : b;
+#else
+  // The host form: q mod 4 read from the bits of m + 1.5 * 2^(mantissa bits), whose lowest
+  // mantissa bits then hold m in two's complement; signs set by XOR. Vector compares would pass
+  // their masks through general registers.
+  using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  constexpr int kSignBit = static_cast<int>(sizeof(T)) * 8 - 1;
+  // q mod 4, in {-2, -1, 0, 1, 2}; the sign of a zero m does not matter here, so plain rint.
+  const T m = q - T(4) * std::rint(q * T(0.25));
+  const T shifted = m + T(1.5) * RoundMagic<T>::value;
+  Bits m_bits;
+  std::memcpy(&m_bits, &shifted, sizeof(T));
+  const bool odd = (m_bits & 1) != 0;
+  const T a = odd ? cr : sr;
+  const T b = odd ? sr : cr;
+  // Quadrants 2 and 3 negate the sine (bit 1 of m), quadrants 1 and 2 the cosine (bit 1 of m+1).
+  const Bits negate_sin = (m_bits & 2) << (kSignBit - 1);
+  const Bits negate_cos = ((m_bits + 1) & 2) << (kSignBit - 1);
+  Bits a_bits, b_bits;
+  std::memcpy(&a_bits, &a, sizeof(T));
+  std::memcpy(&b_bits, &b, sizeof(T));
+  a_bits ^= negate_sin;
+  b_bits ^= negate_cos;
+  std::memcpy(&s, &a_bits, sizeof(T));
+  std::memcpy(&c, &b_bits, sizeof(T));
+#endif
+}
+
+// sin(pi x) and cos(pi x). The argument is reduced exactly, x = q/2 + r with q an integer and
+// |r| <= 1/4, so the result does not suffer from rounding pi * x first.
+template <typename T>
+LTE_HD void sincospi(T x, T& s, T& c) {
+  const T q = round_half_even(x * T(2));
+  const T r = x - q * T(0.5);
+  T sr, cr;
+  sincospi_reduced(r, sr, cr);
+  apply_quadrant(q, sr, cr, s, c);
 }
 
 // MLP input of frequency pair k of one neighbour:

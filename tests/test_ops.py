@@ -745,6 +745,26 @@ def test_autocast_x_variant_writes_x_from_float32_features(kernel_variants):
     assert coef.grad.dtype == torch.float32 and torch.equal(coef.grad, expected)
 
 
+def test_bfloat16_x_is_the_float32_x_rounded_nan_and_subnormal_included():
+    """bfloat16 x from float32 features holds the float32 x rounded as torch rounds it, also
+    where the CPU converts 32 values at a time (AVX512-BF16): C = 72 is two such blocks and a
+    tail; one pixel's coefficients are subnormal, another's NaN, so blocks take both paths."""
+    coef, freq, phase_weight, coord, cell = make_inputs(channels=72, dtype=torch.float32)
+    coef[0, :40, 0, 0] = 1e-39  # x = coef * cos: subnormal in float32
+    coef[0, 50:, 1, 1] = float("nan")
+    coord[0, :10] = torch.tensor([-0.9, -0.9])  # queries gathering from those corner pixels
+    inputs = (coef, freq, phase_weight, coord, cell)
+    x, weights = torch.ops.lte_cuda.lte_basis(*inputs, out_dtype=torch.bfloat16)
+    x32, weights32 = torch.ops.lte_cuda.lte_basis(*inputs)
+    nan = x32.isnan()
+    assert nan.any() and ((x32 != 0) & (x32.abs() < 1.2e-38)).any()
+    # NaN where float32 has NaN (torch's own rounding writes other NaN bits than c10's scalar
+    # one), the same bits everywhere else, signed zeros and subnormals included.
+    assert torch.equal(x.isnan(), nan)
+    assert torch.equal(x.view(torch.int16)[~nan], x32.bfloat16().view(torch.int16)[~nan])
+    assert torch.equal(weights, weights32.bfloat16())
+
+
 @pytest.mark.parametrize("variant", ["sync_free_backward", "autocast_x"])
 def test_variants_pass_opcheck(kernel_variants, variant):
     kernel_variants(variant)

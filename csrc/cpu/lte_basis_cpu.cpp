@@ -2,10 +2,15 @@
 // of pixels (backward), around the per-query math of lte_basis.h.
 #include <sys/mman.h>
 #include <unistd.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include <ATen/Dispatch.h>
@@ -64,21 +69,96 @@ inline void prefetch_row(const T* row, int64_t count) {
 #endif
 }
 
-// One neighbour's MLP input: all frequency pairs of one gathered pixel. The loop is
-// branch-free and calls no library function, so the compiler vectorises it.
+// float32 -> bfloat16 rounded to nearest even, the bits c10::BFloat16 gives. Where the CPU has
+// AVX512-BF16, 32 values at a time by vcvtne2ps2bf16; a block holding a NaN or a subnormal
+// (which the instruction would flush or keep the payload of) takes c10's conversion.
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) void to_bfloat16(const float* src,
+                                                                                 c10::BFloat16* dst,
+                                                                                 int64_t count) {
+  constexpr int kNanOrSubnormal = 0x01 | 0x20 | 0x80;  // vfpclassps: QNaN, subnormal, SNaN
+  int64_t i = 0;
+  for (; i + 32 <= count; i += 32) {
+    const __m512 low = _mm512_loadu_ps(src + i), high = _mm512_loadu_ps(src + i + 16);
+    if (_mm512_fpclass_ps_mask(low, kNanOrSubnormal) |
+        _mm512_fpclass_ps_mask(high, kNanOrSubnormal)) {
+      for (int j = 0; j < 32; ++j) dst[i + j] = static_cast<c10::BFloat16>(src[i + j]);
+    } else {
+      const __m512bh packed = _mm512_cvtne2ps_pbh(high, low);
+      std::memcpy(dst + i, &packed, sizeof(packed));
+    }
+  }
+  for (; i < count; ++i) dst[i] = static_cast<c10::BFloat16>(src[i]);
+}
+
+bool cpu_converts_bf16() {
+  static const bool has =
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bf16");
+  return has;
+}
+#else
+void to_bfloat16(const float* src, c10::BFloat16* dst, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) dst[i] = static_cast<c10::BFloat16>(src[i]);
+}
+bool cpu_converts_bf16() { return false; }
+#endif
+
+// The phase of every frequency pair for one query's cell: the same for its four neighbours.
+template <typename T>
+LTE_CPU_MULTIVERSION void query_phases(const T* __restrict__ phase_w, T rel_cell_row,
+                                       T rel_cell_col, T* __restrict__ phase, int64_t pairs) {
+  for (int64_t k = 0; k < pairs; ++k) {
+    phase[k] = phase_value(phase_w[k], phase_w[pairs + k], rel_cell_row, rel_cell_col);
+  }
+}
+
+// One neighbour's MLP input: all frequency pairs of one gathered pixel. The loop is branch-free
+// and calls only functions compilers turn into vector instructions (rint), so it vectorises.
 template <typename T, typename out_t>
 LTE_CPU_MULTIVERSION void forward_channels(const T* __restrict__ coef, const T* __restrict__ freq,
-                                           const T* __restrict__ phase_w, T rel_row, T rel_col,
-                                           T rel_cell_row, T rel_cell_col, out_t* __restrict__ x,
-                                           int64_t pairs) {
+                                           const T* __restrict__ phase, T rel_row, T rel_col,
+                                           out_t* __restrict__ x, int64_t pairs) {
   for (int64_t k = 0; k < pairs; ++k) {
-    const T phase = phase_value(phase_w[k], phase_w[pairs + k], rel_cell_row, rel_cell_col);
     T x_cos, x_sin;
-    basis_forward(coef[k], coef[pairs + k], freq[2 * k], freq[2 * k + 1], rel_row, rel_col, phase,
-                  x_cos, x_sin);
+    basis_forward(coef[k], coef[pairs + k], freq[2 * k], freq[2 * k + 1], rel_row, rel_col,
+                  phase[k], x_cos, x_sin);
     x[k] = static_cast<out_t>(x_cos);
     x[pairs + k] = static_cast<out_t>(x_sin);
   }
+}
+
+// bfloat16 x from float32 features: rows computed in float32 into L1 and converted by the
+// CPU's own instruction, where it has one (the vectorised loop would round by integer steps).
+template <typename T, typename out_t>
+bool converts_rows_natively() {
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<out_t, c10::BFloat16>) {
+    return cpu_converts_bf16();
+  }
+  return false;
+}
+
+// The four rows of x of one query from the pixels its neighbours gather (coef and freq offset
+// to the query's image); float_rows: 4 x C float32 values of scratch when
+// converts_rows_natively, else null.
+template <typename T, typename out_t>
+void forward_query_rows(const T* coef, const T* freq, const T* phase,
+                        const Neighbour<T> (&nb)[kNeighbours], int64_t channels, T* float_rows,
+                        out_t* x_rows) {
+  const auto rows_into = [&](auto* rows) {
+    for (int n = 0; n < kNeighbours; ++n) {
+      const int64_t pixel = nb[n].pixel * channels;
+      forward_channels(coef + pixel, freq + pixel, phase, nb[n].rel_row, nb[n].rel_col,
+                       rows + n * channels, channels / 2);
+    }
+  };
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<out_t, c10::BFloat16>) {
+    if (float_rows != nullptr) {
+      rows_into(float_rows);
+      to_bfloat16(float_rows, x_rows, kNeighbours * channels);
+      return;
+    }
+  }
+  rows_into(x_rows);
 }
 
 // Adds one (query, neighbour) entry's contribution to its pixel's gradients and to the
@@ -111,18 +191,17 @@ void forward_queries(const BasisShape& shape, const KernelInputs& in, int64_t be
   const T* phase_w = in.phase_w.const_data_ptr<T>();
   const T* coord = in.coord.const_data_ptr<T>();
   const T* cell = in.cell.const_data_ptr<T>();
+  std::vector<T> phase(shape.pairs());
+  std::vector<T> float_rows(converts_rows_natively<T, out_t>() ? kNeighbours * channels : 0);
+  T* scratch = float_rows.empty() ? nullptr : float_rows.data();
   for (int64_t bq = begin; bq < end; ++bq) {
-    const int64_t image = (bq / shape.queries) * shape.pixels();
-    const T rel_cell_row = cell[2 * bq] * grid.row.extent;
-    const T rel_cell_col = cell[2 * bq + 1] * grid.col.extent;
+    query_phases(phase_w, cell[2 * bq] * grid.row.extent, cell[2 * bq + 1] * grid.col.extent,
+                 phase.data(), shape.pairs());
     Neighbour<T> nb[kNeighbours];
-    for (int n = 0; n < kNeighbours; ++n) {
-      nb[n] = locate_neighbour(coord[2 * bq], coord[2 * bq + 1], n, grid);
-      const int64_t pixel = (image + nb[n].pixel) * channels;
-      forward_channels(coef + pixel, freq + pixel, phase_w, nb[n].rel_row, nb[n].rel_col,
-                       rel_cell_row, rel_cell_col, x + (bq * kNeighbours + n) * channels,
-                       shape.pairs());
-    }
+    locate_neighbours(coord[2 * bq], coord[2 * bq + 1], grid, nb);
+    const int64_t image = (bq / shape.queries) * shape.pixels() * channels;
+    forward_query_rows(coef + image, freq + image, phase.data(), nb, channels, scratch,
+                       x + bq * kNeighbours * channels);
     T w[kNeighbours];
     area_weights(nb, w);
     for (int n = 0; n < kNeighbours; ++n) weights[bq * kNeighbours + n] = static_cast<out_t>(w[n]);
