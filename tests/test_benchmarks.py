@@ -324,3 +324,15 @@ def test_bench_runtimes_table_gives_medians_spreads_and_speed_against_torch():
     lines = bench_runtimes.table(results).splitlines()
     assert lines[2].startswith("| x4 | bundled | torch | fp32 | 5.00 (4.00-6.00) | 1.00x |")
     assert "| 2.50 (2.00-3.00) | 2.00x | 1.0 | 1024 | 512 |" in lines[3]
+
+
+def test_op_floor_reports_the_op_against_the_larger_floor(capsys):
+    from benchmarks import op_floor
+
+    op_floor.main(["--queries", "64", "--runs", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert "GMAC/s -> arithmetic floor" in lines[2]
+    for name, line in zip(("fp32", "bf16"), lines[3:5], strict=True):
+        assert line.startswith(f"x in {name}: op ") and "op / floor" in line
+        ratio = float(line.rsplit(" ", 1)[1].rstrip("x"))
+        assert ratio > 0
