@@ -336,3 +336,13 @@ def test_op_floor_reports_the_op_against_the_larger_floor(capsys):
         assert line.startswith(f"x in {name}: op ") and "op / floor" in line
         ratio = float(line.rsplit(" ", 1)[1].rstrip("x"))
         assert ratio > 0
+
+
+def test_mlp_variants_rate_each_block_size_against_the_gemm(capsys):
+    from benchmarks import mlp_variants
+
+    mlp_variants.main(["--rows", "512", "--runs", "1", "--blocks", "128", "512"])
+    out = capsys.readouterr().out
+    for dtype in ("float32", "bfloat16"):
+        assert f"{dtype}: oneDNN GEMM" in out
+    assert out.count("packed, blocks of 128:") == 2 and out.count("of the GEMM") == 4
