@@ -70,25 +70,23 @@ inline void prefetch_row(const T* row, int64_t count) {
 }
 
 // float32 -> bfloat16 rounded to nearest even, the bits c10::BFloat16 gives. Where the CPU has
-// AVX512-BF16, 32 values at a time by vcvtne2ps2bf16; a block holding a NaN or a subnormal
-// (which the instruction would flush or keep the payload of) takes c10's conversion.
+// AVX512-BF16, 32 values at a time by vcvtne2ps2bf16; when the values hold a NaN or a subnormal
+// (which the instruction would keep the payload of, or flush), c10's conversion rewrites them.
 #if defined(__x86_64__) && defined(__GNUC__)
 __attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) void to_bfloat16(const float* src,
                                                                                  c10::BFloat16* dst,
                                                                                  int64_t count) {
   constexpr int kNanOrSubnormal = 0x01 | 0x20 | 0x80;  // vfpclassps: QNaN, subnormal, SNaN
+  __mmask16 special = 0;
   int64_t i = 0;
   for (; i + 32 <= count; i += 32) {
     const __m512 low = _mm512_loadu_ps(src + i), high = _mm512_loadu_ps(src + i + 16);
-    if (_mm512_fpclass_ps_mask(low, kNanOrSubnormal) |
-        _mm512_fpclass_ps_mask(high, kNanOrSubnormal)) {
-      for (int j = 0; j < 32; ++j) dst[i + j] = static_cast<c10::BFloat16>(src[i + j]);
-    } else {
-      const __m512bh packed = _mm512_cvtne2ps_pbh(high, low);
-      std::memcpy(dst + i, &packed, sizeof(packed));
-    }
+    special |= _mm512_fpclass_ps_mask(low, kNanOrSubnormal) |
+               _mm512_fpclass_ps_mask(high, kNanOrSubnormal);
+    const __m512bh packed = _mm512_cvtne2ps_pbh(high, low);
+    std::memcpy(dst + i, &packed, sizeof(packed));
   }
-  for (; i < count; ++i) dst[i] = static_cast<c10::BFloat16>(src[i]);
+  for (int64_t j = special ? 0 : i; j < count; ++j) dst[j] = static_cast<c10::BFloat16>(src[j]);
 }
 
 bool cpu_converts_bf16() {
