@@ -197,9 +197,9 @@ void forward_queries(const BasisShape& shape, const KernelInputs& in, int64_t be
                  phase.data(), shape.pairs());
     Neighbour<T> nb[kNeighbours];
     locate_neighbours(coord[2 * bq], coord[2 * bq + 1], grid, nb);
-    const int64_t image = (bq / shape.queries) * shape.pixels() * channels;
-    forward_query_rows(coef + image, freq + image, phase.data(), nb, channels, scratch,
-                       x + bq * kNeighbours * channels);
+    const int64_t image_offset = (bq / shape.queries) * shape.pixels() * channels;
+    forward_query_rows(coef + image_offset, freq + image_offset, phase.data(), nb, channels,
+                       scratch, x + bq * kNeighbours * channels);
     T w[kNeighbours];
     area_weights(nb, w);
     for (int n = 0; n < kNeighbours; ++n) weights[bq * kNeighbours + n] = static_cast<out_t>(w[n]);
