@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "lte_basis.h"
@@ -29,24 +30,30 @@ void mix(uint64_t& hash, T value) {
   hash = (hash ^ bits) * 1099511628211ull;  // FNV-1a over whole values
 }
 
-// Signed zeros, then every 61st float bit pattern (all classes: subnormals, normals, infinities,
-// NaNs), then the quadrant boundaries k/4 for |k| <= 4096 and their neighbours on both sides.
+// The quadrant boundaries k/4 for |k| <= 4096 and their neighbours on both sides.
+template <typename T>
+void add_quadrant_boundaries(std::vector<T>& xs) {
+  for (int k = -4096; k <= 4096; ++k) {
+    const T x = static_cast<T>(k) / T(4);
+    xs.push_back(x);
+    xs.push_back(std::nextafter(x, -std::numeric_limits<T>::infinity()));
+    xs.push_back(std::nextafter(x, std::numeric_limits<T>::infinity()));
+  }
+}
+
+// Signed zeros, every 61st float bit pattern (all classes: subnormals, normals, infinities,
+// NaNs), the quadrant boundaries.
 std::vector<float> float_inputs() {
   std::vector<float> xs = {0.0f, -0.0f};
   for (uint64_t bits = 0; bits <= 0xffffffffull; bits += 61) {
     xs.push_back(from_bits<float>(static_cast<uint32_t>(bits)));
   }
-  for (int k = -4096; k <= 4096; ++k) {
-    const float x = static_cast<float>(k) / 4.0f;
-    xs.push_back(x);
-    xs.push_back(std::nextafter(x, -1e30f));
-    xs.push_back(std::nextafter(x, 1e30f));
-  }
+  add_quadrant_boundaries(xs);
   return xs;
 }
 
-// Doubles: signed zeros, a 64-bit multiplicative walk through the bit patterns, and the same
-// boundaries.
+// Signed zeros, a 64-bit multiplicative walk through the bit patterns and through values of
+// moderate size, the quadrant boundaries.
 std::vector<double> double_inputs() {
   std::vector<double> xs = {0.0, -0.0};
   uint64_t bits = 1;
@@ -55,12 +62,7 @@ std::vector<double> double_inputs() {
     xs.push_back(from_bits<double>(bits));
     xs.push_back(static_cast<double>(static_cast<int64_t>(bits >> 40)) / 1024.0);
   }
-  for (int k = -4096; k <= 4096; ++k) {
-    const double x = static_cast<double>(k) / 4.0;
-    xs.push_back(x);
-    xs.push_back(std::nextafter(x, -1e300));
-    xs.push_back(std::nextafter(x, 1e300));
-  }
+  add_quadrant_boundaries(xs);
   return xs;
 }
 
