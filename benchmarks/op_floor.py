@@ -1,6 +1,6 @@
 """The query op against its floor, on CPU, in one process, in turns.
 
-    python -m benchmarks.op_floor [--runs 7] [--queries 65536]
+    python -m benchmarks.op_floor [--runs 7] [--queries 65536] [--reuse-memory]
 
 The op (``lte_cuda.ops.lte_basis``, features of a 128x128 input with C = 256, as in x4
 128->512 with an EDSR-baseline-LTE) writes x (4 neighbours x C values per query) and computes
@@ -16,7 +16,13 @@ rounds:
   integer and select steps are not counted), each counted as one multiply-add.
 
 Also printed: the same number of sin and cos through torch's vectorised kernels (on a block that
-stays in cache), the library's rate for the same functions. Reported for x in float32 (plain
+stays in cache), the library's rate for the same functions.
+
+The op allocates x at every call. By default glibc maps an allocation that large afresh and
+returns it to the kernel when freed, so each call also faults x's pages in and the kernel zeroes
+them: a write pass of its own, which the write floor (a buffer reused) does not pay.
+``--reuse-memory`` has malloc keep freed memory (``mallopt``: mmap and trim thresholds raised)
+so that the op writes into memory already mapped, as the write floor does. Reported for x in float32 (plain
 call) and in bf16 (under CPU autocast, as precision "auto" runs it on a CPU with native bf16);
 the arithmetic is float32 in both.
 """
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import torch
@@ -34,7 +41,7 @@ from benchmarks.machine import cpu_line, require_fused
 CHANNELS, SIDE = 256, 128
 SINCOS_BLOCK = 1 << 14  # elements per torch.sin/cos call: stays in L1/L2
 GEMM_SIDE = 2048
-WARM_UP_ROUNDS = 2
+WARM_UP_ROUNDS = 3
 OPS_PER_PAIR = 2 / 4 + 3 + 4 + 1 + 5 + 5 + 5 + 2
 
 
@@ -126,18 +133,40 @@ def report(times: dict, queries: int, runs: int) -> None:
         )
 
 
+def keep_freed_memory() -> None:
+    """glibc's malloc keeps freed blocks of any size for reuse instead of returning them to the
+    kernel (M_MMAP_THRESHOLD 1 GiB, M_TRIM_THRESHOLD 2 GiB); exits where it cannot."""
+    import ctypes
+
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        done = libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 2**31 - 1)
+    except (OSError, AttributeError):
+        done = False
+    if not done:
+        sys.exit("op_floor: --reuse-memory needs glibc's mallopt")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--queries", type=int, default=65536)
+    parser.add_argument(
+        "--reuse-memory", action="store_true", help="malloc keeps freed memory (see above)"
+    )
     args = parser.parse_args(argv)
     require_fused("op_floor")
+    if args.reuse_memory:
+        keep_freed_memory()
     print(cpu_line())
+    print(
+        "memory: " + ("freed memory kept by malloc" if args.reuse_memory else "malloc's defaults")
+    )
     work = {**op_work(args.queries), **floor_work(args.queries)}
     times = {key: [] for key in work}
     with torch.inference_mode():
-        # Two rounds warm up: until malloc reuses x's memory, the op's first calls also fault
-        # x's pages in.
+        # Warm-up rounds: the first calls also fault in memory that later rounds reuse.
         for run in range(args.runs + WARM_UP_ROUNDS):
             for key, fn in work.items():
                 timed(fn, times[key] if run >= WARM_UP_ROUNDS else [])

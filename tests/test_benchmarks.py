@@ -3,6 +3,7 @@ benchmarks/published_path.py, the published decode) must compute the LTE's funct
 (run.py), the end-to-end harness (end_to_end.py) and gpu_check.py run and write their results."""
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from lte_cuda.coords import make_coord
 from lte_cuda.models import build_preset
 from lte_cuda.upscale import upscale
 
+ROOT = Path(__file__).resolve().parent.parent
 TINY_IMNET = {"name": "mlp", "args": {"out_dim": 3, "hidden_list": [32, 32]}}
 
 
@@ -326,13 +328,17 @@ def test_bench_runtimes_table_gives_medians_spreads_and_speed_against_torch():
     assert "| 2.50 (2.00-3.00) | 2.00x | 1.0 | 1024 | 512 |" in lines[3]
 
 
-def test_op_floor_reports_the_op_against_the_larger_floor(capsys):
-    from benchmarks import op_floor
-
-    op_floor.main(["--queries", "64", "--runs", "1"])
-    lines = capsys.readouterr().out.splitlines()
-    assert "GMAC/s -> arithmetic floor" in lines[2]
-    for name, line in zip(("fp32", "bf16"), lines[3:5], strict=True):
+@pytest.mark.parametrize("memory", [[], ["--reuse-memory"]])
+def test_op_floor_reports_the_op_against_the_larger_floor(memory):
+    # A process of its own: --reuse-memory changes malloc's settings for the whole process.
+    cmd = [sys.executable, "-m", "benchmarks.op_floor", "--queries", "64", "--runs", "1", *memory]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True, timeout=300)
+    lines = out.stdout.splitlines()
+    assert lines[1] == "memory: " + (
+        "freed memory kept by malloc" if memory else "malloc's defaults"
+    )
+    assert "GMAC/s -> arithmetic floor" in lines[3]
+    for name, line in zip(("fp32", "bf16"), lines[4:6], strict=True):
         assert line.startswith(f"x in {name}: op ") and "op / floor" in line
         ratio = float(line.rsplit(" ", 1)[1].rstrip("x"))
         assert ratio > 0
