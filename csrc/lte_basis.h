@@ -3,6 +3,10 @@
 // Torch-free and templated on the compute type T (float or double), so that the CPU tests
 // exercise exactly the arithmetic the GPU runs. Forward functions come with their
 // vector-Jacobian products. docs/query-step.md states exactly what they compute.
+//
+// Three steps (rounding, argument reduction, quadrant) have a device form, the one verified on a
+// GPU, and a host form that vectorises better on x86; both give the same bits. Defining
+// LTE_DEVICE_FORMS compiles the device forms for the host (tests/test_host_forms.py does).
 #pragma once
 
 #include <cmath>
