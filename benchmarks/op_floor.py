@@ -7,24 +7,28 @@ The op (``lte_cuda.ops.lte_basis``, features of a 128x128 input with C = 256, as
 C/2 sin/cos pairs per neighbour. Its floor is the larger of two times measured in the same
 rounds:
 
-- **write**: x's bytes written into memory (``fill_`` of a buffer of x's size and dtype: the
-  machine's write bandwidth);
+- **write**: x's bytes written into memory (``fill_`` of a buffer of x's size and dtype,
+  allocated once: the machine's write bandwidth);
 - **arithmetic**: the op's floating-point operations at the vector units' rate, the
   multiply-add rate of a large float32 matrix product (2048^3 through oneDNN's linear on
-  packed weights, the fastest float32 product torch reaches on CPU) in the same rounds. Per pair and neighbour the op does OPS_PER_PAIR floating-point operations
-  (phase 2/4, phi 3, argument reduction 4, r^2 1, sin 5, cos 5, quadrant 5, coef 2; its
-  integer and select steps are not counted), each counted as one multiply-add.
+  packed weights, the fastest float32 product torch reaches on CPU) in the same rounds. Per
+  pair and neighbour the CPU kernel does OPS_PER_PAIR floating-point operations (the phase's 2
+  shared by 4 neighbours; phi 3; argument reduction 3: 2x + 0, rint, x - q/2; r^2 1; sin 5;
+  cos 5; quadrant 4: q/4, rint, q mod 4, + 1.5 * 2^23; coef 2; the integer and select steps
+  not counted), each counted as one multiply-add.
 
 Also printed: the same number of sin and cos through torch's vectorised kernels (on a block that
 stays in cache), the library's rate for the same functions.
 
-The op allocates x at every call. By default glibc maps an allocation that large afresh and
-returns it to the kernel when freed, so each call also faults x's pages in and the kernel zeroes
-them: a write pass of its own, which the write floor (a buffer reused) does not pay.
-``--reuse-memory`` has malloc keep freed memory (``mallopt``: mmap and trim thresholds raised)
-so that the op writes into memory already mapped, as the write floor does. Reported for x in float32 (plain
-call) and in bf16 (under CPU autocast, as precision "auto" runs it on a CPU with native bf16);
-the arithmetic is float32 in both.
+The op allocates x at every call. With malloc's defaults glibc maps an allocation that large
+afresh and returns it to the kernel when freed, so each call also faults x's pages in (2 MiB
+pages: the op advises them) and the kernel zeroes them, a write pass of its own that the write
+floor's buffer does not pay. ``--reuse-memory`` has malloc keep freed memory (``mallopt``: mmap
+and trim thresholds raised), so that the op writes into memory already mapped, as the floor
+does.
+
+Reported for x in float32 (plain call) and in bf16 (under CPU autocast, as precision "auto" runs
+it on a CPU with native bf16); the arithmetic is float32 in both.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ CHANNELS, SIDE = 256, 128
 SINCOS_BLOCK = 1 << 14  # elements per torch.sin/cos call: stays in L1/L2
 GEMM_SIDE = 2048
 WARM_UP_ROUNDS = 3
-OPS_PER_PAIR = 2 / 4 + 3 + 4 + 1 + 5 + 5 + 5 + 2
+OPS_PER_PAIR = 2 / 4 + 3 + 3 + 1 + 5 + 5 + 4 + 2
 
 
 def make_inputs(queries: int) -> tuple[torch.Tensor, ...]:
