@@ -55,7 +55,7 @@ def upscale(
 ) -> ImageLike:
     """Super-resolve ``image`` by ``scale`` or to ``size`` with an LTE model.
 
-    (Long for its argument documentation; the body is twenty lines.)
+    (Long for its argument documentation; the body is about twenty lines.)
 
     Args:
         image: a PIL image; a numpy array ``(H, W)`` or ``(H, W, C)``, uint8, uint16 or
@@ -106,8 +106,9 @@ def upscale(
         TypeError: ``image``, ``scale``, ``size``, ``model`` or ``self_ensemble`` of an
             unsupported type.
         ValueError: out-of-range or malformed arguments, CUDA asked for but absent, no
-            model available, or a model that outputs NaN or inf
-            (:class:`~lte_cuda.inference.NonFiniteOutputError`, naming the model file) (:class:`~lte_cuda.checkpoint.CheckpointError` for bad files).
+            model available (:class:`~lte_cuda.checkpoint.CheckpointError` for bad files), or
+            a model that outputs NaN or inf (:class:`~lte_cuda.inference.NonFiniteOutputError`,
+            naming the model file).
     """
     pixels, new_output, restore = to_pixels(image)
     height, width = pixels.shape[-2:]
@@ -127,11 +128,20 @@ def upscale(
         pixel_progress=None if progress is None else _pixel_counter(progress, total),
     )
     runner = resolve_runner(model, runtime, precision, settings.device)
-
-    channels = pixels.shape[1]
-    need = output_bytes(len(pixels), channels, (out_h, out_w), pixels.dtype, settings.self_ensemble)
+    need = output_bytes(
+        len(pixels), pixels.shape[1], (out_h, out_w), pixels.dtype, settings.self_ensemble
+    )
     check_fits(need, pixels.device, f"the {out_w}x{out_h} output")
     result = new_output(out_h, out_w)
+    _upscale_images(pixels, result, runner, settings, model)
+    return restore(result)
+
+
+def _upscale_images(pixels, result, runner, settings, model) -> None:
+    """Each image of ``pixels (B, C, H, W)`` into its output in ``result``: colour through the
+    model (gray replicated to RGB, the mean of the three predictions kept), alpha bicubically.
+    A non-finite output from a model read from a file names that file."""
+    channels = pixels.shape[1]
     for img, out in zip(pixels, result):
         rgb = img[:3] if channels >= 3 else img[:1].expand(3, -1, -1)
         try:
@@ -142,7 +152,6 @@ def upscale(
             raise NonFiniteOutputError(f"model {model_file(model)}: {err}") from None
         if channels in (2, 4):
             bicubic_into(img[-1], out[-1])
-    return restore(result)
 
 
 def _pixel_counter(progress: Callable[[int, int], None], total: int) -> Callable[[int], None]:
