@@ -69,9 +69,14 @@ inline void prefetch_row(const T* row, int64_t count) {
 #endif
 }
 
-// float32 -> bfloat16 rounded to nearest even, the bits c10::BFloat16 gives. Where the CPU has
-// AVX512-BF16, 32 values at a time by vcvtne2ps2bf16; when the values hold a NaN or a subnormal
-// (which the instruction would keep the payload of, or flush), c10's conversion rewrites them.
+// float32 -> bfloat16 rounded to nearest even, the bits c10::BFloat16 gives.
+void to_bfloat16_by_c10(const float* src, c10::BFloat16* dst, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) dst[i] = static_cast<c10::BFloat16>(src[i]);
+}
+
+// The same bits where the CPU has AVX512-BF16: 32 values at a time by vcvtne2ps2bf16; when the
+// values hold a NaN or a subnormal (which the instruction would keep the payload of, or flush),
+// c10's conversion rewrites them all.
 #if defined(__x86_64__) && defined(__GNUC__)
 __attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) void to_bfloat16(const float* src,
                                                                                  c10::BFloat16* dst,
@@ -86,7 +91,8 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512bf16"))) void to_bfloat16
     const __m512bh packed = _mm512_cvtne2ps_pbh(high, low);
     std::memcpy(dst + i, &packed, sizeof(packed));
   }
-  for (int64_t j = special ? 0 : i; j < count; ++j) dst[j] = static_cast<c10::BFloat16>(src[j]);
+  const int64_t from = special ? 0 : i;
+  to_bfloat16_by_c10(src + from, dst + from, count - from);
 }
 
 bool cpu_converts_bf16() {
@@ -96,7 +102,7 @@ bool cpu_converts_bf16() {
 }
 #else
 void to_bfloat16(const float* src, c10::BFloat16* dst, int64_t count) {
-  for (int64_t i = 0; i < count; ++i) dst[i] = static_cast<c10::BFloat16>(src[i]);
+  to_bfloat16_by_c10(src, dst, count);
 }
 bool cpu_converts_bf16() { return false; }
 #endif
